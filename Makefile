@@ -1,0 +1,28 @@
+# Two entry points (README): `make run` sets up and runs the main job, `make test` sets up and
+# runs the tests. Both create .venv on first use; torch==2.13.0 (CPU) is installed before
+# anything else so that no dependency can pull a CUDA build of torch.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test lint bench
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/rmdiag run --out runs/default
+
+test: $(STAMP)
+	$(PY) -m ruff check rmdiag evaluators trainers tests benchmarks
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[bench]"
