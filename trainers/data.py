@@ -1,0 +1,256 @@
+"""Tensor datasets the trainers consume, and the next-item log-probabilities every loss starts from.
+
+Two shapes of training data, both a plain `dict[str, Tensor]` whose values share their first
+dimension (one row per example):
+
+- sequences (every position trained at once): ``items`` LongTensor[N, L+1] and ``rewards``
+  FloatTensor[N, L+1], left-padded with item 0. Position t's target is item t+1 and its history is
+  items 0..t. Optional per-target ``weights`` / ``advantages`` [N, L+1] (aligned with ``items``;
+  column 0 unused).
+- events (one target per row): ``users`` [N], ``history_items`` / ``history_rewards`` [N, L]
+  (a `Context`), ``targets`` [N], ``target_rewards`` [N], optional ``weights`` / ``advantages``
+  [N].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from trainers.model import SequentialRecommender
+from trainers.protocols import Context
+
+TensorData = dict[str, torch.Tensor]
+
+SEQUENCE_KEYS = ("items", "rewards")
+CONTEXT_KEYS = ("users", "history_items", "history_rewards")
+EVENT_KEYS = (*CONTEXT_KEYS, "targets", "target_rewards")
+
+
+def sequence_data(
+    items: torch.Tensor,
+    rewards: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    advantages: torch.Tensor | None = None,
+) -> TensorData:
+    """Validated sequence data (see module docstring)."""
+    data = {"items": torch.as_tensor(items).long(), "rewards": torch.as_tensor(rewards).float()}
+    for name, extra in (("weights", weights), ("advantages", advantages)):
+        if extra is not None:
+            data[name] = torch.as_tensor(extra).float()
+    return check_data(data)
+
+
+def event_data(
+    context: Context,
+    targets: torch.Tensor,
+    target_rewards: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    advantages: torch.Tensor | None = None,
+) -> TensorData:
+    """Validated event data: one (history, next item, observed reward) per row."""
+    data = {
+        "users": context.users.long(),
+        "history_items": context.history_items.long(),
+        "history_rewards": context.history_rewards.float(),
+        "targets": torch.as_tensor(targets).long(),
+        "target_rewards": torch.as_tensor(target_rewards).float(),
+    }
+    for name, extra in (("weights", weights), ("advantages", advantages)):
+        if extra is not None:
+            data[name] = torch.as_tensor(extra).float()
+    return check_data(data)
+
+
+def context_data(context: Context) -> TensorData:
+    """Histories only (what PPO rolls out from): users, history_items, history_rewards."""
+    return check_data(
+        {
+            "users": context.users.long(),
+            "history_items": context.history_items.long(),
+            "history_rewards": context.history_rewards.float(),
+        }
+    )
+
+
+def is_sequence_data(data: TensorData) -> bool:
+    return "items" in data
+
+
+def batch_context(batch: TensorData) -> Context:
+    """The `Context` of an event or context batch."""
+    return Context(batch["users"], batch["history_items"], batch["history_rewards"])
+
+
+def sequences_to_events(data: TensorData, users: torch.Tensor | None = None) -> TensorData:
+    """Unroll sequence rows into one event per target: its history is everything before it.
+
+    Histories keep the row's full width L (left-padded). ``users`` [N] gives each row's user id
+    (0 when omitted). Per-target ``weights`` / ``advantages`` carry over.
+    """
+    data = check_data(data)
+    if not is_sequence_data(data):
+        return data
+    items, rewards = data["items"], data["rewards"]
+    n_rows, width = items.shape
+    row_users = torch.zeros(n_rows, dtype=torch.long) if users is None else users.long()
+    row, column = (items[:, 1:] != 0).nonzero(as_tuple=True)
+    column = column + 1  # position of the target in the row
+    # History of the target at column c: items[:, :c], right-aligned into width L = width - 1.
+    offsets = torch.arange(width - 1)
+    source = column[:, None] - (width - 1) + offsets[None, :]
+    inside = source >= 0
+    source = source.clamp(min=0)
+    history_items = torch.where(inside, items[row[:, None], source], 0)
+    history_rewards = torch.where(inside, rewards[row[:, None], source], 0.0)
+    events = {
+        "users": row_users[row],
+        "history_items": history_items,
+        "history_rewards": history_rewards * (history_items != 0),
+        "targets": items[row, column],
+        "target_rewards": rewards[row, column],
+    }
+    for key in ("weights", "advantages"):
+        if key in data:
+            events[key] = data[key][row, column]
+    return check_data(events)
+
+
+def check_data(data: TensorData) -> TensorData:
+    """Refuse data of the wrong shape with a message naming the tensor."""
+    if is_sequence_data(data):
+        required = SEQUENCE_KEYS
+    else:
+        required = EVENT_KEYS if "targets" in data else CONTEXT_KEYS
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise ValueError(
+            f"training data lacks {missing}; expected sequences {SEQUENCE_KEYS}, events "
+            f"{EVENT_KEYS} or contexts {CONTEXT_KEYS}"
+        )
+    n_rows = {key: int(value.shape[0]) for key, value in data.items()}
+    if len(set(n_rows.values())) != 1:
+        raise ValueError(f"training tensors disagree on the number of rows: {n_rows}")
+    if next(iter(n_rows.values())) == 0:
+        raise ValueError("training data has no rows")
+    if is_sequence_data(data):
+        if data["items"].dim() != 2 or data["items"].shape[1] < 2:
+            shape = tuple(data["items"].shape)
+            raise ValueError(f"items must be [N, L+1] with L >= 1, got {shape}")
+        for key in ("rewards", "weights", "advantages"):
+            if key in data and data[key].shape != data["items"].shape:
+                raise ValueError(
+                    f"{key} has shape {tuple(data[key].shape)}, items {tuple(data['items'].shape)}"
+                )
+    if any(bool((value < 0).any()) for key, value in data.items() if key in ("items", "targets")):
+        raise ValueError("item ids must be >= 0 (0 is padding)")
+    return data
+
+
+def sequence_windows(items: torch.Tensor, rewards: torch.Tensor, window: int) -> TensorData:
+    """Cut long left-padded per-user sequences [U, T] into training rows [N, window + 1].
+
+    Each user's events are cut into windows of up to ``window + 1`` items from the most recent
+    backwards; consecutive windows share one item, so every event is a target exactly once (a
+    user's first event only when its window has padding before it, as a prediction from an empty
+    history). Users with fewer than two events give no row.
+    """
+    items = torch.as_tensor(items).long()
+    rewards = torch.as_tensor(rewards).float()
+    rows_items, rows_rewards = [], []
+    for user_items, user_rewards in zip(items, rewards, strict=True):
+        keep = user_items != 0
+        seq_items, seq_rewards = user_items[keep], user_rewards[keep]
+        end = seq_items.shape[0]
+        while end >= 2:
+            start = max(0, end - (window + 1))
+            pad = window + 1 - (end - start)
+            rows_items.append(F.pad(seq_items[start:end], (pad, 0)))
+            rows_rewards.append(F.pad(seq_rewards[start:end], (pad, 0)))
+            end = start + 1 if start > 0 else 0
+    if not rows_items:
+        raise ValueError("no user has two or more events to train on")
+    return sequence_data(torch.stack(rows_items), torch.stack(rows_rewards))
+
+
+@dataclass
+class NextItemTargets:
+    """Per-target quantities every loss starts from (flattened over valid targets).
+
+    log_prob: log π(target | history) (full softmax, or sampled softmax with log-Q correction);
+    reward: the observed reward of the target; history_mean: mean observed reward of the history
+    (the user-mean baseline; the target's own reward when the history is empty, so its advantage
+    is 0); weight / advantage: precomputed per-target values when the data carries them.
+    """
+
+    log_prob: torch.Tensor
+    reward: torch.Tensor
+    history_mean: torch.Tensor
+    weight: torch.Tensor | None = None
+    advantage: torch.Tensor | None = None
+
+
+def next_item_targets(
+    model: SequentialRecommender,
+    batch: TensorData,
+    n_negatives: int = 0,
+    log_q: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> NextItemTargets:
+    """log π(target | history) for every target in the batch, plus its reward and baselines.
+
+    With ``n_negatives > 0`` the softmax runs over the target and ``n_negatives`` items drawn
+    (shared by the batch) from the proposal ``exp(log_q)`` over items 1..n_items, each logit
+    corrected by −log Q (sampled softmax with log-Q correction, Bengio & Senécal 2008; Yi et al.
+    2019); negatives equal to the target are masked. Otherwise it is the full softmax.
+    """
+    if is_sequence_data(batch):
+        items = batch["items"]
+        hidden = model.hidden_states(items[:, :-1])
+        targets = items[:, 1:]
+        valid = targets != 0
+        hidden, target_ids = hidden[valid], targets[valid]
+        reward = batch["rewards"][:, 1:][valid]
+        # Mean reward of each target's history: running sum over the real items before it.
+        history_rewards = batch["rewards"][:, :-1] * (items[:, :-1] != 0)
+        counts = (items[:, :-1] != 0).float().cumsum(1)[valid]
+        sums = history_rewards.cumsum(1)[valid]
+        weight = batch["weights"][:, 1:][valid] if "weights" in batch else None
+        advantage = batch["advantages"][:, 1:][valid] if "advantages" in batch else None
+    else:
+        hidden = model.hidden_states(batch["history_items"])[:, -1]
+        target_ids = batch["targets"]
+        reward = batch["target_rewards"]
+        is_item = batch["history_items"] != 0
+        counts = is_item.float().sum(1)
+        sums = (batch["history_rewards"] * is_item).sum(1)
+        weight = batch.get("weights")
+        advantage = batch.get("advantages")
+    history_mean = torch.where(counts > 0, sums / counts.clamp(min=1), reward)
+
+    if n_negatives > 0:
+        if log_q is None:
+            raise ValueError("sampled softmax needs the proposal log_q over items 1..n_items")
+        negatives = torch.multinomial(
+            log_q.exp(), n_negatives, replacement=True, generator=generator
+        ) + 1
+        item_weight = model.item_embedding.weight
+        positive = (hidden * item_weight[target_ids]).sum(-1) - log_q[target_ids - 1]
+        negative = hidden @ item_weight[negatives].T - log_q[negatives - 1]
+        negative = negative.masked_fill(negatives[None, :] == target_ids[:, None], float("-inf"))
+        logits = torch.cat([positive[:, None], negative], dim=1)
+        log_prob = positive - torch.logsumexp(logits, dim=1)
+    else:
+        logits = model.logits(hidden)
+        logits[:, 0] = float("-inf")
+        log_prob = logits.gather(1, target_ids[:, None]).squeeze(1) - torch.logsumexp(logits, 1)
+    return NextItemTargets(log_prob, reward, history_mean, weight, advantage)
+
+
+def item_log_proposal(data: TensorData, n_items: int, smoothing: float = 1.0) -> torch.Tensor:
+    """log Q over items 1..n_items for sampled softmax: target popularity, add-`smoothing`."""
+    targets = data["items"][:, 1:] if is_sequence_data(data) else data["targets"]
+    counts = torch.bincount(targets.flatten(), minlength=n_items + 1)[1:].double() + smoothing
+    return (counts / counts.sum()).log().float()

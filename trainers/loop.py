@@ -1,0 +1,324 @@
+"""The one training loop every algorithm uses.
+
+AdamW with linear warm-up then a cosine (or constant) schedule, gradient clipping, an evaluation
+hook with early stopping, a tqdm progress bar, atomic checkpoints that `torch.load(...,
+weights_only=True)` reads, exact resume, and DistributedDataParallel when launched with torchrun.
+
+An algorithm gives the loop a loss function ``loss_fn(model, batch, generator) -> (total,
+normalizer)``: the batch's summed (weighted) loss and what to divide it by (a count, or the sum of
+weights for self-normalized losses). The loop divides by the normalizer summed over *all* ranks, so
+a k-process run takes the same step as a 1-process run on the same global batch. Algorithms that
+collect data from the policy first (PPO) also give ``prepare(model, batch, generator) ->
+[minibatch, ...]``; the loop takes one optimizer step per minibatch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from trainers.data import TensorData, check_data
+
+LossFn = Callable[[nn.Module, TensorData, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+PrepareFn = Callable[[nn.Module, TensorData, torch.Generator], list[TensorData]]
+EvalFn = Callable[[nn.Module], dict[str, float]]
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    """Optimization settings shared by every algorithm (each algorithm's Config extends it)."""
+
+    # AdamW step size; 1e-3 is SASRec's (Kang & McAuley 2018) and Adam's default.
+    lr: float = 1e-3
+    # Decoupled weight decay (Loshchilov & Hutter 2019); 0 as in SASRec, which relies on dropout.
+    weight_decay: float = 0.0
+    # Adam's β2 = 0.98 as in SASRec / the original transformer, steadier for sparse embeddings.
+    beta2: float = 0.98
+    # Rows per optimizer step, summed over all DDP ranks (each rank takes every world-th row).
+    batch_size: int = 128
+    # Passes over the data; ignored when max_steps is set.
+    epochs: float = 1.0
+    # Data batches to train on; None = epochs * (rows // batch_size).
+    max_steps: int | None = None
+    # Linear warm-up from 0 to lr over this many steps (transformer practice, Vaswani et al.).
+    warmup_steps: int = 0
+    # After warm-up: "cosine" decays to min_lr_ratio * lr at the last step; "constant" keeps lr.
+    schedule: str = "constant"
+    min_lr_ratio: float = 0.1
+    # Clip the global gradient norm (None = no clipping); 1.0 is the common transformer setting.
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    # Call the evaluation hook every this many steps (0 = only after the last step).
+    eval_every: int = 0
+    # Early stopping: the hook's metric to maximize, and evaluations without improvement allowed.
+    early_stopping_metric: str | None = None
+    patience: int = 5
+    # Stop once this much training time (seconds, evaluation excluded) has passed.
+    max_seconds: float | None = None
+    # Atomic checkpoint written every checkpoint_every steps and at the end (None = none).
+    checkpoint_path: str | None = None
+    checkpoint_every: int = 0
+    progress: bool = True
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.batch_size < 1:
+            raise ValueError("lr must be > 0 and batch_size >= 1")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+
+
+@dataclass
+class TrainResult:
+    """What a run did. ``model`` holds the best evaluated weights when early stopping is on."""
+
+    model: nn.Module
+    steps: int
+    rows_seen: int
+    train_seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_step: int | None = None
+    best_score: float | None = None
+    stopped_early: bool = False
+
+
+class _LossModule(nn.Module):
+    """Wraps policy + loss so DistributedDataParallel sees the whole loss computation in forward."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: TensorData, generator: torch.Generator) -> torch.Tensor:
+        total, normalizer = self.loss_fn(self.model, batch, generator)
+        normalizer = normalizer.detach().to(total.dtype)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            normalizer = normalizer.clone()
+            dist.all_reduce(normalizer)
+            # DDP averages gradients over ranks; scaling by world size turns that into a sum.
+            return total * dist.get_world_size() / normalizer.clamp(min=1e-12)
+        return total / normalizer.clamp(min=1e-12)
+
+
+def _distributed_setup(device: str) -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, whether we initialized the process group) from torchrun's env."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, torch.device(device), False
+    started = False
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend=backend)
+        started = True
+    rank = dist.get_rank()
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local), started
+    return rank, world, torch.device(device), started
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """Linear warm-up, then constant or cosine decay to min_lr_ratio * lr."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return config.lr
+    progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine)
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, object]) -> None:
+    """Write `state` atomically: a temp file in the same directory, then os.replace."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(state, stream)
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, object]:
+    """Read a checkpoint safely (tensors and plain values only; nothing is unpickled)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path} is not a trainers checkpoint (version {CHECKPOINT_VERSION})")
+    return state
+
+
+def _epoch_order(n_rows: int, seed: int, epoch: int) -> torch.Tensor:
+    # The order of each epoch is a function of (seed, epoch) alone, so a resumed run replays it.
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n_rows, generator=generator)
+
+
+def train_loop(
+    model: nn.Module,
+    data: TensorData,
+    loss_fn: LossFn,
+    config: TrainConfig,
+    *,
+    prepare: PrepareFn | None = None,
+    eval_fn: EvalFn | None = None,
+    resume_from: str | os.PathLike[str] | None = None,
+) -> TrainResult:
+    """Train `model` in place on `data` (see trainers.data) with `loss_fn`; see module docstring.
+
+    ``eval_fn(model) -> {name: value}`` runs in eval mode without gradients every
+    ``config.eval_every`` steps and after the last; its figures go into ``history``. With
+    ``early_stopping_metric`` the run stops after ``patience`` evaluations without a new best and
+    the model is left with its best weights. ``resume_from`` continues a run from its checkpoint
+    (same data and config): the result equals the uninterrupted run's.
+    """
+    data = check_data(data)
+    rank, world, device, started_group = _distributed_setup(config.device)
+    n_rows = int(next(iter(data.values())).shape[0])
+    if config.batch_size < world:
+        raise ValueError(f"batch_size {config.batch_size} is smaller than the {world} ranks")
+    batch_size = min(config.batch_size, n_rows)
+    steps_per_epoch = max(1, n_rows // batch_size)  # the last incomplete batch is dropped
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+
+    model.to(device)
+    model.train()
+    loss_module: nn.Module = _LossModule(model, loss_fn)
+    if world > 1:
+        loss_module = nn.parallel.DistributedDataParallel(loss_module)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=(0.9, config.beta2),
+        weight_decay=config.weight_decay,
+    )
+    generator = torch.Generator(device=device)
+    step, rows_seen, train_seconds = 0, 0, 0.0
+    history: list[dict[str, float]] = []
+    best_state: dict[str, torch.Tensor] | None = None
+    best_score: float | None = None
+    best_step: int | None = None
+    evals_since_best = 0
+
+    if resume_from is not None:
+        state = load_checkpoint(resume_from)
+        model.load_state_dict(state["model"])  # type: ignore[arg-type]
+        optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+        torch.set_rng_state(state["torch_rng"])  # type: ignore[arg-type]
+        generator.set_state(state["generator"])  # type: ignore[arg-type]
+        step, rows_seen = int(state["step"]), int(state["rows_seen"])  # type: ignore[call-overload]
+        train_seconds = float(state["train_seconds"])  # type: ignore[arg-type]
+        history = list(state["history"])  # type: ignore[call-overload]
+        best_state = state["best_state"]  # type: ignore[assignment]
+        best_score = state["best_score"]  # type: ignore[assignment]
+        best_step = state["best_step"]  # type: ignore[assignment]
+        evals_since_best = int(state["evals_since_best"])  # type: ignore[call-overload]
+    else:
+        # Different dropout masks on each rank, as with independent workers.
+        torch.manual_seed(config.seed + rank)
+        generator.manual_seed(config.seed + 7919 * (rank + 1))
+
+    def checkpoint_state() -> dict[str, object]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "generator": generator.get_state(),
+            "step": step,
+            "rows_seen": rows_seen,
+            "train_seconds": train_seconds,
+            "history": history,
+            "best_state": best_state,
+            "best_score": best_score,
+            "best_step": best_step,
+            "evals_since_best": evals_since_best,
+            "config": {k: v for k, v in asdict(config).items() if k != "checkpoint_path"},
+        }
+
+    def evaluate() -> bool:
+        """Run the hook; True when early stopping says stop."""
+        nonlocal best_state, best_score, best_step, evals_since_best
+        if eval_fn is None:
+            return False
+        model.eval()
+        with torch.no_grad():
+            metrics = {k: float(v) for k, v in eval_fn(model).items()}
+        model.train()
+        history.append({"step": float(step), "train_seconds": train_seconds, **metrics})
+        if config.early_stopping_metric is None:
+            return False
+        score = metrics[config.early_stopping_metric]
+        if best_score is None or score > best_score:
+            best_score, best_step, evals_since_best = score, step, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return False
+        evals_since_best += 1
+        return evals_since_best >= config.patience
+
+    order_epoch, order = -1, torch.empty(0, dtype=torch.long)
+    stopped_early = False
+    last_loss = float("nan")
+    progress = tqdm(
+        total=total_steps, initial=step, disable=not config.progress or rank != 0,
+        desc="train", dynamic_ncols=True,
+    )
+    try:
+        while step < total_steps:
+            tick = time.perf_counter()
+            epoch, position = divmod(step, steps_per_epoch)
+            if epoch != order_epoch:
+                order_epoch, order = epoch, _epoch_order(n_rows, config.seed, epoch)
+            rows = order[position * batch_size : (position + 1) * batch_size][rank::world]
+            batch = {key: value[rows].to(device) for key, value in data.items()}
+            minibatches = prepare(model, batch, generator) if prepare is not None else [batch]
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, step, total_steps)
+            for minibatch in minibatches:
+                loss = loss_module(minibatch, generator)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                last_loss = float(loss.detach())
+            step += 1
+            rows_seen += batch_size
+            train_seconds += time.perf_counter() - tick
+            progress.update(1)
+            progress.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
+            out_of_time = config.max_seconds is not None and train_seconds >= config.max_seconds
+            last = step >= total_steps or out_of_time
+            if (config.eval_every and step % config.eval_every == 0) or last:
+                stopped_early = evaluate()
+            due = config.checkpoint_every and step % config.checkpoint_every == 0
+            if config.checkpoint_path is not None and rank == 0 and (due or last or stopped_early):
+                save_checkpoint(config.checkpoint_path, checkpoint_state())
+            if stopped_early or out_of_time:
+                break
+    finally:
+        progress.close()
+        if started_group:
+            dist.destroy_process_group()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(
+        model, step, rows_seen, train_seconds, history, best_step, best_score, stopped_early
+    )

@@ -1,0 +1,177 @@
+"""The policy: a causal transformer over item-id sequences (SASRec / HSTU-style).
+
+Item embeddings are tied to the output layer, so a position's next-item scores are its hidden
+state dotted with every item embedding. Training runs every position of a sequence at once
+(`hidden_states` on [N, L] items, then `log_probs_at` on the targets); serving scores the last
+position (`forward`, the `Scorer` protocol).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainers.protocols import Context
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the policy. Defaults are SASRec's ML-1M settings (Kang & McAuley, 2018), with
+    hidden 64 instead of 50 so heads divide it evenly."""
+
+    n_items: int
+    hidden: int = 64
+    n_blocks: int = 2
+    n_heads: int = 2
+    max_len: int = 50
+    dropout: float = 0.2
+    # Feed-forward width as a multiple of `hidden` (4x is the transformer default).
+    ffn_multiplier: int = 4
+
+    def __post_init__(self) -> None:
+        if self.n_items < 1:
+            raise ValueError(f"n_items must be >= 1, got {self.n_items}")
+        if self.hidden % self.n_heads != 0:
+            raise ValueError(
+                f"hidden ({self.hidden}) must be divisible by n_heads ({self.n_heads})"
+            )
+        if self.max_len < 1 or self.n_blocks < 1:
+            raise ValueError("max_len and n_blocks must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+class _Block(nn.Module):
+    """Pre-norm transformer block: masked multi-head self-attention, then a GELU MLP."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.dropout = config.dropout
+        self.attn_norm = nn.LayerNorm(config.hidden)
+        self.qkv = nn.Linear(config.hidden, 3 * config.hidden)
+        self.attn_out = nn.Linear(config.hidden, config.hidden)
+        self.ffn_norm = nn.LayerNorm(config.hidden)
+        self.ffn = nn.Sequential(
+            nn.Linear(config.hidden, config.ffn_multiplier * config.hidden),
+            nn.GELU(),
+            nn.Linear(config.ffn_multiplier * config.hidden, config.hidden),
+        )
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        n, length, hidden = x.shape
+        q, k, v = (
+            self.qkv(self.attn_norm(x))
+            .view(n, length, 3, self.n_heads, hidden // self.n_heads)
+            .permute(2, 0, 3, 1, 4)
+        )
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        x = x + self.drop(self.attn_out(attended.transpose(1, 2).reshape(n, length, hidden)))
+        return x + self.drop(self.ffn(self.ffn_norm(x)))
+
+
+class SequentialRecommender(nn.Module):
+    """Causal next-item transformer with tied item embeddings.
+
+    `forward(context)` returns scores [B, n_items + 1] for the item after each history; column 0
+    (the padding item) is set to -inf so that any ranking or softmax ignores it. History items are
+    NOT masked here (`trainers.policy_scores` does that for evaluation).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.item_embedding = nn.Embedding(config.n_items + 1, config.hidden, padding_idx=0)
+        self.position_embedding = nn.Embedding(config.max_len, config.hidden)
+        self.input_drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(_Block(config) for _ in range(config.n_blocks))
+        self.final_norm = nn.LayerNorm(config.hidden)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # Small normal init as in GPT-2 / HSTU; embeddings at 1/sqrt(hidden) keep the initial
+        # logits near zero, so the first softmax is close to uniform over the catalog.
+        std = 1.0 / math.sqrt(self.config.hidden)
+        nn.init.normal_(self.item_embedding.weight, std=std)
+        nn.init.normal_(self.position_embedding.weight, std=std)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+        for block in self.blocks:
+            assert isinstance(block, _Block)
+            for linear in (block.qkv, block.attn_out, block.ffn[0], block.ffn[2]):
+                assert isinstance(linear, nn.Linear)
+                nn.init.normal_(linear.weight, std=0.02)
+                nn.init.zeros_(linear.bias)
+
+    def hidden_states(self, items: torch.Tensor) -> torch.Tensor:
+        """Hidden state after each position of left-padded item sequences [N, L] -> [N, L, H].
+
+        Sequences longer than `max_len` keep their last `max_len` items. Position embeddings count
+        from the right end (the latest item is always the last position), so a history's encoding
+        does not depend on how much padding it carries.
+        """
+        items = items[:, -self.config.max_len :]
+        length = items.shape[1]
+        first = self.config.max_len - length
+        positions = torch.arange(first, self.config.max_len, device=items.device)
+        x = self.item_embedding(items) * math.sqrt(self.config.hidden)
+        x = self.input_drop(x + self.position_embedding(positions))
+        is_item = items != 0
+        # Causal attention to real items only; every position may also attend to itself, so rows
+        # that are all padding still have one key and never produce NaN.
+        causal = torch.ones(length, length, dtype=torch.bool, device=items.device).tril()
+        diagonal = torch.eye(length, dtype=torch.bool, device=items.device)
+        attn_mask = (causal & is_item[:, None, :]) | diagonal
+        attn_mask = attn_mask[:, None, :, :]  # broadcast over heads
+        for block in self.blocks:
+            x = block(x, attn_mask)
+        return self.final_norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Scores of every catalog item (padding column included, not masked) [..., n_items + 1]."""
+        return hidden @ self.item_embedding.weight.T
+
+    def forward(self, context: Context) -> torch.Tensor:
+        """`Scorer`: next-item scores [B, n_items + 1]; column 0 is -inf."""
+        hidden = self.hidden_states(context.history_items)[:, -1]
+        scores = self.logits(hidden)
+        scores[:, 0] = float("-inf")
+        return scores
+
+
+@torch.no_grad()
+def policy_scores(
+    model: SequentialRecommender,
+    context: Context,
+    exclude_history: bool = True,
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    """Catalog scores of a trained policy for evaluation, [B, n_items + 1] on the CPU.
+
+    Runs in eval mode (no dropout), in chunks of `batch_size` users. Column 0 is -inf and, with
+    `exclude_history`, so is every item already in the user's history: a ranking of the result is
+    the policy's recommendation list.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    chunks = []
+    try:
+        for start in range(0, len(context), batch_size):
+            rows = context.index(slice(start, start + batch_size)).to(device)
+            scores = model(rows)
+            if exclude_history:
+                scores = scores.scatter(1, rows.history_items, float("-inf"))
+            chunks.append(scores.float().cpu())
+    finally:
+        model.train(was_training)
+    if not chunks:
+        return torch.empty(0, model.config.n_items + 1)
+    return torch.cat(chunks)

@@ -1,0 +1,234 @@
+"""Supervised next-item trainers: SFT, reward-weighted BC, exp-weighted SFT and A-SFT.
+
+All four maximize a weighted log-likelihood of the logged next item, Σ w·log π(a|s); they differ
+only in the weight (DESIGN.md, Algorithms). Each loss is one short function of the per-target
+log-probabilities and rewards (`trainers.data.NextItemTargets`) returning the summed loss and its
+normalizer; `trainers.loop.train_loop` does the rest. A precomputed ``weights`` tensor in the data
+multiplies the algorithm's weight (e.g. a 0/1 filter or an importance weight).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from trainers.data import (
+    NextItemTargets,
+    TensorData,
+    batch_context,
+    check_data,
+    is_sequence_data,
+    item_log_proposal,
+    next_item_targets,
+    sequences_to_events,
+)
+from trainers.loop import EvalFn, TrainConfig, TrainResult, train_loop
+from trainers.model import SequentialRecommender
+from trainers.protocols import RewardFn, Scorer
+
+Loss = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Behaviour cloning: minimize −log π(a|s) on every logged event."""
+
+    # Sampled softmax negatives per batch, shared by its rows (0 = full softmax over the
+    # catalog). Full softmax is exact and cheap below ~100k items; sampled softmax with log-Q
+    # correction (Yi et al., RecSys 2019) is for larger catalogs.
+    n_negatives: int = 0
+
+
+@dataclass
+class RewardWeightedConfig(SFTConfig):
+    """Reward-weighted BC (Netflix's baseline): weight r − min_reward, self-normalized."""
+
+    # Rewards are shifted by this so weights are ≥ 0 (0 suits 1–5 star ratings); rewards below
+    # it get weight 0.
+    min_reward: float = 0.0
+
+
+@dataclass
+class ExpSFTConfig(SFTConfig):
+    """Exp-weighted SFT (arXiv 2603.10279): weight exp(r/λ), self-normalized over the batch."""
+
+    # λ, the temperature: small λ concentrates on the best logged events, λ → ∞ is SFT. The
+    # paper finds an inverted U in λ; 1.0 on a 1–5 scale is a moderate default to tune.
+    lam: float = 1.0
+    # Optional cap on a self-normalized weight w / mean(w) (per rank's batch), for robustness.
+    max_weight: float | None = None
+
+
+@dataclass
+class ASFTConfig(SFTConfig):
+    """A-SFT (Netflix 2025): weight min(exp(A/β), w_max), A = r − b(s)."""
+
+    # β controls how far the policy may move from the logging policy; β → ∞ is SFT.
+    beta: float = 1.0
+    # w_max caps the weight of rare high-advantage events (20 as in AWR, Peng et al. 2019).
+    max_weight: float = 20.0
+    # Users per chunk when computing b(s) = Σ_a π_ref(a|s) R̂(s, a) over the whole catalog.
+    baseline_batch_size: int = 256
+
+
+def _sample_weight(targets: NextItemTargets) -> torch.Tensor | float:
+    return 1.0 if targets.weight is None else targets.weight
+
+
+def sft_loss(targets: NextItemTargets, config: SFTConfig) -> Loss:
+    weight = _sample_weight(targets)
+    if isinstance(weight, float):
+        return -targets.log_prob.sum(), targets.log_prob.new_tensor(float(targets.log_prob.numel()))
+    return -(weight * targets.log_prob).sum(), weight.sum()
+
+
+def reward_weighted_loss(targets: NextItemTargets, config: RewardWeightedConfig) -> Loss:
+    weight = (targets.reward - config.min_reward).clamp(min=0) * _sample_weight(targets)
+    return -(weight * targets.log_prob).sum(), weight.sum()
+
+
+def exp_sft_loss(targets: NextItemTargets, config: ExpSFTConfig) -> Loss:
+    # float64: exp(r/λ) stays finite up to r/λ ≈ 709, enough for small λ on star ratings; the
+    # scale cancels in the self-normalization Σ w·ℓ / Σ w.
+    weight = torch.exp((targets.reward.double() / config.lam).clamp(max=700.0))
+    if config.max_weight is not None:
+        weight = (weight / weight.mean()).clamp(max=config.max_weight)
+    weight = weight * _sample_weight(targets)
+    return -(weight * targets.log_prob.double()).sum(), weight.sum()
+
+
+def a_sft_loss(targets: NextItemTargets, config: ASFTConfig) -> Loss:
+    if targets.advantage is not None:
+        advantage = targets.advantage
+    else:  # no reward model: the user's mean observed reward is the baseline b(s)
+        advantage = targets.reward - targets.history_mean
+    weight = torch.exp(advantage / config.beta).clamp(max=config.max_weight)
+    weight = weight * _sample_weight(targets)
+    count = targets.log_prob.new_tensor(float(targets.log_prob.numel()))
+    return -(weight * targets.log_prob).sum(), count
+
+
+def _train_weighted(
+    model: SequentialRecommender,
+    data: TensorData,
+    config: SFTConfig,
+    loss: Callable[[NextItemTargets, SFTConfig], Loss],
+    eval_fn: EvalFn | None,
+    resume_from: str | os.PathLike[str] | None,
+) -> TrainResult:
+    data = check_data(data)
+    log_q = None
+    if config.n_negatives > 0:
+        log_q = item_log_proposal(data, model.config.n_items).to(config.device)
+
+    def loss_fn(module: nn.Module, batch: TensorData, generator: torch.Generator) -> Loss:
+        assert isinstance(module, SequentialRecommender)
+        return loss(next_item_targets(module, batch, config.n_negatives, log_q, generator), config)
+
+    return train_loop(model, data, loss_fn, config, eval_fn=eval_fn, resume_from=resume_from)
+
+
+def _refuse_reward_model(name: str, reward_fn: RewardFn | None, reference: Scorer | None) -> None:
+    if reward_fn is not None or reference is not None:
+        raise ValueError(f"{name} learns from observed rewards only; it takes no reward model")
+
+
+def train_sft(
+    model: SequentialRecommender,
+    data: TensorData,
+    config: SFTConfig | None = None,
+    *,
+    reward_fn: RewardFn | None = None,
+    reference: Scorer | None = None,
+    eval_fn: EvalFn | None = None,
+    resume_from: str | os.PathLike[str] | None = None,
+) -> TrainResult:
+    """Behaviour cloning on sequence or event data (trainers.data)."""
+    _refuse_reward_model("sft", reward_fn, reference)
+    return _train_weighted(model, data, config or SFTConfig(), sft_loss, eval_fn, resume_from)
+
+
+def train_reward_weighted(
+    model: SequentialRecommender,
+    data: TensorData,
+    config: RewardWeightedConfig | None = None,
+    *,
+    reward_fn: RewardFn | None = None,
+    reference: Scorer | None = None,
+    eval_fn: EvalFn | None = None,
+    resume_from: str | os.PathLike[str] | None = None,
+) -> TrainResult:
+    """Reward-weighted behaviour cloning on observed rewards."""
+    _refuse_reward_model("rw-bc", reward_fn, reference)
+    config = config or RewardWeightedConfig()
+    return _train_weighted(model, data, config, reward_weighted_loss, eval_fn, resume_from)  # type: ignore[arg-type]
+
+
+def train_exp_sft(
+    model: SequentialRecommender,
+    data: TensorData,
+    config: ExpSFTConfig | None = None,
+    *,
+    reward_fn: RewardFn | None = None,
+    reference: Scorer | None = None,
+    eval_fn: EvalFn | None = None,
+    resume_from: str | os.PathLike[str] | None = None,
+) -> TrainResult:
+    """Exp-weighted SFT on observed rewards: no reward model, no propensities."""
+    _refuse_reward_model("exp-sft", reward_fn, reference)
+    config = config or ExpSFTConfig()
+    if not config.lam > 0:
+        raise ValueError(f"lam must be > 0, got {config.lam}")
+    return _train_weighted(model, data, config, exp_sft_loss, eval_fn, resume_from)  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def reward_model_baseline(
+    reward_fn: RewardFn, reference: Scorer, data: TensorData, batch_size: int = 256
+) -> torch.Tensor:
+    """b(s) = Σ_a π_ref(a|s) R̂(s, a) over the whole catalog, one value per event row [N]."""
+    baselines = []
+    n_rows = int(data["users"].shape[0])
+    for start in range(0, n_rows, batch_size):
+        rows = slice(start, start + batch_size)
+        context = batch_context({key: value[rows] for key, value in data.items()})
+        probs = torch.softmax(reference(context).float(), dim=1)[:, 1:]  # drop padding column
+        catalog = torch.arange(1, probs.shape[1] + 1).expand(len(context), -1)
+        baselines.append((probs * reward_fn(context, catalog).float()).sum(1))
+    return torch.cat(baselines)
+
+
+def train_a_sft(
+    model: SequentialRecommender,
+    data: TensorData,
+    config: ASFTConfig | None = None,
+    *,
+    reward_fn: RewardFn | None = None,
+    reference: Scorer | None = None,
+    eval_fn: EvalFn | None = None,
+    resume_from: str | os.PathLike[str] | None = None,
+) -> TrainResult:
+    """A-SFT. With ``reward_fn``, b(s) comes from it and ``reference`` (default: a frozen copy of
+    ``model`` as given, normally the SFT policy); sequence data is unrolled into events for that.
+    Without it, b(s) is the mean observed reward of the history (the user-mean fallback).
+    Precomputed ``advantages`` in the data take precedence over both.
+    """
+    config = config or ASFTConfig()
+    if not config.beta > 0:
+        raise ValueError(f"beta must be > 0, got {config.beta}")
+    data = check_data(data)
+    if reward_fn is not None and "advantages" not in data:
+        if is_sequence_data(data):
+            data = sequences_to_events(data)
+        if reference is None:
+            reference = copy.deepcopy(model).eval()
+        baseline = reward_model_baseline(reward_fn, reference, data, config.baseline_batch_size)
+        data = {**data, "advantages": data["target_rewards"] - baseline}
+    elif reference is not None:
+        raise ValueError("a reference policy is only used with a reward_fn")
+    return _train_weighted(model, data, config, a_sft_loss, eval_fn, resume_from)  # type: ignore[arg-type]
