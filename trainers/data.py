@@ -14,6 +14,7 @@ dimension (one row per example):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -88,14 +89,17 @@ def sequences_to_events(data: TensorData, users: torch.Tensor | None = None) -> 
     """Unroll sequence rows into one event per target: its history is everything before it.
 
     Histories keep the row's full width L (left-padded). ``users`` [N] gives each row's user id
-    (0 when omitted). Per-target ``weights`` / ``advantages`` carry over.
+    (default: the data's ``users`` if it has them, else 0). Per-target ``weights`` and
+    ``advantages`` carry over.
     """
     data = check_data(data)
     if not is_sequence_data(data):
         return data
     items, rewards = data["items"], data["rewards"]
     n_rows, width = items.shape
-    row_users = torch.zeros(n_rows, dtype=torch.long) if users is None else users.long()
+    if users is None:
+        users = data.get("users", torch.zeros(n_rows, dtype=torch.long))
+    row_users = users.long()
     row, column = (items[:, 1:] != 0).nonzero(as_tuple=True)
     column = column + 1  # position of the target in the row
     # History of the target at column c: items[:, :c], right-aligned into width L = width - 1.
@@ -201,10 +205,11 @@ def next_item_targets(
 ) -> NextItemTargets:
     """log π(target | history) for every target in the batch, plus its reward and baselines.
 
-    With ``n_negatives > 0`` the softmax runs over the target and ``n_negatives`` items drawn
-    (shared by the batch) from the proposal ``exp(log_q)`` over items 1..n_items, each logit
-    corrected by −log Q (sampled softmax with log-Q correction, Bengio & Senécal 2008; Yi et al.
-    2019); negatives equal to the target are masked. Otherwise it is the full softmax.
+    With ``n_negatives > 0`` the softmax runs over the target and K = ``n_negatives`` items drawn
+    with replacement (shared by the batch) from the proposal Q = ``exp(log_q)`` over items
+    1..n_items, each negative's logit corrected by −log(K·Q) (sampled softmax with log-Q
+    correction, Bengio & Senécal 2008; Yi et al. 2019); negatives equal to the target are
+    masked. Otherwise it is the full softmax.
     """
     if is_sequence_data(batch):
         items = batch["items"]
@@ -237,15 +242,19 @@ def next_item_targets(
             log_q.exp(), n_negatives, replacement=True, generator=generator
         ) + 1
         item_weight = model.item_embedding.weight
-        positive = (hidden * item_weight[target_ids]).sum(-1) - log_q[target_ids - 1]
-        negative = hidden @ item_weight[negatives].T - log_q[negatives - 1]
+        positive = (hidden * item_weight[target_ids]).sum(-1)
+        # exp(s - log(K·Q)) summed over K draws estimates Σ_items exp(s) without bias, so the
+        # result approximates the full-softmax log π (and equals it in expectation of the sum).
+        correction = log_q[negatives - 1] + math.log(n_negatives)
+        negative = hidden @ item_weight[negatives].T - correction
         negative = negative.masked_fill(negatives[None, :] == target_ids[:, None], float("-inf"))
         logits = torch.cat([positive[:, None], negative], dim=1)
         log_prob = positive - torch.logsumexp(logits, dim=1)
     else:
-        logits = model.logits(hidden)
-        logits[:, 0] = float("-inf")
-        log_prob = logits.gather(1, target_ids[:, None]).squeeze(1) - torch.logsumexp(logits, 1)
+        # Items 1..n_items only (the padding column never competes); cross_entropy fuses the
+        # log-softmax and its backward, the costliest step after the output matmul.
+        logits = hidden @ model.item_embedding.weight[1:].T
+        log_prob = -F.cross_entropy(logits, target_ids - 1, reduction="none")
     return NextItemTargets(log_prob, reward, history_mean, weight, advantage)
 
 

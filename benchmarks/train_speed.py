@@ -1,0 +1,213 @@
+"""SFT speed on MovieLens-100K: seconds of training until test NDCG@10 reaches 0.060.
+
+Leave-last-out split (valid = each user's second-last event, test = the last), full-catalog
+ranking with the user's whole history excluded, SASRec-sized policy (hidden 64, 2 blocks,
+2 heads, max length 50). Trains every position of every window at once with full softmax,
+evaluates on the validation and test events every `--eval-every` steps (evaluation time is not
+training time), stops early on validation NDCG@10, and reports the best-validation model's test
+figures with bootstrap intervals over users. Also measures this machine's fp32 matmul rate and
+the share of it that the training step reaches (FLOPs counted by torch's FlopCounterMode).
+
+    python benchmarks/train_speed.py [--data FILE] [--threads 2]
+
+The last line is one JSON object of headline figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import stats
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._movielens import movielens_100k_path  # noqa: E402
+from rmdiag.data import Interactions, load  # noqa: E402
+from rmdiag.sequences import event_sequences, user_sequences  # noqa: E402
+from rmdiag.split import leave_last_out  # noqa: E402
+from trainers import (  # noqa: E402
+    Context,
+    ModelConfig,
+    SequentialRecommender,
+    SFTConfig,
+    policy_scores,
+    sequence_windows,
+    train_sft,
+)
+from trainers.data import TensorData, next_item_targets  # noqa: E402
+
+TARGET_NDCG = 0.060
+K = 10
+
+
+def ranking_metrics(
+    scores: torch.Tensor, targets: torch.Tensor, k: int = K
+) -> dict[str, np.ndarray]:
+    """Per-user NDCG@k and HR@k of one held-out target each; ties broken uniformly at random
+    in expectation (a constant scorer gets the chance value). Excluded items carry -inf."""
+    target_scores = scores.gather(1, targets[:, None])
+    greater = (scores > target_scores).sum(1).double()
+    ties = (scores == target_scores).sum(1).double() - 1  # other items tied with the target
+    positions = torch.arange(k, dtype=torch.float64)
+    # Under random tie-breaking the target's 0-based position is uniform on greater..greater+ties.
+    in_range = (positions[None, :] >= greater[:, None]) & (
+        positions[None, :] <= (greater + ties)[:, None]
+    )
+    share = in_range.double() / (ties + 1)[:, None]
+    ndcg = (share / torch.log2(positions + 2)).sum(1)
+    hit = share.sum(1)
+    return {"ndcg": ndcg.numpy(), "hr": hit.numpy()}
+
+
+def interval(values: np.ndarray) -> dict[str, float]:
+    """Mean with a 95% percentile-bootstrap interval over users (scipy)."""
+    result = stats.bootstrap(
+        (values,), np.mean, n_resamples=2000, method="percentile", random_state=0
+    )
+    low, high = result.confidence_interval
+    return {"value": float(values.mean()), "low": float(low), "high": float(high)}
+
+
+class HeldOut:
+    """Held-out events with their full-history exclusion mask, ready to score."""
+
+    def __init__(self, history: Interactions, events: Interactions, max_len: int) -> None:
+        sequences = event_sequences(history, events, max_len)
+        self.context: Context = sequences.context()
+        self.targets = torch.from_numpy(sequences.targets)
+        full = event_sequences(history, events, max(1, int(np.bincount(history.users).max())))
+        self.seen = torch.from_numpy(full.history_items)
+
+    def metrics(self, model: SequentialRecommender) -> dict[str, np.ndarray]:
+        scores = policy_scores(model, self.context, exclude_history=True, batch_size=512)
+        scores.scatter_(1, self.seen, float("-inf"))  # history beyond the model's window too
+        return ranking_metrics(scores, self.targets)
+
+
+def matmul_flops_per_second(size: int = 1024, repeats: int = 10) -> float:
+    """Best-of-`repeats` fp32 square matmul rate on this machine (FLOP/s)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        tick = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - tick)
+    return 2 * size**3 / best
+
+
+def step_flops(model: SequentialRecommender, batch: TensorData) -> int:
+    """FLOPs of one training step (forward + backward), counted by torch."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        targets = next_item_targets(model, batch)
+        (-targets.log_prob.mean()).backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=None, help="ratings file (default ML-100K)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=128, help="windows per step")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
+    parser.add_argument("--patience", type=int, default=5, help="evaluations without improvement")
+    parser.add_argument("--max-seconds", type=float, default=600.0, help="training time cap")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    max_len = 50
+
+    log = load(args.data if args.data is not None else movielens_100k_path())
+    split = leave_last_out(log)
+    longest = int(np.bincount(split.train.users).max())
+    user_rows = user_sequences(split.train, max_len=longest)
+    data = sequence_windows(
+        torch.from_numpy(user_rows.items), torch.from_numpy(user_rows.rewards), max_len
+    )
+    targets_per_row = float((data["items"][:, 1:] != 0).sum()) / data["items"].shape[0]
+    valid = HeldOut(split.train, split.valid, max_len)
+    test = HeldOut(split.train.concat(split.valid), split.test, max_len)
+
+    model = SequentialRecommender(
+        ModelConfig(n_items=log.n_items, hidden=64, n_blocks=2, n_heads=2, max_len=max_len,
+                    dropout=args.dropout)
+    )
+
+    def evaluate(policy: torch.nn.Module) -> dict[str, float]:
+        assert isinstance(policy, SequentialRecommender)
+        return {
+            "valid_ndcg@10": float(valid.metrics(policy)["ndcg"].mean()),
+            "test_ndcg@10": float(test.metrics(policy)["ndcg"].mean()),
+        }
+
+    config = SFTConfig(
+        lr=args.lr, batch_size=args.batch_size, epochs=1000, max_seconds=args.max_seconds,
+        eval_every=args.eval_every, early_stopping_metric="valid_ndcg@10",
+        patience=args.patience, seed=args.seed, progress=False,
+    )
+    load_before = os.getloadavg()
+    result = train_sft(model, data, config, eval_fn=evaluate)
+    load_after = os.getloadavg()
+
+    reached = [row for row in result.history if row["test_ndcg@10"] >= TARGET_NDCG]
+    seconds_to_target = reached[0]["train_seconds"] if reached else None
+    final = test.metrics(model)
+    ndcg, hit = interval(final["ndcg"]), interval(final["hr"])
+    events_per_second = result.steps * args.batch_size * targets_per_row / result.train_seconds
+
+    peak = matmul_flops_per_second()
+    batch = {key: value[: args.batch_size] for key, value in data.items()}
+    model.train()
+    flops = step_flops(model, batch)
+    seconds_per_step = result.train_seconds / result.steps
+    matmul_share = flops / seconds_per_step / peak
+
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"data: {log.source}: {len(log)} events, {log.n_users} users, {log.n_items} items; "
+          f"{data['items'].shape[0]} training windows of {max_len + 1}")
+    print(f"machine load (1/5/15 min) before {load_before}, after {load_after}; {uptime}")
+    print(f"threads {args.threads}, batch {args.batch_size} windows, lr {args.lr}, "
+          f"dropout {args.dropout}")
+    for row in result.history:
+        print(f"  step {int(row['step']):5d}  train {row['train_seconds']:7.1f}s  "
+              f"valid NDCG@10 {row['valid_ndcg@10']:.4f}  test NDCG@10 {row['test_ndcg@10']:.4f}")
+    if seconds_to_target is None:
+        print(f"test NDCG@10 never reached {TARGET_NDCG}")
+    else:
+        print(f"seconds of training until test NDCG@10 >= {TARGET_NDCG}: {seconds_to_target:.1f}")
+    print(f"best validation at step {result.best_step} of {result.steps} "
+          f"({result.train_seconds:.1f}s, stopped early: {result.stopped_early})")
+    print(f"test NDCG@10 {ndcg['value']:.4f} [{ndcg['low']:.4f}, {ndcg['high']:.4f}]  "
+          f"HR@10 {hit['value']:.4f} [{hit['low']:.4f}, {hit['high']:.4f}] (95% bootstrap)")
+    print(f"throughput {events_per_second:,.0f} training events/s "
+          f"({seconds_per_step * 1000:.1f} ms/step)")
+    print(f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s; training step {flops / 1e9:.2f} GFLOP "
+          f"-> {flops / seconds_per_step / 1e9:.1f} GFLOP/s = {matmul_share:.1%} of peak")
+    print(json.dumps({
+        "seconds_to_target": seconds_to_target,
+        "test_ndcg@10": ndcg,
+        "test_hr@10": hit,
+        "events_per_second": events_per_second,
+        "matmul_share": matmul_share,
+        "train_seconds": result.train_seconds,
+        "steps": result.steps,
+        "load_average": list(load_before),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainers import SequentialRecommender, SFTConfig, load_checkpoint, sequence_data, train_sft
+from trainers.data import TensorData
+from trainers.loop import TrainConfig, learning_rate
+
+Make = Callable[..., SequentialRecommender]
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _data() -> TensorData:
+    generator = torch.Generator().manual_seed(0)
+    items = torch.randint(1, 61, (40, 11), generator=generator)
+    items[::4, :5] = 0
+    return sequence_data(items, torch.rand(items.shape, generator=generator) * 4 + 1)
+
+
+def _same_weights(a: SequentialRecommender, b: SequentialRecommender) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                  b.state_dict().values(), strict=True))
+
+
+def test_resume_reproduces_the_uninterrupted_run(make_model: Make, tmp_path: Path) -> None:
+    # Dropout on, so the restored RNG state matters too.
+    settings = dict(lr=3e-3, batch_size=16, max_steps=12, warmup_steps=3, schedule="cosine",
+                    progress=False, eval_every=1)
+    evals = {"n": 0}
+
+    def count(model: torch.nn.Module) -> dict[str, float]:
+        evals["n"] += 1
+        return {"n": float(evals["n"])}
+
+    whole = make_model(dropout=0.3)
+    train_sft(whole, _data(), SFTConfig(**settings), eval_fn=count)  # type: ignore[arg-type]
+
+    path = tmp_path / "run" / "checkpoint.pt"
+
+    def crash_at_step_8(model: torch.nn.Module) -> dict[str, float]:
+        evals["n"] += 1
+        if evals["n"] == 8:
+            raise _Interrupt
+        return {"n": float(evals["n"])}
+
+    evals["n"] = 0
+    interrupted = make_model(dropout=0.3)
+    config = SFTConfig(**settings, checkpoint_path=str(path), checkpoint_every=5)  # type: ignore[arg-type]
+    with pytest.raises(_Interrupt):
+        train_sft(interrupted, _data(), config, eval_fn=crash_at_step_8)
+    assert load_checkpoint(path)["step"] == 5
+    assert not _same_weights(interrupted, whole)
+
+    evals["n"] = 5
+    resumed = make_model(dropout=0.3, seed=123)  # its own init is overwritten by the checkpoint
+    result = train_sft(resumed, _data(), config, eval_fn=count, resume_from=path)
+    assert result.steps == 12 and _same_weights(resumed, whole)
+    assert [row["step"] for row in result.history] == [float(s) for s in range(1, 13)]
+
+
+def test_checkpoint_is_plain_and_atomic(make_model: Make, tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    model = make_model()
+    train_sft(model, _data(), SFTConfig(batch_size=8, max_steps=3, checkpoint_path=str(path),
+                                        checkpoint_every=1, progress=False))
+    state = torch.load(path, weights_only=True)  # no pickled objects inside
+    assert state["step"] == 3 and isinstance(state["config"], dict)
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temp files left behind
+    reloaded = make_model(seed=5)
+    reloaded.load_state_dict(state["model"])
+    assert _same_weights(reloaded, model)
+    (tmp_path / "other.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception):  # noqa: B017 - torch raises its own unpickling error
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_early_stopping_keeps_the_best_weights(make_model: Make) -> None:
+    scores = iter([0.1, 0.5, 0.3, 0.2, 0.4, 0.9])
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def score(model: torch.nn.Module) -> dict[str, float]:
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"ndcg": next(scores)}
+
+    model = make_model()
+    config = SFTConfig(batch_size=8, max_steps=20, eval_every=1, early_stopping_metric="ndcg",
+                       patience=3, progress=False)
+    result = train_sft(model, _data(), config, eval_fn=score)
+    assert result.stopped_early and result.steps == 5 and result.best_step == 2
+    assert all(torch.equal(v, seen[1][k]) for k, v in model.state_dict().items())
+
+
+def test_max_seconds_and_sft_reduces_loss(make_model: Make) -> None:
+    model = make_model()
+    data = _data()
+    config = SFTConfig(lr=5e-3, batch_size=20, epochs=30, progress=False)
+
+    def nll(policy: torch.nn.Module) -> dict[str, float]:
+        from trainers.data import next_item_targets
+
+        assert isinstance(policy, SequentialRecommender)
+        with torch.no_grad():
+            return {"nll": float(-next_item_targets(policy, data).log_prob.mean())}
+
+    before = nll(model)["nll"]
+    result = train_sft(model, data, config, eval_fn=nll)
+    assert result.history[-1]["nll"] < before - 1.0
+    short = train_sft(make_model(), data, SFTConfig(batch_size=20, epochs=1000, max_seconds=0.5,
+                                                    progress=False))
+    assert short.steps < 2000 and 0.5 <= short.train_seconds < 5
+
+
+def test_learning_rate_schedule() -> None:
+    config = TrainConfig(lr=1.0, warmup_steps=4, schedule="cosine", min_lr_ratio=0.1)
+    rates = [learning_rate(config, step, 14) for step in range(14)]
+    assert rates[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert rates[4] == pytest.approx(1.0) and rates[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (
+        1 + torch.cos(torch.tensor(torch.pi * 9 / 10)).item()))
+    assert all(a >= b for a, b in zip(rates[3:], rates[4:], strict=False))
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="linear")
+
+
+def test_bad_training_data_is_refused(make_model: Make) -> None:
+    with pytest.raises(ValueError, match="disagree"):
+        sequence_data(torch.ones(3, 5, dtype=torch.long), torch.ones(4, 5))
+    with pytest.raises(ValueError, match="lacks"):
+        train_sft(make_model(), {"targets": torch.ones(3, dtype=torch.long)})
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_two_process_torchrun_matches_one_process(tmp_path: Path) -> None:
+    worker = Path(__file__).with_name("ddp_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    single = subprocess.run([sys.executable, str(worker), str(tmp_path / "one.pt")], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert single.returncode == 0, single.stderr
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+              "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+              "--master_port", str(_free_port()), str(worker), str(tmp_path / "two.pt")]
+    double = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=150)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one = torch.load(tmp_path / "one.pt", weights_only=True)
+    two = torch.load(tmp_path / "two.pt", weights_only=True)
+    assert one["steps"] == two["steps"] == 6 and (one["world"], two["world"]) == (1, 2)
+    for name, value in one["state"].items():
+        assert torch.allclose(value, two["state"][name], atol=1e-5, rtol=1e-4), name
+    moved = max(float((one["state"][k] - v).abs().max()) for k, v in one["initial"].items())
+    assert moved > 1e-2  # the runs trained: agreement is not two untouched initializations
