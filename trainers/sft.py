@@ -214,7 +214,7 @@ def train_a_sft(
     resume_from: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """A-SFT. With ``reward_fn``, b(s) comes from it and ``reference`` (default: a frozen copy of
-    ``model`` as given, normally the SFT policy); sequence data is unrolled into events for that.
+    ``model`` as given, normally the SFT policy), on each target's history as an event.
     Without it, b(s) is the mean observed reward of the history (the user-mean fallback).
     Precomputed ``advantages`` in the data take precedence over both.
     """
@@ -223,12 +223,18 @@ def train_a_sft(
         raise ValueError(f"beta must be > 0, got {config.beta}")
     data = check_data(data)
     if reward_fn is not None and "advantages" not in data:
-        if is_sequence_data(data):
-            data = sequences_to_events(data)
         if reference is None:
             reference = copy.deepcopy(model).eval()
-        baseline = reward_model_baseline(reward_fn, reference, data, config.baseline_batch_size)
-        data = {**data, "advantages": data["target_rewards"] - baseline}
+        # b(s) is computed on each target's history as its own event, as it would be served.
+        events = sequences_to_events(data) if is_sequence_data(data) else data
+        baseline = reward_model_baseline(reward_fn, reference, events, config.baseline_batch_size)
+        advantage = events["target_rewards"] - baseline
+        if is_sequence_data(data):
+            # Back onto the sequence grid, so training still runs every position at once.
+            grid = torch.zeros_like(data["rewards"])
+            grid[:, 1:][data["items"][:, 1:] != 0] = advantage
+            advantage = grid
+        data = {**data, "advantages": advantage}
     elif reference is not None:
         raise ValueError("a reference policy is only used with a reward_fn")
     return _train_weighted(model, data, config, a_sft_loss, eval_fn, resume_from)  # type: ignore[arg-type]

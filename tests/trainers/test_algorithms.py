@@ -217,3 +217,20 @@ def test_reward_aware_sft_beats_sft_on_true_top10_reward(
         interval = stats.bootstrap((reward - sft_reward,), np.mean, n_resamples=1000,
                                    method="percentile", random_state=0).confidence_interval
         assert interval.low > 0, (train.__name__, interval)
+
+
+def test_a_sft_with_an_exact_reward_model_is_sft(make_model: Make, world_data: TensorData) -> None:
+    """When the reward model predicts every reward exactly and rewards are constant, A = 0 at
+    every position of every sequence and A-SFT takes SFT's steps."""
+    constant = {**world_data, "rewards": torch.full_like(world_data["rewards"], 4.0)}
+
+    def four(context: Context, items: torch.Tensor) -> torch.Tensor:
+        return torch.full(items.shape, 4.0)
+
+    reference = make_model()
+    train_sft(reference, constant, SFTConfig(batch_size=32, max_steps=6, progress=False))
+    other = make_model()
+    train_a_sft(other, constant, ASFTConfig(beta=0.1, batch_size=32, max_steps=6, progress=False),
+                reward_fn=four)
+    for a, b in zip(reference.state_dict().values(), other.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)  # b(s) = 4·Σπ rounds
