@@ -8,6 +8,7 @@ position (`forward`, the `Scorer` protocol).
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainers.protocols import Context
+from trainers.protocols import Context, Scorer
 
 
 @dataclass
@@ -175,3 +176,13 @@ def policy_scores(
     if not chunks:
         return torch.empty(0, model.config.n_items + 1)
     return torch.cat(chunks)
+
+
+def frozen_copy(scorer: Scorer, device: str | torch.device = "cpu") -> Scorer:
+    """A copy of a torch reference policy in eval mode without gradients (the caller's object
+    is left untouched); other scorers are used as given."""
+    if not isinstance(scorer, nn.Module):
+        return scorer
+    frozen = copy.deepcopy(scorer).to(device).eval()
+    frozen.requires_grad_(False)
+    return frozen

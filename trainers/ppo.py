@@ -9,7 +9,6 @@ full softmax over the catalog is available, so the KL needs no sampling.
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass
 
@@ -24,7 +23,7 @@ from trainers.data import (
     sequences_to_events,
 )
 from trainers.loop import EvalFn, TrainConfig, TrainResult, train_loop
-from trainers.model import SequentialRecommender
+from trainers.model import SequentialRecommender, frozen_copy
 from trainers.protocols import Context, RewardFn, Scorer
 
 # A large finite score for masked items: exp() of it is 0, and unlike -inf it gives no NaN in
@@ -122,11 +121,7 @@ def train_ppo(
     if is_sequence_data(data):
         data = sequences_to_events(data)
     data = {key: data[key] for key in ("users", "history_items", "history_rewards")}
-    if reference is None:
-        reference = copy.deepcopy(model)
-    if isinstance(reference, nn.Module):
-        reference.to(config.device).eval()
-        reference.requires_grad_(False)
+    reference = frozen_copy(model if reference is None else reference, config.device)
 
     @torch.no_grad()
     def rollout(module: nn.Module, batch: TensorData, generator: torch.Generator):

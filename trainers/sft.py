@@ -9,7 +9,6 @@ multiplies the algorithm's weight (e.g. a 0/1 filter or an importance weight).
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from trainers.data import (
     sequences_to_events,
 )
 from trainers.loop import EvalFn, TrainConfig, TrainResult, train_loop
-from trainers.model import SequentialRecommender
+from trainers.model import SequentialRecommender, frozen_copy
 from trainers.protocols import RewardFn, Scorer
 
 Loss = tuple[torch.Tensor, torch.Tensor]
@@ -223,8 +222,7 @@ def train_a_sft(
         raise ValueError(f"beta must be > 0, got {config.beta}")
     data = check_data(data)
     if reward_fn is not None and "advantages" not in data:
-        if reference is None:
-            reference = copy.deepcopy(model).eval()
+        reference = frozen_copy(model if reference is None else reference, "cpu")
         # b(s) is computed on each target's history as its own event, as it would be served.
         events = sequences_to_events(data) if is_sequence_data(data) else data
         baseline = reward_model_baseline(reward_fn, reference, events, config.baseline_batch_size)

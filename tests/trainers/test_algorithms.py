@@ -188,7 +188,9 @@ def test_ppo_raises_expected_true_reward_with_bounded_kl(
     for kl_coef in (0.02, 2.0):
         policy = copy.deepcopy(sft_policy)
         train_ppo(policy, context_data(context), PPOConfig(batch_size=100, epochs=3,
-                  kl_coef=kl_coef, progress=False), reward_fn=world.true_reward)
+                  kl_coef=kl_coef, progress=False), reward_fn=world.true_reward,
+                  reference=sft_policy)
+        assert all(p.requires_grad for p in sft_policy.parameters())  # caller's copy untouched
         with torch.no_grad():
             log_policy = masked_log_policy(policy, context, True)
         kl = (log_policy.exp() * (log_policy - reference)).sum(1).mean()
