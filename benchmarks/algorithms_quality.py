@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=20, help="epochs of each SFT-style run")
-    parser.add_argument("--ppo-epochs", type=int, default=10, help="passes of PPO over users")
+    parser.add_argument("--ppo-epochs", type=int, default=20, help="passes of PPO over users")
+    parser.add_argument("--ppo-lr", type=float, default=1e-3)
+    parser.add_argument("--kl-coef", type=float, default=0.01)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     seconds["a-sft (true RM, β=0.5)"] = time.perf_counter() - tick
 
     ppo_config, train_ppo = ALGORITHMS["ppo"]
-    ppo_settings = {"lr": 3e-4, "batch_size": 200, "epochs": args.ppo_epochs, "kl_coef": 0.01,
+    ppo_settings = {"lr": args.ppo_lr, "batch_size": 200, "epochs": args.ppo_epochs,
+                    "kl_coef": args.kl_coef,
                     "group_size": 8, "seed": args.seed, "progress": False}
     for name, reward_fn in (("ppo (true reward)", world.true_reward),
                             ("ppo (mis-specified RM)", world.misspecified_reward)):

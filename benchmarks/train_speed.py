@@ -119,11 +119,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None, help="ratings file (default ML-100K)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=128, help="windows per step")
-    parser.add_argument("--lr", type=float, default=2e-3)
+    # 64 windows x 50 positions per step and lr 5e-3 reached the target in the fewest seconds in
+    # a small sweep (batch 32/64/128, lr 2e-3..1e-2, dropout 0..0.2) on this machine.
+    parser.add_argument("--batch-size", type=int, default=64, help="windows per step")
+    parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--dropout", type=float, default=0.2)
-    parser.add_argument("--eval-every", type=int, default=100, help="steps between evaluations")
-    parser.add_argument("--patience", type=int, default=5, help="evaluations without improvement")
+    parser.add_argument("--eval-every", type=int, default=20, help="steps between evaluations")
+    parser.add_argument("--patience", type=int, default=10, help="evaluations without improvement")
     parser.add_argument("--max-seconds", type=float, default=600.0, help="training time cap")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
