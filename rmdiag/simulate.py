@@ -47,8 +47,6 @@ position), so a user's events do not depend on which other users are generated w
 what makes `generate_batches` (bounded memory, any block size) concatenate to `generate()`.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import math
 from collections.abc import Iterator
@@ -201,7 +199,7 @@ class SimulationConfig:
             raise ValueError("invalid SimulationConfig: " + "; ".join(problems))
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> SimulationConfig:
+    def preset(cls, name: str, **overrides: Any) -> "SimulationConfig":
         """A named world (see `PRESETS`), with any field overridden by keyword."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
@@ -408,14 +406,13 @@ class World:
     def _generate_block(self, users: np.ndarray, with_expected: bool) -> pa.Table:
         params = self.parameters
         items_2d, valid = _behaviour_sequences(params, self.seed, users)
-        flat_users = np.repeat(users, valid.sum(axis=1))
-        flat_items = items_2d[valid]
-        positions = np.broadcast_to(np.arange(items_2d.shape[1]), items_2d.shape)[valid]
-        recent = _recent_items(items_2d, params.satiation_window)[valid]
+        rows, positions = np.nonzero(valid)  # row-major: by user, then sequence position
+        flat_users, flat_items = users[rows], items_2d[rows, positions]
+        recent = _recent_items(items_2d, rows, positions, params.satiation_window)
         latent = _latent_utility(params, self.seed, flat_users, flat_items, recent)
         eps = _hash_normal(_key(self.seed, _STREAM_NOISE), flat_users, positions)
         rewards = _observe(params, latent + params.noise * eps)
-        timestamps = _timestamps(params, self.seed, users, valid)[valid]
+        timestamps = _timestamps(params, self.seed, users, valid)[rows, positions]
         columns: dict[str, Any] = {
             "user_id": pa.array(flat_users, pa.int64()),
             "item_id": pa.array(flat_items, pa.int64()),
@@ -456,8 +453,11 @@ class World:
             flat_users = np.repeat(users, counts)
             flat_items = chosen[chosen_valid] + 1
             positions = np.broadcast_to(np.arange(take), chosen.shape)[chosen_valid]
-            last_recent = _recent_items(items_2d, params.satiation_window, after_last=True)
-            recent = np.repeat(last_recent, counts, axis=0)
+            lengths = valid.sum(axis=1)
+            recent = _recent_items(
+                items_2d, np.repeat(np.arange(users.size), counts),
+                np.repeat(lengths, counts), params.satiation_window,
+            )
             latent = _latent_utility(params, self.seed, flat_users, flat_items, recent)
             eps = _hash_normal(noise_key, flat_users, positions)
             rewards = _observe(params, latent + params.noise * eps)
@@ -566,7 +566,7 @@ class World:
         n_iterations: int = 15,
         affinity_weight: float = 1.0,
         calibration_rounds: int = 12,
-    ) -> World:
+    ) -> "World":
         """A world fitted to a real log (columns user_id, item_id, timestamp, reward; raw ids).
 
         - Latent utility: a biased matrix factorization of rank `rank` fitted by alternating
@@ -847,21 +847,16 @@ def _behaviour_sequences(
     return np.where(valid, items, 0), valid
 
 
-def _recent_items(items: np.ndarray, window: int, *, after_last: bool = False) -> np.ndarray:
-    """For each position of items [B, L]: the `window` items before it, most recent first.
-
-    Returns [B, L, window] (0 = none). With `after_last`, returns [B, window]: the last
-    `window` items of each sequence (the history after the final event).
-    """
-    b, length = items.shape
-    padded = np.concatenate([np.zeros((b, window), items.dtype), items], axis=1)
-    if after_last:
-        ends = (items > 0).sum(axis=1) + window  # index in `padded` just past the last item
-        lags = ends[:, None] - 1 - np.arange(window)[None, :]
-        return np.take_along_axis(padded, lags, axis=1)
-    return np.stack(
-        [padded[:, window - lag : window - lag + length] for lag in range(1, window + 1)], axis=2
-    )
+def _recent_items(
+    items: np.ndarray, rows: np.ndarray, positions: np.ndarray, window: int
+) -> np.ndarray:
+    """The `window` items consumed before position k of row b of items [B, L], for each
+    (rows[n], positions[n]): [N, window], most recent first, 0 where the history is shorter."""
+    recent = np.zeros((rows.size, window), dtype=np.int64)
+    for lag in range(1, window + 1):
+        has = positions >= lag
+        recent[has, lag - 1] = items[rows[has], positions[has] - lag]
+    return recent
 
 
 def _timestamps(
@@ -880,8 +875,10 @@ def _timestamps(
     between = np.where(valid & new_session, gap_draw, 0.0)
     start = params.active_start[users].astype(np.float64)
     window = (params.active_end[users] - params.active_start[users]).astype(np.float64)
-    free = np.maximum(window - within.sum(axis=1), 0.0)
-    total_between = between.sum(axis=1)
+    # Row totals from sequential cumulative sums (not np.sum, whose pairwise blocking depends on
+    # the padded width): a user's timestamps must not depend on the other users in its block.
+    free = np.maximum(window - np.cumsum(within, axis=1)[:, -1], 0.0)
+    total_between = np.cumsum(between, axis=1)[:, -1]
     scale = np.divide(free, total_between, out=np.zeros_like(free), where=total_between > 0)
     offsets = np.cumsum(within + between * scale[:, None], axis=1)
     times = np.floor(start[:, None] + offsets).astype(np.int64)
@@ -977,9 +974,10 @@ def _simulated_pairs(
     for first in range(1, params.n_users + 1, _DEFAULT_BLOCK_USERS):
         users = np.arange(first, min(first + _DEFAULT_BLOCK_USERS, params.n_users + 1))
         items_2d, valid = _behaviour_sequences(params, seed, users)
-        users_out.append(np.repeat(users, valid.sum(axis=1)))
-        items_out.append(items_2d[valid])
-        recent_out.append(_recent_items(items_2d, params.satiation_window)[valid])
+        rows, positions = np.nonzero(valid)
+        users_out.append(users[rows])
+        items_out.append(items_2d[rows, positions])
+        recent_out.append(_recent_items(items_2d, rows, positions, params.satiation_window))
     return np.concatenate(users_out), np.concatenate(items_out), np.concatenate(recent_out)
 
 
