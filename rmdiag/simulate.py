@@ -62,6 +62,7 @@ import torch
 
 __all__ = [
     "PRESETS",
+    "MisspecifiedReward",
     "SimulationConfig",
     "World",
     "WorldParameters",
@@ -307,7 +308,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _STREAM_GUMBEL, _STREAM_HIDDEN, _STREAM_NOISE, _STREAM_SESSION, _STREAM_GAP = 1, 2, 3, 4, 5
-_STREAM_HOLDOUT_ITEMS, _STREAM_HOLDOUT_NOISE = 6, 7
+_STREAM_HOLDOUT_ITEMS, _STREAM_HOLDOUT_NOISE, _STREAM_MISSPECIFIED = 6, 7, 8
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -534,6 +535,45 @@ class World:
             (items_np.shape[0], k),
         )
 
+    def rarely_exposed(self) -> np.ndarray:
+        """Mask over world item ids [n_items + 1] (index 0 False): the rarely exposed tail.
+
+        The `config.tail_share` of items with the lowest behaviour-policy exposure logit: for a
+        config world exactly the items that get `tail_exposure`; for a fitted world the items
+        the real log exposed least.
+        """
+        logits = self.parameters.exposure_logits[1:]
+        n_tail = int(round(self.config.tail_share * self.n_items))
+        mask = np.zeros(self.n_items + 1, dtype=bool)
+        mask[1 + np.argsort(logits, kind="stable")[:n_tail]] = True
+        return mask
+
+    def misspecified_reward(
+        self,
+        tail_bonus: float = 1.5,
+        tail_spread: float = 0.0,
+        n_members: int = 1,
+        seed: int = 0,
+    ) -> "MisspecifiedReward":
+        """A reward model that is right on explored items and wrong on the rarely exposed tail.
+
+        Member m predicts the true reward plus, on each tail item i, an error
+        tail_bonus + tail_spread * N(0, 1) (fixed per (m, i)), clipped to the reward scale:
+        the classic failure of a reward model extrapolating where the log has no data.
+        Optimizing it hard (PPO) moves a policy toward tail items and lowers the true reward:
+        reward hacking with a known answer. With `tail_spread > 0` and several members, the
+        ensemble disagrees exactly where it is wrong, so pessimism (mean - kappa * std) can
+        detect it. An `EnsembleRewardFn`: `__call__` is the members' mean.
+        """
+        if n_members < 1:
+            raise ValueError(f"n_members must be >= 1, got {n_members}")
+        members = np.arange(n_members)[:, None]
+        items = np.arange(self.n_items + 1)[None, :]
+        key = _key(self.seed ^ (seed * 0x2545F4914F6CDD1D), _STREAM_MISSPECIFIED)
+        errors = tail_bonus + tail_spread * _hash_normal(key, members, items)
+        errors = np.where(self.rarely_exposed()[None, :], errors, 0.0)
+        return MisspecifiedReward(self, torch.from_numpy(errors.astype(np.float32)))
+
     def variance_components(self) -> dict[str, float]:
         """Variance of each term of the latent utility over users x items, and of the noise.
 
@@ -681,6 +721,25 @@ class World:
         world.raw_user_ids = np.concatenate([raw_users[:1], raw_users])
         world.raw_item_ids = np.concatenate([raw_items[:1], raw_items])
         return world
+
+
+class MisspecifiedReward:
+    """The world's true reward plus a fixed per-(member, item) error (see
+    `World.misspecified_reward`); an `EnsembleRewardFn` in world ids."""
+
+    def __init__(self, world: World, item_errors: torch.Tensor) -> None:
+        self.world = world
+        self.item_errors = item_errors  # [M, n_items + 1]
+
+    def members(self, context: _ContextLike, items: torch.Tensor) -> torch.Tensor:
+        """FloatTensor[M, B, K]: each member's prediction."""
+        truth = self.world.true_reward(context, items)
+        errors = self.item_errors.to(items.device)[:, items]
+        low, high = self.world.parameters.low, self.world.parameters.high
+        return (truth[None] + errors).clamp(low, high)
+
+    def __call__(self, context: _ContextLike, items: torch.Tensor) -> torch.Tensor:
+        return self.members(context, items).mean(0)
 
 
 # --- building a world from a config -----------------------------------------------------------

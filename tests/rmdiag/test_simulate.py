@@ -348,3 +348,38 @@ def test_from_interactions_refuses_bad_tables() -> None:
     )
     with pytest.raises(ValueError, match="non-finite value at row 1"):
         World.from_interactions(table)
+
+
+# --- reward hacking: a reward model wrong exactly where the log has no data ------------------
+
+
+def test_rarely_exposed_is_the_configured_tail() -> None:
+    world = World(small(n_users=300, tail_share=0.25, tail_exposure=0.001))
+    tail = world.rarely_exposed()
+    assert tail.shape == (121,) and not tail[0] and tail.sum() == 30
+    counts = np.bincount(world.generate()["item_id"].to_numpy(), minlength=121)
+    assert counts[tail].sum() < 0.02 * counts.sum()
+
+
+def test_misspecified_reward_is_right_on_explored_items_and_hackable_on_the_tail() -> None:
+    world = World(small(n_users=200))
+    tail = torch.from_numpy(world.rarely_exposed())
+    model = world.misspecified_reward(tail_bonus=1.5, tail_spread=0.5, n_members=4, seed=1)
+    users = torch.arange(1, 201)
+    context = Context(users, torch.zeros(200, 3, dtype=torch.long), torch.zeros(200, 3))
+    items = torch.arange(1, 121).repeat(200, 1)
+    truth = world.true_reward(context, items)
+    members = model.members(context, items)
+    assert members.shape == (4, 200, 120)
+    assert torch.allclose(model(context, items), members.mean(0))
+    explored = ~tail[items]
+    assert torch.allclose(members[:, explored], truth[explored].expand(4, -1))
+    # Ensemble spread is zero where the model is right and positive where it is wrong.
+    spread = members.std(0)
+    assert spread[explored].max() == 0.0 and spread[~explored].mean() > 0.2
+    # Greedy optimization of the wrong model picks tail items and loses true reward.
+    hacked = model(context, items).argmax(1)
+    best = truth.argmax(1)
+    assert tail[items[torch.arange(200), hacked]].float().mean() > 0.5
+    rows = torch.arange(200)
+    assert truth[rows, hacked].mean() < truth[rows, best].mean() - 0.3
