@@ -18,9 +18,9 @@ Latent utility of item i for user u after the history h (the user's previous ite
 - e(u, i) ~ N(0, affinity_scale^2 * (1 - observable_share)): a hidden user-item preference,
   independent across pairs, that no model can learn from other pairs (it is a fixed function of
   the pair, so the oracle knows it and repeated ratings of one pair share it);
-- s(i, h) = (1 / w) * sum of cos(v_i, v_j) over the last w = satiation_window items j of h: the
-  satiation term, a sequential effect a history-aware model can learn (items like the ones just
-  consumed are worth less).
+- s(i, h) = (sqrt(rank) / w) * sum of cos(v_i, v_j) over the last w = satiation_window items j
+  of h: the satiation term, a sequential effect a history-aware model can learn (items like the
+  ones just consumed are worth less); sqrt(rank) * cos has unit variance for unrelated items.
 
 Observed reward: with integer ratings (the default, like MovieLens), an ordinal probit model
   r = levels[#{k : thresholds_k <= z + noise * eps}],  eps ~ N(0, 1),
@@ -199,6 +199,8 @@ class SimulationConfig:
             problems.append(
                 f"popularity_quality_corr must be in [-1, 1], got {self.popularity_quality_corr}"
             )
+        if self.seed < 0:
+            problems.append(f"seed must be >= 0, got {self.seed}")
         if self.satiation_window < 1:
             problems.append(f"satiation_window must be >= 1, got {self.satiation_window}")
         if self.session_length < 1:
@@ -858,7 +860,9 @@ def _latent_utility(
         similarity = np.zeros(users.shape[0])
         for lag in range(recent.shape[1]):  # fixed order: identical sums in every code path
             similarity += np.einsum("nd,nd->n", directions, params.item_directions[recent[:, lag]])
-        z = z - params.satiation * similarity / params.satiation_window
+        # sqrt(rank) * cosine has unit variance for unrelated items, whatever the rank.
+        scale = params.satiation * math.sqrt(directions.shape[1]) / params.satiation_window
+        z = z - scale * similarity
     return z
 
 
