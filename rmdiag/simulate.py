@@ -88,8 +88,12 @@ _SECONDS_PER_DAY = 86_400
 # Mean gap between two events of one session. A few seconds, so that integer timestamps of
 # consecutive events often coincide, as they do in MovieLens (users rate in bursts).
 _WITHIN_SESSION_MEAN_GAP_S = 2.0
-# Items per user-block when generating: bounds memory at about block * n_items * 8 bytes * 4.
-_DEFAULT_BLOCK_USERS = 2048
+# Users x items per internal block: the policy's [block, n_items] arrays then take ~160 MB.
+_BLOCK_CELLS = 4_000_000
+
+
+def _block_users(n_items: int) -> int:
+    return max(1, min(2048, _BLOCK_CELLS // n_items))
 
 
 def _help(text: str) -> dict[str, str]:
@@ -407,7 +411,8 @@ class World:
         `with_expected=True` a column `expected_reward` holds each event's true expected
         reward given the user's preceding events (the oracle's value, before noise).
         """
-        blocks = list(self.generate_batches(_DEFAULT_BLOCK_USERS, with_expected=with_expected))
+        batch = _block_users(self.n_items)
+        blocks = list(self.generate_batches(batch, with_expected=with_expected))
         return pa.concat_tables(blocks).combine_chunks()
 
     def generate_batches(
@@ -459,8 +464,9 @@ class World:
         noise_key = _key(self.seed ^ (seed * 0x2545F4914F6CDD1D), _STREAM_HOLDOUT_NOISE)
         all_items = np.arange(1, self.n_items + 1)
         tables = []
-        for first in range(1, self.n_users + 1, _DEFAULT_BLOCK_USERS):
-            users = np.arange(first, min(first + _DEFAULT_BLOCK_USERS, self.n_users + 1))
+        block = _block_users(self.n_items)
+        for first in range(1, self.n_users + 1, block):
+            users = np.arange(first, min(first + block, self.n_users + 1))
             items_2d, valid = _behaviour_sequences(params, self.seed, users)
             consumed = np.zeros((users.size, self.n_items + 1), dtype=bool)
             np.put_along_axis(consumed, np.where(valid, items_2d, 0), True, axis=1)
@@ -1065,8 +1071,9 @@ def _simulated_pairs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(users, items, recent) of every event the behaviour policy would log, in blocks."""
     users_out, items_out, recent_out = [], [], []
-    for first in range(1, params.n_users + 1, _DEFAULT_BLOCK_USERS):
-        users = np.arange(first, min(first + _DEFAULT_BLOCK_USERS, params.n_users + 1))
+    block = _block_users(params.n_items)
+    for first in range(1, params.n_users + 1, block):
+        users = np.arange(first, min(first + block, params.n_users + 1))
         items_2d, valid = _behaviour_sequences(params, seed, users)
         rows, positions = np.nonzero(valid)
         users_out.append(users[rows])
