@@ -627,18 +627,23 @@ class World:
         rank: int = 16,
         seed: int = 0,
         *,
-        regularization: float = 0.05,
-        n_iterations: int = 15,
+        regularization: float | None = None,
+        n_iterations: int = 12,
         affinity_weight: float = 1.0,
         calibration_rounds: int = 12,
+        match_learnability: bool = True,
     ) -> "World":
         """A world fitted to a real log (columns user_id, item_id, timestamp, reward; raw ids).
 
         - Latent utility: a biased matrix factorization of rank `rank` fitted by alternating
-          least squares (L2 penalty `regularization` * count per row, as ALS-WR), so
+          least squares (L2 penalty `regularization` * count per row, as ALS-WR; None picks
+          it from 0.02, 0.05, 0.1, 0.2, 0.5 by error on 10% of the events held out), so
           z(u, i) = mean + b_u + q_i + <p_u, v_i>; no hidden term, no satiation.
-        - Noise: the held-out RMSE of the same model (10% of events held out) is the noise
-          level, i.e. the rating variance around the model's prediction matches the real one.
+        - Noise: that held-out mean squared error is the rating variance around the truth in
+          the simulated world (so an oracle there is as good as the best fit here). With
+          `match_learnability`, the noise is then lowered once by the excess error the same
+          model shows when fitted to a simulated log, so that the model is about as accurate on
+          the simulated log as on the real one.
         - Ratings: if the log has at most 20 distinct reward values they are the ordinal
           levels, and thresholds are solved (scipy brentq) so that the simulated log's rating
           histogram matches the real one; otherwise rewards are continuous, clipped to the
@@ -673,18 +678,18 @@ class World:
         n_users, n_items = raw_users.size, raw_items.size
         if n_items < 2:
             raise ValueError("from_interactions: need at least 2 distinct items")
-        rng = np.random.default_rng(seed)
 
-        # Noise level: held-out error of the model, fitted on the other 90%.
-        heldout = rng.random(rewards.size) < 0.1
+        # Regularization and noise level from held-out error: fit on 90% of the events, keep
+        # the penalty with the lowest error on the other 10%; that error is the noise.
+        penalties = _REGULARIZATION_GRID if regularization is None else (regularization,)
+        errors = [
+            _heldout_mse(users, items, rewards, n_users, n_items, rank, penalty, n_iterations, seed)
+            for penalty in penalties
+        ]
+        chosen, heldout_mse = penalties[int(np.argmin(errors))], float(min(errors))
         fit = _fit_biased_mf(
-            users[~heldout], items[~heldout], rewards[~heldout], n_users, n_items, rank,
-            regularization, n_iterations, rng,
-        )
-        residual = rewards[heldout] - fit.predict(users[heldout], items[heldout])
-        heldout_mse = float(np.mean(residual**2)) if residual.size else float(np.var(rewards))
-        fit = _fit_biased_mf(
-            users, items, rewards, n_users, n_items, rank, regularization, n_iterations, rng
+            users, items, rewards, n_users, n_items, rank, chosen, n_iterations,
+            np.random.default_rng(seed),
         )
 
         lengths = np.zeros(n_users + 1, dtype=np.int64)
@@ -728,8 +733,20 @@ class World:
         )
         calibration_seed = seed + 1_000_003  # not the world's seed: an honest check
         params = _calibrate_exposure(params, item_counts, calibration_seed, calibration_rounds)
-        if not continuous:
-            params = _calibrate_ratings(params, rewards, heldout_mse, calibration_seed)
+        params = _calibrate_ratings(params, rewards, heldout_mse, calibration_seed)
+        if match_learnability:
+            # A model fitted to the simulated log has estimation error on top of the noise.
+            # Lower the noise by that excess once, so that the same model's held-out error on
+            # the simulated log is close to its held-out error on the real log.
+            probe_config = SimulationConfig(n_users, n_items, seed=calibration_seed)
+            simulated = cls(probe_config, parameters=params).generate()
+            simulated_mse = _heldout_mse(
+                simulated["user_id"].to_numpy(), simulated["item_id"].to_numpy(),
+                simulated["reward"].to_numpy(), n_users, n_items, rank, chosen, n_iterations,
+                seed,
+            )
+            target = max(2.0 * heldout_mse - simulated_mse, 0.25 * heldout_mse)
+            params = _calibrate_ratings(params, rewards, target, calibration_seed)
         config = SimulationConfig(
             n_users=n_users,
             n_items=n_items,
@@ -987,6 +1004,8 @@ def _timestamps(
 
 # --- fitting a world to a real log ------------------------------------------------------------
 
+_REGULARIZATION_GRID = (0.02, 0.05, 0.1, 0.2, 0.5)
+
 
 @dataclass(frozen=True)
 class _FactorModel:
@@ -1066,6 +1085,30 @@ def _fit_biased_mf(
     return _FactorModel(mean, user_bias, item_bias, user_factors, item_factors)
 
 
+def _heldout_mse(
+    users: np.ndarray,
+    items: np.ndarray,
+    ratings: np.ndarray,
+    n_users: int,
+    n_items: int,
+    rank: int,
+    regularization: float,
+    n_iterations: int,
+    seed: int,
+) -> float:
+    """Mean squared error on a random 10% of the events of the model fitted to the rest."""
+    rng = np.random.default_rng(seed)
+    heldout = rng.random(ratings.size) < 0.1
+    if not heldout.any() or heldout.all():
+        return float(np.var(ratings))
+    fit = _fit_biased_mf(
+        users[~heldout], items[~heldout], ratings[~heldout], n_users, n_items, rank,
+        regularization, n_iterations, rng,
+    )
+    residual = ratings[heldout] - fit.predict(users[heldout], items[heldout])
+    return float(np.mean(residual**2))
+
+
 def _simulated_pairs(
     params: WorldParameters, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1100,7 +1143,10 @@ def _calibrate_ratings(
     params: WorldParameters, real_rewards: np.ndarray, target_mse: float, seed: int
 ) -> WorldParameters:
     """Solve noise and thresholds: the simulated log's rating histogram matches the real one,
-    and the mean rating variance around the truth equals the real held-out error."""
+    and the mean rating variance around the truth equals `target_mse` (continuous rewards:
+    the noise is sqrt(target_mse), clipping aside)."""
+    if params.continuous:
+        return dataclasses.replace(params, noise=math.sqrt(target_mse))
     users, items, recent = _simulated_pairs(params, seed)
     sample = np.random.default_rng(seed).permutation(users.size)[:50_000]
     latent = _latent_utility(params, seed, users[sample], items[sample], recent[sample])
