@@ -314,12 +314,19 @@ def test_bad_config_is_refused_with_the_field_named() -> None:
 # --- semi-synthetic worlds --------------------------------------------------------------------
 
 
-def test_from_interactions_reproduces_histogram_popularity_and_lengths() -> None:
+@pytest.fixture(scope="module")
+def fitted_pair() -> tuple[pa.Table, World]:
+    """A generated "real" log (raw ids not 1..n) and the world fitted to it."""
     source = World(SimulationConfig(n_users=400, n_items=300, mean_events=30.0, seed=8))
     real = source.generate()
-    # Raw ids that are not 1..n, to exercise the encoding.
     real = real.set_column(0, "user_id", pa.array(real["user_id"].to_numpy() * 7 + 1000))
-    fitted = World.from_interactions(real, rank=8, seed=2)
+    return real, World.from_interactions(real, rank=8, seed=2)
+
+
+def test_from_interactions_reproduces_histogram_popularity_and_lengths(
+    fitted_pair: tuple[pa.Table, World],
+) -> None:
+    real, fitted = fitted_pair
     assert fitted.n_users == 400 and fitted.n_items == len(real["item_id"].unique())
     simulated = fitted.generate()
     levels = np.arange(1.0, 6.0)
@@ -333,10 +340,38 @@ def test_from_interactions_reproduces_histogram_popularity_and_lengths() -> None
     real_lengths = np.bincount(np.unique(real["user_id"].to_numpy(), return_inverse=True)[1])
     assert np.array_equal(np.bincount(simulated["user_id"].to_numpy())[1:], real_lengths)
     assert fitted.raw_user_ids is not None and fitted.raw_user_ids[1] == 1 * 7 + 1000
-    # Deterministic, and each user's events stay in their real active window.
+    # Deterministic, and timestamps still increase within each user.
     assert World.from_interactions(real, rank=8, seed=2).generate().equals(simulated)
     users = simulated["user_id"].to_numpy()
     assert np.all(np.diff(simulated["timestamp"].to_numpy())[users[1:] == users[:-1]] >= 0)
+
+
+def test_a_fitted_world_is_about_as_learnable_as_its_source(
+    fitted_pair: tuple[pa.Table, World],
+) -> None:
+    """The same model's held-out error on the fitted world's log is close to the real one's."""
+    from rmdiag.simulate import _heldout_mse
+
+    real, fitted = fitted_pair
+
+    def error(table: pa.Table) -> float:
+        users = np.unique(table["user_id"].to_numpy(), return_inverse=True)[1] + 1
+        items = np.unique(table["item_id"].to_numpy(), return_inverse=True)[1] + 1
+        return _heldout_mse(
+            users, items, table["reward"].to_numpy(), int(users.max()), int(items.max()),
+            8, 0.1, 10, 0,
+        )
+
+    assert error(fitted.generate()) == pytest.approx(error(real), rel=0.1)
+
+
+def test_from_interactions_keeps_continuous_rewards_continuous() -> None:
+    real = World(small(continuous=True)).generate()
+    fitted = World.from_interactions(real, rank=4, seed=0)
+    rewards = fitted.generate()["reward"].to_numpy()
+    assert fitted.config.continuous and np.unique(rewards).size > 100
+    assert rewards.min() >= real["reward"].to_numpy().min()
+    assert abs(rewards.mean() - real["reward"].to_numpy().mean()) < 0.15
 
 
 def test_from_interactions_refuses_bad_tables() -> None:
