@@ -15,6 +15,10 @@ from rmdiag.data import DataError
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 
+class UsageError(ValueError):
+    """Options that parse but make no sense together (exit 2, like argparse's own errors)."""
+
+
 def _column_mapping(pairs: list[str] | None) -> dict[str, str] | None:
     if not pairs:
         return None
@@ -65,7 +69,10 @@ def dataclass_from_args(config_cls: type, args: argparse.Namespace, prefix: str 
         for f in dataclasses.fields(config_cls)
         if f.init and hasattr(args, prefix + f.name)
     }
-    return config_cls(**values)
+    try:
+        return config_cls(**values)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"{config_cls.__name__}: {error}") from error
 
 
 def _add_data_flags(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -149,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         code = handler(args)
-    except DataError as error:
+    except (DataError, UsageError) as error:
         print(f"rmdiag {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
