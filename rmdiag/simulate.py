@@ -154,9 +154,7 @@ class SimulationConfig:
     session_length: float = field(
         default=8.0, metadata=_help("mean events per session (events seconds apart)")
     )
-    time_span_days: int = field(
-        default=730, metadata=_help("global time range of the log in days")
-    )
+    time_span_days: int = field(default=730, metadata=_help("global time range of the log in days"))
     start_time: int = field(
         default=1_577_836_800, metadata=_help("first possible timestamp (unix seconds)")
     )
@@ -190,8 +188,13 @@ class SimulationConfig:
         if self.time_span_days < 1:
             problems.append(f"time_span_days must be >= 1, got {self.time_span_days}")
         for name in (
-            "length_sigma", "user_bias_scale", "item_quality_scale", "affinity_scale",
-            "satiation", "noise", "exposure_concentration",
+            "length_sigma",
+            "user_bias_scale",
+            "item_quality_scale",
+            "affinity_scale",
+            "satiation",
+            "noise",
+            "exposure_concentration",
         ):
             if not getattr(self, name) >= 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -455,8 +458,10 @@ class World:
             positions = np.broadcast_to(np.arange(take), chosen.shape)[chosen_valid]
             lengths = valid.sum(axis=1)
             recent = _recent_items(
-                items_2d, np.repeat(np.arange(users.size), counts),
-                np.repeat(lengths, counts), params.satiation_window,
+                items_2d,
+                np.repeat(np.arange(users.size), counts),
+                np.repeat(lengths, counts),
+                params.satiation_window,
             )
             latent = _latent_utility(params, self.seed, flat_users, flat_items, recent)
             eps = _hash_normal(noise_key, flat_users, positions)
@@ -613,8 +618,15 @@ class World:
         # Noise level: held-out error of the model, fitted on the other 90%.
         heldout = rng.random(rewards.size) < 0.1
         fit = _fit_biased_mf(
-            users[~heldout], items[~heldout], rewards[~heldout], n_users, n_items, rank,
-            regularization, n_iterations, rng,
+            users[~heldout],
+            items[~heldout],
+            rewards[~heldout],
+            n_users,
+            n_items,
+            rank,
+            regularization,
+            n_iterations,
+            rng,
         )
         residual = rewards[heldout] - fit.predict(users[heldout], items[heldout])
         heldout_mse = float(np.mean(residual**2)) if residual.size else float(np.var(rewards))
@@ -799,6 +811,7 @@ def _expected(params: WorldParameters, latent: np.ndarray) -> np.ndarray:
     if params.continuous:
         if sigma == 0.0:
             return np.clip(latent, params.low, params.high)
+
         # E[clip(X, a, b)] = a + sigma * (F(beta) - F(alpha)), F(s) = s (1 - Phi(s)) - phi(s)
         def antiderivative(s: np.ndarray) -> np.ndarray:
             return s * scipy.special.ndtr(-s) - np.exp(-0.5 * s**2) / math.sqrt(2 * math.pi)
@@ -1014,9 +1027,10 @@ def _calibrate_ratings(
             lo, hi = latent.min() - 10 * sigma - 10, latent.max() + 10 * sigma + 10
             cuts.append(
                 scipy.optimize.brentq(
-                    lambda t, s=share: float(np.mean(scipy.special.ndtr((t - latent) / sigma)))
-                    - s,
-                    lo, hi, xtol=1e-9,
+                    lambda t, s=share: float(np.mean(scipy.special.ndtr((t - latent) / sigma))) - s,
+                    lo,
+                    hi,
+                    xtol=1e-9,
                 )
             )
         return np.maximum.accumulate(np.array(cuts))
@@ -1040,4 +1054,3 @@ def _calibrate_ratings(
             lambda s: noise_variance(s) - target_mse, low, high, xtol=1e-4
         )
     return dataclasses.replace(params, noise=sigma, thresholds=thresholds_for(sigma))
-

@@ -39,7 +39,8 @@ def test_run_on_a_file_writes_summary_json(tmp_path: Path, capsys) -> None:
 def test_console_script_usage_errors_exit_2(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "rmdiag.cli", "run", "--no-such-flag"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2 and "usage" in result.stderr
     assert main(["run", "--out", str(tmp_path / "o"), "--split", "random"]) == 2
