@@ -174,9 +174,7 @@ class SimulationConfig:
     session_length: float = field(
         default=8.0, metadata=_help("mean events per session (events seconds apart)")
     )
-    time_span_days: int = field(
-        default=730, metadata=_help("global time range of the log in days")
-    )
+    time_span_days: int = field(default=730, metadata=_help("global time range of the log in days"))
     start_time: int = field(
         default=1_577_836_800, metadata=_help("first possible timestamp (unix seconds)")
     )
@@ -212,8 +210,13 @@ class SimulationConfig:
         if self.time_span_days < 1:
             problems.append(f"time_span_days must be >= 1, got {self.time_span_days}")
         for name in (
-            "length_sigma", "user_bias_scale", "item_quality_scale", "affinity_scale",
-            "satiation", "noise", "exposure_concentration",
+            "length_sigma",
+            "user_bias_scale",
+            "item_quality_scale",
+            "affinity_scale",
+            "satiation",
+            "noise",
+            "exposure_concentration",
         ):
             if not getattr(self, name) >= 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -481,8 +484,10 @@ class World:
             positions = np.broadcast_to(np.arange(take), chosen.shape)[chosen_valid]
             lengths = valid.sum(axis=1)
             recent = _recent_items(
-                items_2d, np.repeat(np.arange(users.size), counts),
-                np.repeat(lengths, counts), params.satiation_window,
+                items_2d,
+                np.repeat(np.arange(users.size), counts),
+                np.repeat(lengths, counts),
+                params.satiation_window,
             )
             latent = _latent_utility(params, self.seed, flat_users, flat_items, recent)
             eps = _hash_normal(noise_key, flat_users, positions)
@@ -688,7 +693,14 @@ class World:
         ]
         chosen, heldout_mse = penalties[int(np.argmin(errors))], float(min(errors))
         fit = _fit_biased_mf(
-            users, items, rewards, n_users, n_items, rank, chosen, n_iterations,
+            users,
+            items,
+            rewards,
+            n_users,
+            n_items,
+            rank,
+            chosen,
+            n_iterations,
             np.random.default_rng(seed),
         )
 
@@ -741,8 +753,14 @@ class World:
             probe_config = SimulationConfig(n_users, n_items, seed=calibration_seed)
             simulated = cls(probe_config, parameters=params).generate()
             simulated_mse = _heldout_mse(
-                simulated["user_id"].to_numpy(), simulated["item_id"].to_numpy(),
-                simulated["reward"].to_numpy(), n_users, n_items, rank, chosen, n_iterations,
+                simulated["user_id"].to_numpy(),
+                simulated["item_id"].to_numpy(),
+                simulated["reward"].to_numpy(),
+                n_users,
+                n_items,
+                rank,
+                chosen,
+                n_iterations,
                 seed,
             )
             target = max(2.0 * heldout_mse - simulated_mse, 0.25 * heldout_mse)
@@ -902,6 +920,7 @@ def _expected(params: WorldParameters, latent: np.ndarray) -> np.ndarray:
     if params.continuous:
         if sigma == 0.0:
             return np.clip(latent, params.low, params.high)
+
         # E[clip(X, a, b)] = a + sigma * (F(beta) - F(alpha)), F(s) = s (1 - Phi(s)) - phi(s)
         def antiderivative(s: np.ndarray) -> np.ndarray:
             return s * scipy.special.ndtr(-s) - np.exp(-0.5 * s**2) / math.sqrt(2 * math.pi)
@@ -1102,8 +1121,15 @@ def _heldout_mse(
     if not heldout.any() or heldout.all():
         return float(np.var(ratings))
     fit = _fit_biased_mf(
-        users[~heldout], items[~heldout], ratings[~heldout], n_users, n_items, rank,
-        regularization, n_iterations, rng,
+        users[~heldout],
+        items[~heldout],
+        ratings[~heldout],
+        n_users,
+        n_items,
+        rank,
+        regularization,
+        n_iterations,
+        rng,
     )
     residual = ratings[heldout] - fit.predict(users[heldout], items[heldout])
     return float(np.mean(residual**2))
@@ -1161,9 +1187,10 @@ def _calibrate_ratings(
             lo, hi = latent.min() - 10 * sigma - 10, latent.max() + 10 * sigma + 10
             cuts.append(
                 scipy.optimize.brentq(
-                    lambda t, s=share: float(np.mean(scipy.special.ndtr((t - latent) / sigma)))
-                    - s,
-                    lo, hi, xtol=1e-9,
+                    lambda t, s=share: float(np.mean(scipy.special.ndtr((t - latent) / sigma))) - s,
+                    lo,
+                    hi,
+                    xtol=1e-9,
                 )
             )
         return np.maximum.accumulate(np.array(cuts))
@@ -1187,4 +1214,3 @@ def _calibrate_ratings(
             lambda s: noise_variance(s) - target_mse, low, high, xtol=1e-4
         )
     return dataclasses.replace(params, noise=sigma, thresholds=thresholds_for(sigma))
-

@@ -53,9 +53,7 @@ def test_same_seed_gives_identical_tables_and_other_seeds_differ() -> None:
     assert first.equals(second)
     other = World(small(seed=4)).generate()
     assert not first.equals(other)
-    assert not np.array_equal(
-        first["item_id"].to_numpy()[:50], other["item_id"].to_numpy()[:50]
-    )
+    assert not np.array_equal(first["item_id"].to_numpy()[:50], other["item_id"].to_numpy()[:50])
 
 
 def test_schema_types_and_ranges() -> None:
@@ -63,7 +61,10 @@ def test_schema_types_and_ranges() -> None:
     table = world.generate()
     assert table.column_names == ["user_id", "item_id", "timestamp", "reward"]
     assert [field.type for field in table.schema] == [
-        pa.int64(), pa.int64(), pa.int64(), pa.float64()
+        pa.int64(),
+        pa.int64(),
+        pa.int64(),
+        pa.float64(),
     ]
     users, items = table["user_id"].to_numpy(), table["item_id"].to_numpy()
     rewards = table["reward"].to_numpy()
@@ -115,8 +116,13 @@ def test_batches_concatenate_to_generate_for_any_block_size(
     n_users: int, n_items: int, seed: int, batch: int, satiation: float, continuous: bool
 ) -> None:
     config = SimulationConfig(
-        n_users=n_users, n_items=n_items, seed=seed, mean_events=8.0, min_events=1,
-        satiation=satiation, continuous=continuous,
+        n_users=n_users,
+        n_items=n_items,
+        seed=seed,
+        mean_events=8.0,
+        min_events=1,
+        satiation=satiation,
+        continuous=continuous,
     )
     world = World(config)
     whole = world.generate(with_expected=True)
@@ -177,8 +183,13 @@ def test_continuous_noise_matches_its_standard_deviation_away_from_the_bounds() 
 
 def test_variance_components_follow_the_config() -> None:
     config = SimulationConfig(
-        n_users=3000, n_items=3000, affinity_scale=1.0, observable_share=0.64,
-        user_bias_scale=0.5, item_quality_scale=0.2, noise=0.7,
+        n_users=3000,
+        n_items=3000,
+        affinity_scale=1.0,
+        observable_share=0.64,
+        user_bias_scale=0.5,
+        item_quality_scale=0.2,
+        noise=0.7,
     )
     parts = World(config).variance_components()
     assert parts["interaction"] == pytest.approx(0.64, rel=0.1)
@@ -268,9 +279,10 @@ def test_randomized_exposure_rates_unseen_items_after_the_log() -> None:
     pairs = list(zip(holdout["user_id"].to_pylist(), holdout["item_id"].to_pylist(), strict=True))
     assert not seen & set(pairs) and len(set(pairs)) == len(pairs)
     # Uniform over unseen items: exposure is far flatter than the log's.
-    assert popularity_gini(holdout["item_id"].to_numpy(), 120) < popularity_gini(
-        log["item_id"].to_numpy(), 120
-    ) - 0.2
+    assert (
+        popularity_gini(holdout["item_id"].to_numpy(), 120)
+        < popularity_gini(log["item_id"].to_numpy(), 120) - 0.2
+    )
 
 
 # --- presets and config -----------------------------------------------------------------------
@@ -358,8 +370,15 @@ def test_a_fitted_world_is_about_as_learnable_as_its_source(
         users = np.unique(table["user_id"].to_numpy(), return_inverse=True)[1] + 1
         items = np.unique(table["item_id"].to_numpy(), return_inverse=True)[1] + 1
         return _heldout_mse(
-            users, items, table["reward"].to_numpy(), int(users.max()), int(items.max()),
-            8, 0.1, 10, 0,
+            users,
+            items,
+            table["reward"].to_numpy(),
+            int(users.max()),
+            int(items.max()),
+            8,
+            0.1,
+            10,
+            0,
         )
 
     assert error(fitted.generate()) == pytest.approx(error(real), rel=0.1)
