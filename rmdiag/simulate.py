@@ -28,18 +28,21 @@ with levels 1..5 and thresholds 1.5, 2.5, 3.5, 4.5 (i.e. round and clip); with
 `continuous=True`, r = clip(z + noise * eps, 1, 5). `true_reward` is E[r | u, i, h], computed in
 closed form from the normal CDF, so it is exact, not a sample mean.
 
-Behaviour policy: each user consumes n_u distinct items drawn sequentially from
-  softmax(exposure_concentration * pop_i + log(tail_exposure) * 1[i in tail]
-          + affinity_weight * a(u, i) / sd(a))
-without replacement (drawn with the Gumbel-top-k trick, which is exactly that sequential
-sampling), where pop_i ~ N(0, 1) is the item's popularity (correlated with quality by
-popularity_quality_corr), the tail is the tail_share of items with the lowest popularity, and
-a(u, i) = q_i + <p_u, v_i> + e(u, i) is the user's affinity (users pick what they like, so the
-log is missing-not-at-random, as real logs are). Sequence lengths are log-normal (mean
-mean_events, log-sd length_sigma) clipped to [min_events, n_items]. Timestamps: each user is
-active in a window inside [start_time, start_time + time_span_days); events come in sessions
-(mean session_length events) a few seconds apart, so timestamps can repeat within a user, as in
-MovieLens; sessions are spread over the window.
+Behaviour policy: each user consumes n_u distinct items drawn sequentially, without
+replacement, with weights
+  (1 - exploration) * softmax_i(exposure_concentration * pop_i + log(tail_exposure) * 1[i in tail]
+                                + affinity_weight * a(u, i) / sd(a)) + exploration / n_items
+(drawn with the Gumbel-top-k trick, which is exactly that sequential sampling). pop_i ~ N(0, 1)
+is the item's popularity (correlated with quality by popularity_quality_corr); the tail is the
+tail_share of items with the lowest popularity; `exploration` is randomized exploration traffic
+(how rare items reach real logs); a(u, i) = q_i + <p_u, v_i> + e(u, i) is the user's affinity
+(users pick what they like, so the log is missing-not-at-random, as real logs are).
+
+Sequence lengths are log-normal (mean mean_events, log-sd length_sigma) clipped to
+[min_events, n_items]. Timestamps: each user is active in a window inside
+[start_time, start_time + time_span_days); events come in sessions (mean session_length events)
+a few seconds apart, so timestamps can repeat within a user, as in MovieLens; sessions are
+spread over the window.
 
 Selection: users pick what they like, so logged ratings are higher than ratings of random
 items (with the defaults the logged mean is ~3.6 while the latent mean `rating_mean` is 2.7);
@@ -171,6 +174,13 @@ class SimulationConfig:
         default=0.01,
         metadata=_help("exposure odds of a tail item relative to a like head item"),
     )
+    exploration: float = field(
+        default=0.02,
+        metadata=_help(
+            "share of the behaviour policy's probability spread uniformly over the catalog "
+            "(randomized exploration; how often rare items reach the log)"
+        ),
+    )
     session_length: float = field(
         default=8.0, metadata=_help("mean events per session (events seconds apart)")
     )
@@ -195,6 +205,8 @@ class SimulationConfig:
             problems.append(f"observable_share must be in [0, 1], got {self.observable_share}")
         if not 0.0 <= self.tail_share < 1.0:
             problems.append(f"tail_share must be in [0, 1), got {self.tail_share}")
+        if not 0.0 <= self.exploration < 1.0:
+            problems.append(f"exploration must be in [0, 1), got {self.exploration}")
         if not 0.0 < self.tail_exposure <= 1.0:
             problems.append(f"tail_exposure must be in (0, 1], got {self.tail_exposure}")
         if not -1.0 <= self.popularity_quality_corr <= 1.0:
@@ -307,6 +319,7 @@ class WorldParameters:
     high: float
     exposure_logits: np.ndarray
     affinity_weight: float
+    exploration: float
     lengths: np.ndarray
     active_start: np.ndarray
     active_end: np.ndarray
@@ -741,6 +754,7 @@ class World:
             lengths=lengths,
             active_start=active_start,
             active_end=active_end,
+            exploration=0.0,
             session_length=SimulationConfig.session_length,
         )
         calibration_seed = seed + 1_000_003  # not the world's seed: an honest check
@@ -872,6 +886,7 @@ def _draw_parameters(config: SimulationConfig) -> WorldParameters:
         lengths=padded(lengths),
         active_start=padded(active_start),
         active_end=padded(active_end),
+        exploration=config.exploration,
         session_length=config.session_length,
     )
 
@@ -953,6 +968,12 @@ def _behaviour_sequences(
         )
         affinity = affinity + _hidden(params, seed, users[:, None], all_items[None, :])
         logits = logits + params.affinity_weight * affinity
+    if params.exploration > 0.0:
+        # Mixture (1 - eps) * softmax(logits) + eps / n_items, as log-weights for the Gumbel trick.
+        logits = np.logaddexp(
+            math.log1p(-params.exploration) + scipy.special.log_softmax(logits, axis=1),
+            math.log(params.exploration / params.n_items),
+        )
     uniform = _hash_uniform(
         _key(seed, _STREAM_GUMBEL), users[:, None], np.arange(1, params.n_items + 1)[None, :]
     )

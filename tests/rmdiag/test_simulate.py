@@ -152,8 +152,19 @@ def test_exposure_concentration_raises_the_popularity_gini() -> None:
     assert ginis[0] + 0.05 < ginis[1] and ginis[1] + 0.05 < ginis[2]
 
 
+def test_exploration_brings_rare_items_into_the_log() -> None:
+    def exposure(exploration: float) -> tuple[int, float]:
+        config = small(n_users=300, n_items=600, exploration=exploration, tail_exposure=0.001)
+        world = World(config)
+        items = world.generate()["item_id"].to_numpy()
+        return np.unique(items).size, popularity_gini(items, world.n_items)
+
+    (seen_without, gini_without), (seen_with, gini_with) = exposure(0.0), exposure(0.3)
+    assert seen_with > seen_without and gini_with < gini_without - 0.05
+
+
 def test_tail_share_leaves_that_share_of_the_catalog_rarely_exposed() -> None:
-    config = small(n_users=300, tail_share=0.3, tail_exposure=0.001)
+    config = small(n_users=300, tail_share=0.3, tail_exposure=0.001, exploration=0.0)
     world = World(config)
     counts = np.bincount(world.generate()["item_id"].to_numpy(), minlength=121)[1:]
     tail = world.parameters.exposure_logits[1:] < np.quantile(
@@ -408,7 +419,7 @@ def test_from_interactions_refuses_bad_tables() -> None:
 
 
 def test_rarely_exposed_is_the_configured_tail() -> None:
-    world = World(small(n_users=300, tail_share=0.25, tail_exposure=0.001))
+    world = World(small(n_users=300, tail_share=0.25, tail_exposure=0.001, exploration=0.0))
     tail = world.rarely_exposed()
     assert tail.shape == (121,) and not tail[0] and tail.sum() == 30
     counts = np.bincount(world.generate()["item_id"].to_numpy(), minlength=121)
