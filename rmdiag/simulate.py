@@ -73,6 +73,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
+import scipy.cluster.vq
 import scipy.optimize
 import scipy.sparse
 import scipy.special
@@ -590,6 +591,22 @@ class World:
         mask = np.zeros(self.n_items + 1, dtype=bool)
         mask[1 + np.argsort(logits, kind="stable")[:n_tail]] = True
         return mask
+
+    def item_regions(self, n_regions: int = 10) -> np.ndarray:
+        """Region (cluster) of each world item id, int64 [n_items + 1], index 0 unused (0).
+
+        k-means (scipy.cluster.vq.kmeans2, seeded by the world) on the items' latent directions:
+        items of one region are alike in taste, so a user who never consumed a region is
+        unexplored there. Pass it (mapped to encoded ids) as `item_regions` to
+        `rmdiag.split.unexplored_mask`.
+        """
+        if not 1 <= n_regions <= self.n_items:
+            raise ValueError(f"n_regions must be in 1..{self.n_items}, got {n_regions}")
+        directions = self.parameters.item_directions[1:]
+        _, labels = scipy.cluster.vq.kmeans2(
+            directions, n_regions, minit="++", seed=np.random.default_rng(self.seed)
+        )
+        return np.concatenate([[0], labels]).astype(np.int64)
 
     def misspecified_reward(
         self,

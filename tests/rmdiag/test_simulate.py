@@ -448,3 +448,16 @@ def test_misspecified_reward_is_right_on_explored_items_and_hackable_on_the_tail
     assert tail[items[torch.arange(200), hacked]].float().mean() > 0.5
     rows = torch.arange(200)
     assert truth[rows, hacked].mean() < truth[rows, best].mean() - 0.3
+
+
+def test_item_regions_group_items_of_like_taste() -> None:
+    world = World(small(n_items=200))
+    regions = world.item_regions(8)
+    assert regions.shape == (201,) and regions.dtype == np.int64 and regions[0] == 0
+    assert set(np.unique(regions[1:])) <= set(range(8)) and np.unique(regions[1:]).size > 4
+    assert np.array_equal(regions, World(small(n_items=200)).item_regions(8))
+    directions = world.parameters.item_directions[1:]
+    cosine = directions @ directions.T
+    same = regions[1:, None] == regions[None, 1:]
+    off_diagonal = ~np.eye(200, dtype=bool)
+    assert cosine[same & off_diagonal].mean() > cosine[~same].mean() + 0.2
