@@ -946,23 +946,29 @@ def _observe(params: WorldParameters, noisy_utility: np.ndarray) -> np.ndarray:
     return params.levels[np.searchsorted(params.thresholds, noisy_utility, side="right")]
 
 
+# Noise below this is treated as none in expectations (the error is below 1e-9 rating points;
+# dividing by a denormal noise would overflow).
+_TINY_NOISE = 1e-9
+
+
 def _expected(params: WorldParameters, latent: np.ndarray) -> np.ndarray:
     """E[_observe(latent + noise * eps)] in closed form."""
     sigma = params.noise
     if params.continuous:
-        if sigma == 0.0:
+        if sigma < _TINY_NOISE:
             return np.clip(latent, params.low, params.high)
 
         # E[clip(X, a, b)] = a + sigma * (F(beta) - F(alpha)), F(s) = s (1 - Phi(s)) - phi(s)
         def antiderivative(s: np.ndarray) -> np.ndarray:
-            return s * scipy.special.ndtr(-s) - np.exp(-0.5 * s**2) / math.sqrt(2 * math.pi)
+            density = np.exp(-0.5 * np.square(np.clip(s, -40.0, 40.0))) / math.sqrt(2 * math.pi)
+            return s * scipy.special.ndtr(-s) - density
 
         alpha, beta = (params.low - latent) / sigma, (params.high - latent) / sigma
         return params.low + sigma * (antiderivative(beta) - antiderivative(alpha))
     steps = np.diff(params.levels)
     expected = np.full(latent.shape, params.levels[0])
     for step, threshold in zip(steps, params.thresholds, strict=True):
-        if sigma == 0.0:
+        if sigma < _TINY_NOISE:
             expected += step * (latent >= threshold)
         else:
             expected += step * scipy.special.ndtr((latent - threshold) / sigma)

@@ -461,3 +461,49 @@ def test_item_regions_group_items_of_like_taste() -> None:
     same = regions[1:, None] == regions[None, 1:]
     off_diagonal = ~np.eye(200, dtype=bool)
     assert cosine[same & off_diagonal].mean() > cosine[~same].mean() + 0.2
+
+
+def test_randomized_exposure_conditions_on_the_users_whole_log() -> None:
+    world = World(small(noise=0.0, satiation=1.0))  # noise-free: rating = true reward
+    log, holdout = world.generate(), world.randomized_exposure(3, seed=0)
+    users = log["user_id"].to_numpy()
+    last_rows = np.flatnonzero(np.r_[users[1:] != users[:-1], True])  # each user's last event
+    context, _ = contexts_for_events(log, last_rows, max_len=10)
+    # The history after the last event = the last event's history plus that event.
+    items = np.array(log["item_id"].to_numpy())
+    history = torch.cat(
+        [context.history_items[:, 1:], torch.from_numpy(items[last_rows])[:, None]], 1
+    )
+    full = Context(context.users, history, torch.zeros_like(history, dtype=torch.float32))
+    holdout_items = torch.from_numpy(np.array(holdout["item_id"].to_numpy()).reshape(-1, 3))
+    oracle = world.true_reward(full, holdout_items)
+    np.testing.assert_array_equal(oracle.numpy().ravel(), holdout["reward"].to_numpy())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 1000),
+    noise=st.floats(0.0, 2.0),
+    continuous=st.booleans(),
+    batch=st.integers(1, 6),
+    length=st.integers(0, 8),
+)
+def test_true_reward_stays_on_the_scale_and_is_deterministic(
+    seed: int, noise: float, continuous: bool, batch: int, length: int
+) -> None:
+    world = World(
+        SimulationConfig(n_users=20, n_items=30, seed=seed, noise=noise, continuous=continuous)
+    )
+    generator = torch.Generator().manual_seed(seed)
+    users = torch.randint(1, 21, (batch,), generator=generator)
+    history = torch.randint(0, 31, (batch, length), generator=generator)
+    context = Context(users, history, torch.zeros(batch, length))
+    items = torch.randint(1, 31, (batch, 7), generator=generator)
+    oracle = world.true_reward(context, items)
+    assert oracle.shape == (batch, 7)
+    assert torch.all((oracle >= 1.0) & (oracle <= 5.0))
+    assert torch.equal(oracle, world.true_reward(context, items))
+    sampled = world.sample_reward(context, items, np.random.default_rng(seed))
+    assert torch.all((sampled >= 1.0) & (sampled <= 5.0))
+    if not continuous:
+        assert torch.equal(sampled, sampled.round())
