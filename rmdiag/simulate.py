@@ -158,7 +158,7 @@ class SimulationConfig:
     )
     exposure_concentration: float = field(
         default=1.5,
-        metadata=_help("weight of item popularity in the behaviour policy (0 = no popular bias)"),
+        metadata=_help("weight of item popularity in the behaviour policy (0 = none)"),
     )
     affinity_weight: float = field(
         default=1.0,
@@ -690,7 +690,9 @@ class World:
           last timestamps.
 
         World ids are 1..n in sorted raw-id order; `raw_user_ids` / `raw_item_ids` map them
-        back (index = world id, index 0 unused).
+        back (index = world id, index 0 unused). The world's `config` records the sizes, seed,
+        rank, fitted mean and noise; its other knobs do not apply to a fitted world. Cost:
+        about 10 s for MovieLens-100K on one core (seven ALS fits and the calibrations).
         """
         for name in ("user_id", "item_id", "timestamp", "reward"):
             if name not in table.column_names:
