@@ -325,6 +325,7 @@ class WorldParameters:
     active_start: np.ndarray
     active_end: np.ndarray
     session_length: float
+    session_gap_seconds: float
 
     @property
     def n_users(self) -> int:
@@ -687,7 +688,8 @@ class World:
           simulated exposure counts) so that the simulated item counts follow the real ones;
           the behaviour policy also weighs the user's affinity by `affinity_weight`.
         - Each user keeps the real number of events (at most n_items) and the real first and
-          last timestamps.
+          last timestamps; the gap between events of a session is set so that the share of
+          consecutive events with equal timestamps matches the real one.
 
         World ids are 1..n in sorted raw-id order; `raw_user_ids` / `raw_item_ids` map them
         back (index = world id, index 0 unused). The world's `config` records the sizes, seed,
@@ -775,6 +777,9 @@ class World:
             active_end=active_end,
             exploration=0.0,
             session_length=SimulationConfig.session_length,
+            session_gap_seconds=_session_gap_for_ties(
+                _tie_share(users, timestamps), SimulationConfig.session_length
+            ),
         )
         calibration_seed = seed + 1_000_003  # not the world's seed: an honest check
         params = _calibrate_exposure(params, item_counts, calibration_seed, calibration_rounds)
@@ -907,6 +912,7 @@ def _draw_parameters(config: SimulationConfig) -> WorldParameters:
         active_end=padded(active_end),
         exploration=config.exploration,
         session_length=config.session_length,
+        session_gap_seconds=_WITHIN_SESSION_MEAN_GAP_S,
     )
 
 
@@ -1052,7 +1058,7 @@ def _timestamps(
     )
     new_session[:, 0] = False  # the first event opens the window; no gap before it
     gap_draw = -np.log(_hash_uniform(_key(seed, _STREAM_GAP), users[:, None], positions))
-    within = np.where(valid & ~new_session, gap_draw * _WITHIN_SESSION_MEAN_GAP_S, 0.0)
+    within = np.where(valid & ~new_session, gap_draw * params.session_gap_seconds, 0.0)
     within[:, 0] = 0.0
     between = np.where(valid & new_session, gap_draw, 0.0)
     start = params.active_start[users].astype(np.float64)
@@ -1148,6 +1154,31 @@ def _fit_biased_mf(
             item_groups, users, ratings - mean - user_bias[users], user_factors, regularization
         )
     return _FactorModel(mean, user_bias, item_bias, user_factors, item_factors)
+
+
+def _tie_share(users: np.ndarray, timestamps: np.ndarray) -> float:
+    """Share of a user's consecutive events (in time order) that share a timestamp."""
+    order = np.lexsort((timestamps, users))
+    same_user = users[order][1:] == users[order][:-1]
+    if not same_user.any():
+        return 0.0
+    return float(np.mean(np.diff(timestamps[order])[same_user] == 0))
+
+
+def _session_gap_for_ties(tie_share: float, session_length: float) -> float:
+    """Mean within-session gap (s) that gives `tie_share` equal consecutive timestamps.
+
+    With an exponential gap of mean g and a uniform fractional second, two events share an
+    integer timestamp with probability 1 - g (1 - exp(-1/g)); a share 1/session_length of
+    gaps open a new session (never a tie).
+    """
+    in_session = 1.0 - 1.0 / session_length
+    target = min(max(tie_share / in_session, 1e-3), 0.99)
+
+    def ties(gap: float) -> float:
+        return 1.0 - gap * -math.expm1(-1.0 / gap)
+
+    return float(scipy.optimize.brentq(lambda g: ties(g) - target, 1e-3, 1e4))
 
 
 def _heldout_mse(
