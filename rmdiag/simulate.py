@@ -452,7 +452,8 @@ class World:
         rows, positions = np.nonzero(valid)  # row-major: by user, then sequence position
         flat_users, flat_items = users[rows], items_2d[rows, positions]
         recent = _recent_items(items_2d, rows, positions, params.satiation_window)
-        latent = _latent_utility(params, self.seed, flat_users, flat_items, recent)
+        recent_directions = _recent_directions(params, recent)
+        latent = _latent_utility(params, self.seed, flat_users, flat_items, recent_directions)
         eps = _hash_normal(_key(self.seed, _STREAM_NOISE), flat_users, positions)
         rewards = _observe(params, latent + params.noise * eps)
         timestamps = _timestamps(params, self.seed, users, valid)[rows, positions]
@@ -499,12 +500,12 @@ class World:
             positions = np.broadcast_to(np.arange(take), chosen.shape)[chosen_valid]
             lengths = valid.sum(axis=1)
             recent = _recent_items(
-                items_2d,
-                np.repeat(np.arange(users.size), counts),
-                np.repeat(lengths, counts),
-                params.satiation_window,
+                items_2d, np.arange(users.size), lengths, params.satiation_window
             )
-            latent = _latent_utility(params, self.seed, flat_users, flat_items, recent)
+            recent_directions = _recent_directions(params, recent)
+            if recent_directions is not None:
+                recent_directions = np.repeat(recent_directions, counts, axis=0)
+            latent = _latent_utility(params, self.seed, flat_users, flat_items, recent_directions)
             eps = _hash_normal(noise_key, flat_users, positions)
             rewards = _observe(params, latent + params.noise * eps)
             timestamps = self.end_time + 1 + positions.astype(np.int64)
@@ -528,8 +529,7 @@ class World:
         Exact (closed form over the rating noise). Uses the context's users and the last
         `satiation_window` items of its left-padded history; ids are world ids.
         """
-        users, flat_items, recent, shape = self._oracle_inputs(context, items)
-        latent = _latent_utility(self.parameters, self.seed, users, flat_items, recent)
+        latent, shape = self._latent_for(context, items)
         expected = _expected(self.parameters, latent).reshape(shape)
         return torch.from_numpy(expected.astype(np.float32)).to(items.device)
 
@@ -541,15 +541,15 @@ class World:
         For online interaction with the world (an environment, not the log); `rng` supplies
         the noise so repeated calls give fresh draws.
         """
-        users, flat_items, recent, shape = self._oracle_inputs(context, items)
-        latent = _latent_utility(self.parameters, self.seed, users, flat_items, recent)
+        latent, shape = self._latent_for(context, items)
         noisy = latent + self.parameters.noise * rng.standard_normal(latent.shape)
         rewards = _observe(self.parameters, noisy).reshape(shape)
         return torch.from_numpy(rewards.astype(np.float32)).to(items.device)
 
-    def _oracle_inputs(
+    def _latent_for(
         self, context: _ContextLike, items: torch.Tensor
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+    ) -> tuple[np.ndarray, tuple[int, int]]:
+        """Latent utility of each (context row, candidate), flat [B * K], and (B, K)."""
         items_np = items.detach().cpu().numpy().astype(np.int64)
         users_np = context.users.detach().cpu().numpy().astype(np.int64)
         history = context.history_items.detach().cpu().numpy().astype(np.int64)
@@ -573,12 +573,18 @@ class World:
         if recent.shape[1] < w:
             recent = np.pad(recent, ((0, 0), (0, w - recent.shape[1])))
         k = items_np.shape[1]
-        return (
+        # Summed per context row, then shared by its K candidates (same numbers, K times less work).
+        recent_directions = _recent_directions(self.parameters, recent)
+        if recent_directions is not None:
+            recent_directions = np.repeat(recent_directions, k, axis=0)
+        latent = _latent_utility(
+            self.parameters,
+            self.seed,
             np.repeat(users_np, k),
             items_np.reshape(-1),
-            np.repeat(recent, k, axis=0),
-            (items_np.shape[0], k),
+            recent_directions,
         )
+        return latent, (items_np.shape[0], k)
 
     def rarely_exposed(self) -> np.ndarray:
         """Mask over world item ids [n_items + 1] (index 0 False): the rarely exposed tail.
@@ -925,25 +931,33 @@ def _hidden(params: WorldParameters, seed: int, users: np.ndarray, items: np.nda
     return params.hidden_scale * _hash_normal(_key(seed, _STREAM_HIDDEN), users, items)
 
 
+def _recent_directions(params: WorldParameters, recent: np.ndarray) -> np.ndarray | None:
+    """Summed directions of the recent items [M, w] (0 = none): [M, d]; None without satiation."""
+    if params.satiation == 0.0:
+        return None
+    total = np.zeros((recent.shape[0], params.item_directions.shape[1]))
+    for lag in range(recent.shape[1]):  # fixed order: identical sums in every code path
+        total += params.item_directions[recent[:, lag]]
+    return total
+
+
 def _latent_utility(
     params: WorldParameters,
     seed: int,
     users: np.ndarray,
     items: np.ndarray,
-    recent: np.ndarray,
+    recent_directions: np.ndarray | None,
 ) -> np.ndarray:
-    """z(u, i, h) for flat users [N], items [N], recent [N, w] (most recent first, 0 = none)."""
+    """z(u, i, h) for flat users [N] and items [N]; `recent_directions` [N, d] are the summed
+    directions of each event's recent items (`_recent_directions`)."""
     dot = np.einsum("nd,nd->n", params.user_factors[users], params.item_factors[items])
     z = params.rating_mean + params.user_bias[users] + params.item_bias[items] + dot
     z = z + _hidden(params, seed, users, items)
-    if params.satiation > 0.0:
-        directions = params.item_directions[items]
-        similarity = np.zeros(users.shape[0])
-        for lag in range(recent.shape[1]):  # fixed order: identical sums in every code path
-            similarity += np.einsum("nd,nd->n", directions, params.item_directions[recent[:, lag]])
+    if recent_directions is not None:
+        similarity = np.einsum("nd,nd->n", params.item_directions[items], recent_directions)
         # sqrt(rank) * cosine has unit variance for unrelated items, whatever the rank.
-        scale = params.satiation * math.sqrt(directions.shape[1]) / params.satiation_window
-        z = z - scale * similarity
+        rank = params.item_directions.shape[1]
+        z = z - params.satiation * math.sqrt(rank) / params.satiation_window * similarity
     return z
 
 
@@ -1252,7 +1266,9 @@ def _calibrate_ratings(
         return dataclasses.replace(params, noise=math.sqrt(target_mse))
     users, items, recent = _simulated_pairs(params, seed)
     sample = np.random.default_rng(seed).permutation(users.size)[:50_000]
-    latent = _latent_utility(params, seed, users[sample], items[sample], recent[sample])
+    latent = _latent_utility(
+        params, seed, users[sample], items[sample], _recent_directions(params, recent[sample])
+    )
     levels = params.levels
     cumulative = np.searchsorted(np.sort(real_rewards), levels[:-1], side="right")
     cumulative = cumulative / real_rewards.size  # P(r <= level_k), k < last
