@@ -456,7 +456,7 @@ class World:
         latent = _latent_utility(params, self.seed, flat_users, flat_items, recent_directions)
         eps = _hash_normal(_key(self.seed, _STREAM_NOISE), flat_users, positions)
         rewards = _observe(params, latent + params.noise * eps)
-        timestamps = _timestamps(params, self.seed, users, valid)[rows, positions]
+        timestamps = _timestamps(params, self.seed, flat_users, positions)
         columns: dict[str, Any] = {
             "user_id": pa.array(flat_users, pa.int64()),
             "item_id": pa.array(flat_items, pa.int64()),
@@ -1062,29 +1062,37 @@ def _recent_items(
 
 
 def _timestamps(
-    params: WorldParameters, seed: int, users: np.ndarray, valid: np.ndarray
+    params: WorldParameters, seed: int, users: np.ndarray, positions: np.ndarray
 ) -> np.ndarray:
-    """Non-decreasing int64 timestamps [B, L] in each user's active window, in sessions."""
-    positions = np.arange(valid.shape[1])[None, :]
+    """Non-decreasing int64 timestamps of flat events (grouped by user, positions 0, 1, ...)
+    in each user's active window: sessions of events seconds apart, spread over the window.
+
+    Gaps are integer milliseconds, so per-user sums are exact whatever else is in the block
+    (a user's timestamps must not depend on the other users generated with it).
+    """
     new_session = (
-        _hash_uniform(_key(seed, _STREAM_SESSION), users[:, None], positions)
-        < 1.0 / params.session_length
+        _hash_uniform(_key(seed, _STREAM_SESSION), users, positions) < 1.0 / params.session_length
     )
-    new_session[:, 0] = False  # the first event opens the window; no gap before it
-    gap_draw = -np.log(_hash_uniform(_key(seed, _STREAM_GAP), users[:, None], positions))
-    within = np.where(valid & ~new_session, gap_draw * params.session_gap_seconds, 0.0)
-    within[:, 0] = 0.0
-    between = np.where(valid & new_session, gap_draw, 0.0)
-    start = params.active_start[users].astype(np.float64)
-    window = (params.active_end[users] - params.active_start[users]).astype(np.float64)
-    # Row totals from sequential cumulative sums (not np.sum, whose pairwise blocking depends on
-    # the padded width): a user's timestamps must not depend on the other users in its block.
-    free = np.maximum(window - np.cumsum(within, axis=1)[:, -1], 0.0)
-    total_between = np.cumsum(between, axis=1)[:, -1]
-    scale = np.divide(free, total_between, out=np.zeros_like(free), where=total_between > 0)
-    offsets = np.cumsum(within + between * scale[:, None], axis=1)
-    times = np.floor(start[:, None] + offsets).astype(np.int64)
-    return np.minimum(times, params.active_end[users][:, None])
+    gap_draw = -np.log(_hash_uniform(_key(seed, _STREAM_GAP), users, positions))
+    later = positions > 0  # the first event opens the window; no gap before it
+    within_ms = np.where(
+        later & ~new_session, np.floor(gap_draw * params.session_gap_seconds * 1000.0), 0.0
+    ).astype(np.int64)
+    between_weight = np.where(later & new_session, np.floor(gap_draw * 1e6), 0.0).astype(np.int64)
+    starts = np.flatnonzero(positions == 0)
+    owner = np.cumsum(positions == 0) - 1  # index into `starts` of each event's user
+    first_users = users[starts]
+    window_ms = (params.active_end[first_users] - params.active_start[first_users]) * 1000
+    free_ms = np.maximum(window_ms - np.add.reduceat(within_ms, starts), 0)
+    total_weight = np.add.reduceat(between_weight, starts)
+    ms_per_weight = np.divide(
+        free_ms, total_weight, out=np.zeros(starts.size), where=total_weight > 0
+    )
+    between_ms = np.floor(between_weight * ms_per_weight[owner]).astype(np.int64)
+    elapsed = np.cumsum(within_ms + between_ms)
+    elapsed -= (elapsed - (within_ms + between_ms))[starts][owner]  # restart at each user
+    times = params.active_start[users] + elapsed // 1000
+    return np.minimum(times, params.active_end[users])
 
 
 # --- fitting a world to a real log ------------------------------------------------------------
