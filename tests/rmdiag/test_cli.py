@@ -36,6 +36,19 @@ def test_run_on_a_file_writes_summary_json(tmp_path: Path, capsys) -> None:
     assert "events" in capsys.readouterr().out
 
 
+def test_simulate_preset_with_overrides(tmp_path: Path) -> None:
+    from rmdiag.simulate import SimulationConfig
+
+    out = tmp_path / "p.parquet"
+    args = ["simulate", "--out", str(out), "--preset", "item_mean_noise", "--users", "30"]
+    assert main(args) == 0
+    expected = SimulationConfig.preset("item_mean_noise", n_users=30)
+    from rmdiag.simulate import World
+
+    assert load(out).table.equals(load(World(expected).generate()).table)
+    assert main(["simulate", "--out", str(tmp_path / "q.parquet"), "--preset", "nope"]) == 2
+
+
 def test_console_script_usage_errors_exit_2(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "rmdiag.cli", "run", "--no-such-flag"],
