@@ -45,7 +45,7 @@ a few seconds apart, so timestamps can repeat within a user, as in MovieLens; se
 spread over the window.
 
 Selection: users pick what they like, so logged ratings are higher than ratings of random
-items (with the defaults the logged mean is ~3.6 while the latent mean `rating_mean` is 2.7);
+items (with the defaults the logged mean is ~3.5 while the latent mean `rating_mean` is 2.7);
 `randomized_exposure` gives those unbiased ratings.
 
 Determinism: global parameters come from `numpy.random.default_rng(seed)`; every per-user,
@@ -60,8 +60,9 @@ in about a minute at under 1 GiB peak RSS on a loaded 2-core machine.
 
 Oracle helpers: `true_reward` (exact expectation, a `RewardFn`), `sample_reward` (fresh noisy
 ratings: the world as an online environment), `randomized_exposure` (a holdout of uniformly
-random items), `rarely_exposed` (the tail mask) and `misspecified_reward` (an ensemble reward
-model that is wrong only on the tail, for reward-hacking studies). `SimulationConfig.preset`
+random items), `rarely_exposed` (the tail mask), `item_regions` (taste clusters, for the
+user-region unexplored slice) and `misspecified_reward` (an ensemble reward model that is wrong
+only on the tail, for reward-hacking studies). `SimulationConfig.preset`
 names worlds for the audit: "learnable", "directional" and "item_mean_noise" (see `PRESETS`).
 """
 
@@ -69,15 +70,16 @@ import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 import scipy.cluster.vq
 import scipy.optimize
-import scipy.sparse
 import scipy.special
-import torch
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: `rmdiag simulate` never needs it
+    import torch
 
 __all__ = [
     "PRESETS",
@@ -288,9 +290,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 class _ContextLike(Protocol):
-    users: torch.Tensor
-    history_items: torch.Tensor
-    history_rewards: torch.Tensor
+    users: "torch.Tensor"
+    history_items: "torch.Tensor"
+    history_rewards: "torch.Tensor"
 
 
 @dataclass(frozen=True)
@@ -523,7 +525,7 @@ class World:
 
     # --- the oracle ---------------------------------------------------------------------------
 
-    def true_reward(self, context: _ContextLike, items: torch.Tensor) -> torch.Tensor:
+    def true_reward(self, context: _ContextLike, items: "torch.Tensor") -> "torch.Tensor":
         """E[reward | user, history, item] for each candidate: FloatTensor[B, K] (a RewardFn).
 
         Exact (closed form over the rating noise). Uses the context's users and the last
@@ -531,11 +533,13 @@ class World:
         """
         latent, shape = self._latent_for(context, items)
         expected = _expected(self.parameters, latent).reshape(shape)
+        import torch
+
         return torch.from_numpy(expected.astype(np.float32)).to(items.device)
 
     def sample_reward(
-        self, context: _ContextLike, items: torch.Tensor, rng: np.random.Generator
-    ) -> torch.Tensor:
+        self, context: _ContextLike, items: "torch.Tensor", rng: np.random.Generator
+    ) -> "torch.Tensor":
         """One noisy rating per candidate, drawn from the world's rating model: [B, K].
 
         For online interaction with the world (an environment, not the log); `rng` supplies
@@ -544,10 +548,12 @@ class World:
         latent, shape = self._latent_for(context, items)
         noisy = latent + self.parameters.noise * rng.standard_normal(latent.shape)
         rewards = _observe(self.parameters, noisy).reshape(shape)
+        import torch
+
         return torch.from_numpy(rewards.astype(np.float32)).to(items.device)
 
     def _latent_for(
-        self, context: _ContextLike, items: torch.Tensor
+        self, context: _ContextLike, items: "torch.Tensor"
     ) -> tuple[np.ndarray, tuple[int, int]]:
         """Latent utility of each (context row, candidate), flat [B * K], and (B, K)."""
         items_np = items.detach().cpu().numpy().astype(np.int64)
@@ -639,6 +645,8 @@ class World:
         key = _key(self.seed ^ (seed * 0x2545F4914F6CDD1D), _STREAM_MISSPECIFIED)
         errors = tail_bonus + tail_spread * _hash_normal(key, members, items)
         errors = np.where(self.rarely_exposed()[None, :], errors, 0.0)
+        import torch
+
         return MisspecifiedReward(self, torch.from_numpy(errors.astype(np.float32)))
 
     def variance_components(self) -> dict[str, float]:
@@ -831,18 +839,18 @@ class MisspecifiedReward:
     """The world's true reward plus a fixed per-(member, item) error (see
     `World.misspecified_reward`); an `EnsembleRewardFn` in world ids."""
 
-    def __init__(self, world: World, item_errors: torch.Tensor) -> None:
+    def __init__(self, world: World, item_errors: "torch.Tensor") -> None:
         self.world = world
         self.item_errors = item_errors  # [M, n_items + 1]
 
-    def members(self, context: _ContextLike, items: torch.Tensor) -> torch.Tensor:
+    def members(self, context: _ContextLike, items: "torch.Tensor") -> "torch.Tensor":
         """FloatTensor[M, B, K]: each member's prediction."""
         truth = self.world.true_reward(context, items)
         errors = self.item_errors.to(items.device)[:, items]
         low, high = self.world.parameters.low, self.world.parameters.high
         return (truth[None] + errors).clamp(low, high)
 
-    def __call__(self, context: _ContextLike, items: torch.Tensor) -> torch.Tensor:
+    def __call__(self, context: _ContextLike, items: "torch.Tensor") -> "torch.Tensor":
         return self.members(context, items).mean(0)
 
 
