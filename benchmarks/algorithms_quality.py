@@ -121,6 +121,11 @@ def main(argv: list[str] | None = None) -> None:
         name: world.misspecified_reward(eval_context, top10(policy, eval_context)).mean(1).numpy()
         for name, policy in policies.items()
     }
+    catalog = torch.arange(1, world.config.n_items + 1).expand(len(eval_context), -1)
+    unseen_reward = torch.cat([torch.full((len(eval_context), 1), float("-inf")),
+                               world.true_reward(eval_context, catalog)], dim=1)
+    unseen_reward.scatter_(1, eval_context.history_items, float("-inf"))
+    oracle = unseen_reward.topk(10, dim=1).values.mean(1).numpy()
     print(f"world: {world.config.n_users} users, {world.config.n_items} items, "
           f"{int((train_data['items'] != 0).sum())} logged events; scored on fresh sessions")
     print(f"{'policy':28s} {'true top-10 reward':>28s} {'vs SFT (paired)':>30s} "
@@ -134,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{'':6s} {misspecified[name].mean():.3f} {seconds[name]:8.1f}")
         summary[name] = {"true_top10_reward": level, "gain_over_sft": gain,
                          "misspecified_rm_top10": float(misspecified[name].mean())}
+    print(f"{'oracle (best 10 unseen items)':28s} {oracle.mean():.3f}")
     best_sft_style = max(("exp-sft (λ=0.5)", "a-sft (user mean, β=0.5)"),
                          key=lambda name: true[name].mean())
     ppo_over = figure(true["ppo (true reward)"] - true[best_sft_style])
@@ -155,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         "ppo_gain_ratio": gain_ratio,
         "ppo_misspecified_rm_gain": hacked_rm,
         "ppo_misspecified_true_gain": hacked_true,
+        "oracle_top10_reward": float(oracle.mean()),
         "policies": summary,
     }, ensure_ascii=False))
 
