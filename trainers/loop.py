@@ -264,6 +264,11 @@ def train_loop(
         history.append({"step": float(step), "train_seconds": train_seconds, **metrics})
         if config.early_stopping_metric is None:
             return False
+        if config.early_stopping_metric not in metrics:
+            raise KeyError(
+                f"early_stopping_metric {config.early_stopping_metric!r} is not among the "
+                f"evaluation hook's figures {sorted(metrics)}"
+            )
         score = metrics[config.early_stopping_metric]
         if best_score is None or score > best_score:
             best_score, best_step, evals_since_best = score, step, 0

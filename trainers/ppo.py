@@ -33,7 +33,8 @@ _MASKED = -1e9
 
 @dataclass
 class PPOConfig(TrainConfig):
-    """One-step PPO. `batch_size` is the number of histories per rollout."""
+    """One-step PPO. `batch_size` is the number of histories per rollout; one loop step is one
+    rollout batch, i.e. ppo_epochs × minibatches optimizer updates."""
 
     # RL fine-tuning moves a pre-trained policy: a smaller step than SFT's 1e-3.
     lr: float = 3e-4
