@@ -1,0 +1,117 @@
+"""An ensemble of reward models: bootstrap resamples of users, distinct seeds, mixed kinds.
+
+Member m is of kind ``kinds[m % len(kinds)]``, seeded ``seed + m``, and fitted with a
+multinomial bootstrap of users (each user's events weighted by how often the user was drawn), so
+members disagree where the data is thin. It satisfies ``trainers.protocols.EnsembleRewardFn``:
+``members(context, items) -> [M, B, K]``, ``__call__`` is their mean, ``spread`` their standard
+deviation.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
+
+import numpy as np
+import torch
+
+from rmdiag.data import Interactions
+from rmdiag.rewards.base import RewardModel
+from rmdiag.sequences import event_sequences
+from trainers.protocols import Context
+
+
+def model_class(kind: str) -> type[RewardModel]:
+    """The class registered under ``kind`` in ``rmdiag.rewards.REWARD_MODELS``."""
+    from rmdiag.rewards import REWARD_MODELS  # registry lives in the package's __init__
+
+    if kind not in REWARD_MODELS:
+        raise ValueError(f"unknown reward model kind {kind!r}; known: {sorted(REWARD_MODELS)}")
+    return REWARD_MODELS[kind]
+
+
+def make_reward_model(kind: str, **params: Any) -> RewardModel:
+    """A reward model of a registered kind (``REWARD_MODELS``) with the given parameters."""
+    return model_class(kind)(**params)
+
+
+class RewardEnsemble(RewardModel):
+    """M reward models fitted on bootstrap resamples of users with distinct seeds."""
+
+    kind = "ensemble"
+
+    def __init__(
+        self,
+        kinds: Sequence[str] = ("lightgbm", "sequence"),
+        n_members: int = 5,
+        bootstrap: bool = True,
+        seed: int = 0,
+        params: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.kinds = tuple(kinds)
+        self.n_members = n_members
+        self.bootstrap = bootstrap
+        self.seed = seed
+        self.params = dict(params or {})
+
+    @property
+    def member_kinds(self) -> list[str]:
+        return [self.kinds[m % len(self.kinds)] for m in range(self.n_members)]
+
+    def fit(
+        self,
+        train: Interactions,
+        valid: Interactions | None = None,
+        *,
+        user_weight: np.ndarray | None = None,
+    ) -> Self:
+        if self.n_members < 1 or not self.kinds:
+            raise ValueError("an ensemble needs n_members >= 1 and at least one kind")
+        rng = np.random.default_rng(self.seed)
+        present = np.bincount(train.table.column("user").to_numpy(), minlength=train.n_users + 1)
+        users = np.flatnonzero(present)
+        self.members_: list[RewardModel] = []
+        for m, kind in enumerate(self.member_kinds):
+            weight = np.ones(train.n_users + 1) if user_weight is None else np.array(user_weight, float)
+            if self.bootstrap:
+                draws = rng.multinomial(len(users), np.full(len(users), 1.0 / len(users)))
+                resample = np.zeros(train.n_users + 1)
+                resample[users] = draws
+                weight = weight * resample
+            params = dict(self.params.get(kind, {}))
+            if "seed" in inspect.signature(model_class(kind)).parameters:
+                params["seed"] = self.seed + m
+            model = make_reward_model(kind, **params)
+            self.members_.append(model.fit(train, valid, user_weight=weight))
+        self.history_len = max(member.history_len for member in self.members_)
+        self.fitted_ = True
+        return self
+
+    def members(self, context: Context, items: torch.Tensor) -> torch.Tensor:
+        """Every member's predictions, FloatTensor[M, B, K]."""
+        self._check_fitted()
+        return torch.stack([member(context, items) for member in self.members_])
+
+    def predict(self, context: Context, items: torch.Tensor) -> torch.Tensor:
+        return self.members(context, items).mean(0)
+
+    def spread(self, context: Context, items: torch.Tensor) -> torch.Tensor:
+        """Standard deviation of the members' predictions, FloatTensor[B, K]."""
+        return self.members(context, items).std(0, unbiased=False)
+
+    def member_events(self, history: Interactions, events: Interactions) -> np.ndarray:
+        """Each member's prediction of each event given its earlier history: float64 [M, N]."""
+        self._check_fitted()
+        seqs = event_sequences(history, events, max(self.history_len, 1))
+        return np.stack(
+            [
+                member.predict_arrays(
+                    seqs.users, seqs.history_items, seqs.history_rewards, seqs.targets
+                )
+                for member in self.members_
+            ]
+        )
+
+    def predict_events(self, history: Interactions, events: Interactions) -> np.ndarray:
+        return self.member_events(history, events).mean(0)
