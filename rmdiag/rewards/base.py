@@ -112,13 +112,15 @@ class RewardModel(ABC):
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(train) first")
 
     def predict_events(self, history: Interactions, events: Interactions) -> np.ndarray:
-        """One prediction per row of ``events``, each given its user's earlier events in ``history``.
+        """One prediction per row of ``events``, given its user's earlier events in ``history``.
 
         Returns float64 [len(events)].
         """
         self._check_fitted()
         seqs = event_sequences(history, events, max(self.history_len, 1))
-        return self.predict_arrays(seqs.users, seqs.history_items, seqs.history_rewards, seqs.targets)
+        return self.predict_arrays(
+            seqs.users, seqs.history_items, seqs.history_rewards, seqs.targets
+        )
 
     def predict_arrays(
         self,
@@ -138,12 +140,16 @@ class RewardModel(ABC):
                 torch.as_tensor(history_rewards[rows], dtype=torch.float32),
             )
             with torch.no_grad():
-                pred = self.predict(context, torch.as_tensor(targets[rows], dtype=torch.long)[:, None])
+                pred = self.predict(
+                    context, torch.as_tensor(targets[rows], dtype=torch.long)[:, None]
+                )
             out[rows] = pred[:, 0].double().numpy()
         return out
 
     def __repr__(self) -> str:
         params = ", ".join(
-            f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")
+            f"{k}={v!r}"
+            for k, v in vars(self).items()
+            if not k.endswith("_") and not k.startswith("_")
         )
         return f"{type(self).__name__}({params})"

@@ -93,9 +93,7 @@ class _ShrunkMean(RewardModel):
             v_users, v_items, v_reward = columns(valid)
             v_keys = v_users if self.key == "user" else v_items
             v_keys = np.where(v_keys < size, v_keys, 0)  # unseen keys fall back to the mean
-            errors = [
-                _mse(self._means(sums, counts, k)[v_keys], v_reward) for k in SHRINKAGE_GRID
-            ]
+            errors = [_mse(self._means(sums, counts, k)[v_keys], v_reward) for k in SHRINKAGE_GRID]
             strength = SHRINKAGE_GRID[int(np.argmin(errors))]
         else:
             strength = 5.0  # a few pseudo-events: a common default when nothing can tune it
@@ -160,11 +158,13 @@ class BiasModel(RewardModel):
         user_count = np.bincount(users, weights=weight, minlength=sizes[0])
         item_count = np.bincount(items, weights=weight, minlength=sizes[1])
         for _ in range(self.n_iter):
-            item_sum = np.bincount(items, weights=weight * (residual - user_bias[users]),
-                                   minlength=sizes[1])
+            item_sum = np.bincount(
+                items, weights=weight * (residual - user_bias[users]), minlength=sizes[1]
+            )
             item_bias = item_sum / (item_count + regs[1])
-            user_sum = np.bincount(users, weights=weight * (residual - item_bias[items]),
-                                   minlength=sizes[0])
+            user_sum = np.bincount(
+                users, weights=weight * (residual - item_bias[items]), minlength=sizes[0]
+            )
             user_bias = user_sum / (user_count + regs[0])
         return user_bias, item_bias
 

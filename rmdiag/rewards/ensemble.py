@@ -73,7 +73,9 @@ class RewardEnsemble(RewardModel):
         users = np.flatnonzero(present)
         self.members_: list[RewardModel] = []
         for m, kind in enumerate(self.member_kinds):
-            weight = np.ones(train.n_users + 1) if user_weight is None else np.array(user_weight, float)
+            weight = (
+                np.ones(train.n_users + 1) if user_weight is None else np.array(user_weight, float)
+            )
             if self.bootstrap:
                 draws = rng.multinomial(len(users), np.full(len(users), 1.0 / len(users)))
                 resample = np.zeros(train.n_users + 1)

@@ -81,10 +81,10 @@ class LightGBMRewardModel(RewardModel):
     def _shrunk(self, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
         return (sums + self.shrinkage * self.global_mean_) / (counts + self.shrinkage)
 
-    def _item_embeddings(self, users: np.ndarray, items: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        matrix = sp.csr_matrix(
-            (np.ones(len(users)), (users, items)), shape=shape, dtype=np.float64
-        )
+    def _item_embeddings(
+        self, users: np.ndarray, items: np.ndarray, shape: tuple[int, int]
+    ) -> np.ndarray:
+        matrix = sp.csr_matrix((np.ones(len(users)), (users, items)), shape=shape, dtype=np.float64)
         matrix.data[:] = 1.0  # duplicates count once: co-occurrence, not frequency
         k = min(self.embedding_dim, min(shape) - 2)
         embeddings = np.zeros((shape[1], self.embedding_dim), dtype=np.float32)
@@ -201,7 +201,9 @@ class LightGBMRewardModel(RewardModel):
             knn_weight = np.clip(sim, 0.0, None) ** 2
             knn = (knn_weight * centred[:, None, :]).sum(2) / (knn_weight.sum(2) + 1e-3)
             knn = np.where(has[:, None], knn, np.nan)
-            preference = np.where(has[:, None], (sim * centred[:, None, :]).sum(2) / safe_n[:, None], np.nan)
+            preference = np.where(
+                has[:, None], (sim * centred[:, None, :]).sum(2) / safe_n[:, None], np.nan
+            )
 
         if item_mean is None:
             item_mean = self._safe(self.item_mean_, candidates, self.global_mean_)
@@ -292,7 +294,10 @@ class LightGBMRewardModel(RewardModel):
             "verbosity": -1,
         }
         train_set = lgb.Dataset(
-            x_train[keep], label=reward[keep], weight=weight[keep], feature_name=list(FEATURES),
+            x_train[keep],
+            label=reward[keep],
+            weight=weight[keep],
+            feature_name=list(FEATURES),
             free_raw_data=True,
         )
         callbacks = []
@@ -305,7 +310,10 @@ class LightGBMRewardModel(RewardModel):
             valid_sets = [lgb.Dataset(x_valid, label=v_seqs.target_rewards, reference=train_set)]
             callbacks.append(lgb.early_stopping(self.early_stopping_rounds, verbose=False))
         self.booster_ = lgb.train(
-            params, train_set, num_boost_round=self.n_rounds, valid_sets=valid_sets,
+            params,
+            train_set,
+            num_boost_round=self.n_rounds,
+            valid_sets=valid_sets,
             callbacks=callbacks,
         )
         self.fitted_ = True

@@ -95,7 +95,7 @@ class _RewardTransformer(nn.Module):
         return self.norm(x)
 
     def score(self, hidden: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """hidden [..., d] (broadcast against) candidates [..., K] -> standardized reward [..., K]."""
+        """hidden [..., d] and candidates [..., K] -> standardized rewards [..., K]."""
         emb = self.items(candidates)
         h = hidden.unsqueeze(-2).expand_as(emb)
         out = self.head(torch.cat([h, emb, h * emb], dim=-1)).squeeze(-1)
@@ -169,7 +169,9 @@ class SequenceRewardModel(RewardModel):
             raise ValueError("cannot fit SequenceRewardModel on an empty log")
         weight = event_weights(train, user_weight)
         self.mean_ = float(np.average(reward, weights=weight))
-        self.scale_ = float(max(np.sqrt(np.average((reward - self.mean_) ** 2, weights=weight)), 1e-6))
+        self.scale_ = float(
+            max(np.sqrt(np.average((reward - self.mean_) ** 2, weights=weight)), 1e-6)
+        )
         self.n_items_ = train.n_items
         torch.manual_seed(self.seed)
         generator = torch.Generator().manual_seed(self.seed)
@@ -213,7 +215,11 @@ class SequenceRewardModel(RewardModel):
                 continue
             loss_value = self._validation_loss(valid_batch)
             if loss_value < best_loss - 1e-5:
-                best_loss, best_state, stale = loss_value, copy.deepcopy(self.network_.state_dict()), 0
+                best_loss, best_state, stale = (
+                    loss_value,
+                    copy.deepcopy(self.network_.state_dict()),
+                    0,
+                )
             else:
                 stale += 1
                 if stale >= self.patience:
