@@ -125,14 +125,16 @@ class AuditConfig:
         default=20, metadata=_help("fewest usable within-user pairs for pairwise accuracy")
     )
     gap_events: int = field(
-        default=20000, metadata=_help("training events sampled for the train/held-out gap")
+        default=5000, metadata=_help("training events sampled for the train/held-out gap")
     )
-    lightgbm_rounds: int = field(default=300, metadata=_help("LightGBM boosting rounds (max)"))
+    lightgbm_rounds: int = field(default=200, metadata=_help("LightGBM boosting rounds (max)"))
     sequence_epochs: int = field(
-        default=30, metadata=_help("sequence reward model epochs (max; early stopping)")
+        default=20, metadata=_help("sequence reward model epochs (max; early stopping)")
     )
     sequence_dim: int = field(default=32, metadata=_help("sequence reward model hidden size"))
-    threads: int = field(default=2, metadata=_help("CPU threads for LightGBM and torch"))
+    threads: int = field(
+        default=2, metadata=_help("worker processes fitting ensemble members (one thread each)")
+    )
     seed: int = field(default=0, metadata=_help("random seed (models, folds, bootstrap)"))
 
     def __post_init__(self) -> None:
@@ -355,6 +357,7 @@ class AuditResult:
     config: AuditConfig
     data: dict[str, Any]
     seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
     # per held-out event, for the plots (not in the JSON)
     events: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     predictions: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
@@ -383,6 +386,7 @@ class AuditResult:
             "data": self.data,
             "config": dataclasses.asdict(self.config),
             "seconds": round(self.seconds, 3),
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
 
 
@@ -470,12 +474,12 @@ def _fit_models(
     for model in baselines.values():
         model.fit(fit_part, tune_part)
     params = {
-        "lightgbm": {"n_rounds": config.lightgbm_rounds, "n_threads": config.threads},
+        "lightgbm": {"n_rounds": config.lightgbm_rounds, "n_threads": 1},
         "sequence": {"epochs": config.sequence_epochs, "dim": config.sequence_dim},
     }
     ensemble = RewardEnsemble(
         kinds=config.kind_list, n_members=config.n_members, bootstrap=config.bootstrap,
-        seed=config.seed, params=params,
+        seed=config.seed, params=params, n_jobs=config.threads,
     )  # fmt: skip
     ensemble.fit(fit_part, tune_part)
     return baselines, ensemble
@@ -505,17 +509,35 @@ def audit(
     config = config or AuditConfig()
     started = time.perf_counter()
     check_auditable(train, heldout)
-    torch.set_num_threads(config.threads)
+    # One thread: the models are small, and on a shared machine extra threads only contend.
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _audit(train, heldout, config, history, started)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _audit(
+    train: Interactions,
+    heldout: Interactions,
+    config: AuditConfig,
+    history: Interactions | None,
+    started: float,
+) -> AuditResult:
     torch.manual_seed(config.seed)
     history = history if history is not None else train.concat(heldout)
 
+    timings: dict[str, float] = {}
     baselines, ensemble = _fit_models(train, config)
+    timings["fit"] = time.perf_counter() - started
     predictions = {
         name: model.predict_events(history, heldout) for name, model in baselines.items()
     }
     members = ensemble.member_events(history, heldout)
     rm_predictions = _rm_predictions(ensemble, members)
     predictions.update(rm_predictions)
+    timings["predict"] = time.perf_counter() - started - timings["fit"]
     rewards = heldout.rewards.astype(np.float64)
     users = heldout.users
     unexplored = unexplored_mask(train, heldout, config.min_count)
@@ -594,7 +616,10 @@ def audit(
     )  # fmt: skip
 
     # ---- train versus held-out gap
+    mark = time.perf_counter()
     gap = _train_gap(train, baselines, ensemble, per_user, config)
+    timings["gap"] = time.perf_counter() - mark
+    timings["statistics"] = mark - started - timings["fit"] - timings["predict"]
 
     verdict, reasons = verdict_from(models, comparisons, config)
     popularity = np.bincount(train.items, minlength=train.n_items + 1)[heldout.items]
@@ -629,6 +654,7 @@ def audit(
             },
         },
         seconds=time.perf_counter() - started,
+        timings=timings,
         events={
             "user": users,
             "item": heldout.items,

@@ -10,7 +10,9 @@ deviation.
 from __future__ import annotations
 
 import inspect
+import multiprocessing
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Self
 
 import numpy as np
@@ -36,6 +38,18 @@ def make_reward_model(kind: str, **params: Any) -> RewardModel:
     return model_class(kind)(**params)
 
 
+def _fit_member(
+    model: RewardModel,
+    train: Interactions,
+    valid: Interactions | None,
+    user_weight: np.ndarray,
+    threads: int,
+) -> RewardModel:
+    """Fit one member (module level so worker processes can run it)."""
+    torch.set_num_threads(threads)
+    return model.fit(train, valid, user_weight=user_weight)
+
+
 class RewardEnsemble(RewardModel):
     """M reward models fitted on bootstrap resamples of users with distinct seeds."""
 
@@ -48,12 +62,14 @@ class RewardEnsemble(RewardModel):
         bootstrap: bool = True,
         seed: int = 0,
         params: Mapping[str, Mapping[str, Any]] | None = None,
+        n_jobs: int = 1,
     ) -> None:
         self.kinds = tuple(kinds)
         self.n_members = n_members
         self.bootstrap = bootstrap
         self.seed = seed
         self.params = dict(params or {})
+        self.n_jobs = n_jobs
 
     @property
     def member_kinds(self) -> list[str]:
@@ -71,7 +87,8 @@ class RewardEnsemble(RewardModel):
         rng = np.random.default_rng(self.seed)
         present = np.bincount(train.table.column("user").to_numpy(), minlength=train.n_users + 1)
         users = np.flatnonzero(present)
-        self.members_: list[RewardModel] = []
+        models: list[RewardModel] = []
+        weights: list[np.ndarray] = []
         for m, kind in enumerate(self.member_kinds):
             weight = (
                 np.ones(train.n_users + 1) if user_weight is None else np.array(user_weight, float)
@@ -84,8 +101,26 @@ class RewardEnsemble(RewardModel):
             params = dict(self.params.get(kind, {}))
             if "seed" in inspect.signature(model_class(kind)).parameters:
                 params["seed"] = self.seed + m
-            model = make_reward_model(kind, **params)
-            self.members_.append(model.fit(train, valid, user_weight=weight))
+            models.append(make_reward_model(kind, **params))
+            weights.append(weight)
+        if self.n_jobs > 1 and len(models) > 1:
+            # One member per process, one thread each: small models do not scale with threads,
+            # and oversubscribed threads slow torch and LightGBM by an order of magnitude.
+            # "spawn" because forking a process that already ran OpenMP can deadlock.
+            context = multiprocessing.get_context("spawn")
+            workers = min(self.n_jobs, len(models))
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                futures = [
+                    pool.submit(_fit_member, model, train, valid, weight, 1)
+                    for model, weight in zip(models, weights, strict=True)
+                ]
+                self.members_ = [future.result() for future in futures]
+        else:
+            threads = torch.get_num_threads()
+            self.members_ = [
+                _fit_member(model, train, valid, weight, threads)
+                for model, weight in zip(models, weights, strict=True)
+            ]
         self.history_len = max(member.history_len for member in self.members_)
         self.fitted_ = True
         return self

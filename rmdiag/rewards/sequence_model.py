@@ -102,6 +102,11 @@ class _RewardTransformer(nn.Module):
         return out + self.item_bias(candidates).squeeze(-1)
 
 
+# Pseudo-events shrinking the initial item biases toward zero (the same scale as the baselines'
+# shrinkage grid; the bias keeps training afterwards).
+ITEM_PRIOR_STRENGTH = 5.0
+
+
 class SequenceRewardModel(RewardModel):
     """Causal-transformer reward model (module docstring). Small by default: it trains on CPU in
     seconds on MovieLens-100K (dim 32, 2 layers, 2 heads)."""
@@ -110,16 +115,16 @@ class SequenceRewardModel(RewardModel):
 
     def __init__(
         self,
-        history_len: int = 100,
+        history_len: int = 50,
         dim: int = 32,
         n_layers: int = 2,
         n_heads: int = 2,
         dropout: float = 0.1,
-        epochs: int = 30,
-        batch_size: int = 64,
+        epochs: int = 20,
+        batch_size: int = 128,
         learning_rate: float = 3e-3,
         weight_decay: float = 1e-2,
-        patience: int = 4,
+        patience: int = 3,
         seed: int = 0,
     ) -> None:
         self.history_len = history_len
@@ -178,6 +183,17 @@ class SequenceRewardModel(RewardModel):
         self.network_ = _RewardTransformer(
             train.n_items, self.dim, self.n_layers, self.n_heads, self.dropout
         )
+        # Start the item biases at the items' shrunk mean rewards (standardized): the head then
+        # learns what the history adds to item quality instead of rediscovering item quality
+        # from sequences, which takes many more epochs than a CPU budget allows.
+        _, items_, _ = columns(train)
+        counts = np.bincount(items_, weights=weight, minlength=train.n_items + 1)
+        sums = np.bincount(
+            items_, weights=weight * (reward - self.mean_), minlength=train.n_items + 1
+        )
+        with torch.no_grad():
+            prior = sums / (counts + ITEM_PRIOR_STRENGTH) / self.scale_
+            self.network_.item_bias.weight[:, 0] = torch.as_tensor(prior, dtype=torch.float32)
         sequences = user_sequences(train, self.history_len + 1)
         seq_items = torch.as_tensor(sequences.items[1:], dtype=torch.long)
         seq_rewards = torch.as_tensor(sequences.rewards[1:], dtype=torch.float32)
