@@ -50,8 +50,10 @@ def main() -> None:
     print(f"\n{'model':12s} {'slice':10s} {'RMSE':>24s} {'MAE':>24s} {'pairwise acc.':>24s}")
     for name, slices in result.models.items():
         for slice_name, figs in slices.items():
-            cells = [figs[m].text() if figs[m].available else "n/a" for m in
-                     ("rmse", "mae", "pairwise_accuracy")]  # fmt: skip
+            cells = [
+                figs[m].text() if figs[m].available else "n/a"
+                for m in ("rmse", "mae", "pairwise_accuracy")
+            ]
             print(f"{name:12s} {slice_name:10s} " + " ".join(f"{c:>24s}" for c in cells))
     print("\nreward model vs baseline (difference = model - baseline; Holm within slice x metric)")
     for c in result.comparisons:
@@ -61,8 +63,10 @@ def main() -> None:
             f"{c['difference'].text():>26s}  p_holm={adjusted}"
         )
     print("\nspread vs |error| (Spearman):", {k: f.text() for k, f in result.spread_error.items()})
-    print("train RMSE and held-out minus train:",
-          {k: {p: f.text() for p, f in v.items()} for k, v in result.gap.items()})  # fmt: skip
+    print(
+        "train RMSE and held-out minus train:",
+        {k: {p: f.text() for p, f in v.items()} for k, v in result.gap.items()},
+    )
     print(f"\nverdict: {result.verdict}")
     for reason in result.reasons:
         print(f"  - {reason}")

@@ -48,7 +48,7 @@ import scipy.stats
 import torch
 from statsmodels.stats.multitest import multipletests
 
-from rmdiag.data import DataError, Interactions, encode, read_table
+from rmdiag.data import DataError, Interactions, encode, load, read_table
 from rmdiag.rewards import BASELINES, REWARD_MODELS, RewardEnsemble, last_event_split
 from rmdiag.rewards.base import RewardModel
 from rmdiag.split import DEFAULT_MIN_COUNT, leave_last_out, unexplored_mask
@@ -217,9 +217,14 @@ def _mean_interval(values: np.ndarray, *, confidence: float, n_resamples: int, s
     if np.ptp(values) == 0:  # every resample gives the same mean
         return Figure(mean, mean, mean)
     result = scipy.stats.bootstrap(
-        (values,), np.mean, n_resamples=n_resamples, confidence_level=confidence,
-        method="percentile", vectorized=True, random_state=np.random.default_rng(seed),
-    )  # fmt: skip
+        (values,),
+        np.mean,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        vectorized=True,
+        random_state=np.random.default_rng(seed),
+    )
     return _finite_figure(mean, result.confidence_interval.low, result.confidence_interval.high)
 
 
@@ -291,9 +296,16 @@ class _Slice:
         first, second, sign = first[usable], second[usable], sign[usable]
         pair_user = user_index[first]
         return cls(
-            name, rows, user_index, int(user_index.max() + 1) if len(rows) else 0,
-            first, second, sign, pair_user, len(np.unique(pair_user)),
-        )  # fmt: skip
+            name,
+            rows,
+            user_index,
+            int(user_index.max() + 1) if len(rows) else 0,
+            first,
+            second,
+            sign,
+            pair_user,
+            len(np.unique(pair_user)),
+        )
 
 
 def _per_user_metrics(
@@ -429,7 +441,7 @@ def audit_inputs(
     holdout: str | os.PathLike[str] | pa.Table | Any | None = None,
     columns: Mapping[str, str] | None = None,
 ) -> tuple[Interactions, Interactions]:
-    """(train, held-out) for an audit.
+    """(train, held-out) for an audit; ``data`` is a path, a table or an ``Interactions``.
 
     Without ``holdout``: leave-last-out on ``data``; the held-out events are every user's last
     two events (the split's valid and test), the rest trains. With ``holdout`` (for example
@@ -437,9 +449,7 @@ def audit_inputs(
     events are held out; both are encoded together so ids agree.
     """
     if holdout is None:
-        from rmdiag.data import load
-
-        log = load(data, columns)
+        log = data if isinstance(data, Interactions) else load(data, columns)
         split = leave_last_out(log)
         train, heldout = split.train, split.valid.concat(split.test)
     else:
@@ -448,8 +458,14 @@ def audit_inputs(
         canonical = ["user_id", "item_id", "timestamp", "reward"]
         raw, raw_holdout = raw.select(canonical), raw_holdout.select(canonical)
         if raw.schema != raw_holdout.schema:  # e.g. integer ids in one file, strings in the other
-            raw = raw.cast(pa.schema([(c, pa.string()) if c.endswith("_id") else raw.schema.field(c)
-                                      for c in canonical]))  # fmt: skip
+            raw = raw.cast(
+                pa.schema(
+                    [
+                        (c, pa.string()) if c.endswith("_id") else raw.schema.field(c)
+                        for c in canonical
+                    ]
+                )
+            )
             raw_holdout = raw_holdout.cast(raw.schema)
         log = encode(pa.concat_tables([raw, raw_holdout]), source=f"{name} + {holdout_name}")
         is_holdout = log.column("row") >= raw.num_rows
@@ -478,9 +494,13 @@ def _fit_models(
         "sequence": {"epochs": config.sequence_epochs, "dim": config.sequence_dim},
     }
     ensemble = RewardEnsemble(
-        kinds=config.kind_list, n_members=config.n_members, bootstrap=config.bootstrap,
-        seed=config.seed, params=params, n_jobs=config.threads,
-    )  # fmt: skip
+        kinds=config.kind_list,
+        n_members=config.n_members,
+        bootstrap=config.bootstrap,
+        seed=config.seed,
+        params=params,
+        n_jobs=config.threads,
+    )
     ensemble.fit(fit_part, tune_part)
     return baselines, ensemble
 
@@ -557,8 +577,11 @@ def _audit(
             values = _per_user_metrics(pred, rewards, piece, config)
             per_user[name][slice_name] = values
             figures = {}
-            for metric, source in (("rmse", "mse"), ("mae", "mae"),
-                                   ("pairwise_accuracy", "pairwise_accuracy")):  # fmt: skip
+            for metric, source in (
+                ("rmse", "mse"),
+                ("mae", "mae"),
+                ("pairwise_accuracy", "pairwise_accuracy"),
+            ):
                 value = values[source]
                 if isinstance(value, str):
                     figures[metric] = Figure.unavailable(value)
@@ -577,15 +600,25 @@ def _audit(
     for name in rm_predictions:
         for baseline in BASELINES:
             for slice_name in SLICES:
-                for metric, source in (("rmse", "mse"), ("mae", "mae"),
-                                       ("pairwise_accuracy", "pairwise_accuracy")):  # fmt: skip
+                for metric, source in (
+                    ("rmse", "mse"),
+                    ("mae", "mae"),
+                    ("pairwise_accuracy", "pairwise_accuracy"),
+                ):
                     a = per_user[name][slice_name][source]
                     b = per_user[baseline][slice_name][source]
-                    entry: dict[str, Any] = {"model": name, "baseline": baseline,
-                                             "slice": slice_name, "metric": metric}  # fmt: skip
+                    entry: dict[str, Any] = {
+                        "model": name,
+                        "baseline": baseline,
+                        "slice": slice_name,
+                        "metric": metric,
+                    }
                     if isinstance(a, str) or isinstance(b, str):
-                        entry.update(difference=Figure.unavailable(a if isinstance(a, str) else b),
-                                     p_value=None, p_adjusted=None)  # fmt: skip
+                        entry.update(
+                            difference=Figure.unavailable(a if isinstance(a, str) else b),
+                            p_value=None,
+                            p_adjusted=None,
+                        )
                     else:
                         if metric == "rmse":
                             a, b = _rmse_linearized(a), _rmse_linearized(b)
@@ -596,8 +629,11 @@ def _audit(
     # Holm within each family: one (slice, metric) question, every reward model x baseline.
     for slice_name in SLICES:
         for metric in METRICS:
-            family = [i for i in tested if comparisons[i]["slice"] == slice_name
-                      and comparisons[i]["metric"] == metric]  # fmt: skip
+            family = [
+                i
+                for i in tested
+                if comparisons[i]["slice"] == slice_name and comparisons[i]["metric"] == metric
+            ]
             adjusted = _adjust_pvalues([comparisons[i]["p_value"] for i in family])
             for index, value in zip(family, adjusted, strict=True):
                 comparisons[index]["p_adjusted"] = value
@@ -612,8 +648,9 @@ def _audit(
     all_users = pieces["all"].user_index
     spread_error["mean_spread"] = _mean_interval(
         np.bincount(all_users, weights=spread) / np.bincount(all_users),
-        seed=seed, **stats,
-    )  # fmt: skip
+        seed=seed,
+        **stats,
+    )
 
     # ---- train versus held-out gap
     mark = time.perf_counter()
@@ -638,7 +675,7 @@ def _audit(
                 "pair_users": piece.n_pair_users,
             }
             for name, piece in pieces.items()
-        },  # fmt: skip
+        },
         config=config,
         data={
             "source": train.source,
@@ -662,7 +699,7 @@ def _audit(
             "unexplored": unexplored,
             "popularity": popularity,
             "spread": spread,
-        },  # fmt: skip
+        },
         predictions=predictions,
     )
 
@@ -687,8 +724,10 @@ def _spread_error_correlation(
     estimates = []
     for drawn in draws:
         lengths = counts[drawn]
-        rows = order[np.repeat(starts[drawn] - np.cumsum(lengths) + lengths, lengths)
-                     + np.arange(lengths.sum())]  # fmt: skip
+        rows = order[
+            np.repeat(starts[drawn] - np.cumsum(lengths) + lengths, lengths)
+            + np.arange(lengths.sum())
+        ]
         if np.ptp(x[rows]) > 0 and np.ptp(y[rows]) > 0:
             estimates.append(scipy.stats.spearmanr(x[rows], y[rows]).statistic)
     if len(estimates) < 10:
@@ -811,14 +850,18 @@ def verdict_from(
             and abs(diff.value) > 0
         )
 
-    rmse_all = {b: _find(comparisons, model=model, baseline=b, slice="all", metric="rmse")
-                for b in BASELINES}  # fmt: skip
+    rmse_all = {
+        b: _find(comparisons, model=model, baseline=b, slice="all", metric="rmse")
+        for b in BASELINES
+    }
     beats_rmse = {
         b: significant(e, -1.0) and e["difference"].value < -config.min_rmse_gain
         for b, e in rmse_all.items()
     }
-    unexplored_rmse = {b: _find(comparisons, model=model, baseline=b, slice="unexplored",
-                                metric="rmse") for b in BASELINES}  # fmt: skip
+    unexplored_rmse = {
+        b: _find(comparisons, model=model, baseline=b, slice="unexplored", metric="rmse")
+        for b in BASELINES
+    }
     unexplored_measured = all(e["p_adjusted"] is not None for e in unexplored_rmse.values())
     unexplored_ok = unexplored_measured and all(
         e["difference"].value <= 0 and not significant(e, 1.0) for e in unexplored_rmse.values()
@@ -857,16 +900,18 @@ def verdict_from(
         )
     # directional: beats each of the named baselines on error or on ordering, and orders a
     # user's events better than chance
-    chance = _find(comparisons, model=model, baseline="user_mean", slice="all",
-                   metric="pairwise_accuracy")  # fmt: skip
+    chance = _find(
+        comparisons, model=model, baseline="user_mean", slice="all", metric="pairwise_accuracy"
+    )
     above_chance = (
         significant(chance, 1.0) and chance["difference"].value > config.min_pairwise_gain
     )
     evidence: dict[str, Mapping[str, Any] | None] = {}
     for baseline in config.directional_baseline_list:
         rmse_entry = rmse_all[baseline]
-        pair_entry = _find(comparisons, model=model, baseline=baseline, slice="all",
-                           metric="pairwise_accuracy")  # fmt: skip
+        pair_entry = _find(
+            comparisons, model=model, baseline=baseline, slice="all", metric="pairwise_accuracy"
+        )
         if beats_rmse[baseline]:
             evidence[baseline] = rmse_entry
         elif (
@@ -906,7 +951,7 @@ def verdict_from(
                         slice="all",
                         metric="pairwise_accuracy",
                     )
-                )  # fmt: skip
+                )
                 for b in missing
             )
             + "."

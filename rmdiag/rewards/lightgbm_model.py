@@ -32,11 +32,22 @@ from rmdiag.sequences import event_sequences
 from trainers.protocols import Context
 
 FEATURES: tuple[str, ...] = (
-    "item_mean", "item_log_count", "item_age", "item_recent_share",
-    "user_mean", "user_log_count",
-    "hist_len", "hist_mean", "hist_std", "hist_last_mean", "hist_item_residual",
-    "sim_mean", "sim_max", "knn_deviation", "preference_dot",
-)  # fmt: skip
+    "item_mean",
+    "item_log_count",
+    "item_age",
+    "item_recent_share",
+    "user_mean",
+    "user_log_count",
+    "hist_len",
+    "hist_mean",
+    "hist_std",
+    "hist_last_mean",
+    "hist_item_residual",
+    "sim_mean",
+    "sim_max",
+    "knn_deviation",
+    "preference_dot",
+)
 CHUNK = 8192  # rows per feature block: bounds the [rows, history, dim] similarity tensor
 
 

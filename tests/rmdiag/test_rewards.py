@@ -30,8 +30,16 @@ SMALL_SEQ = {"epochs": 4, "dim": 16, "history_len": 20, "batch_size": 64}
 
 def _log(rows: list[tuple[int, int, int, float]]) -> Interactions:
     users, items, times, rewards = zip(*rows, strict=True)
-    return load(pa.table({"user_id": list(users), "item_id": list(items),
-                          "timestamp": list(times), "reward": list(rewards)}))  # fmt: skip
+    return load(
+        pa.table(
+            {
+                "user_id": list(users),
+                "item_id": list(items),
+                "timestamp": list(times),
+                "reward": list(rewards),
+            }
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +64,15 @@ def test_global_user_item_means_follow_the_shrinkage_formula() -> None:
     context = Context(torch.tensor([1, 2]), torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 1))
     items = torch.tensor([[1, 2], [3, 1]])
     expected_user = [(8 + 2 * mean) / 4, (7 + 2 * mean) / 5]
-    np.testing.assert_allclose(user(context, items).numpy(), np.repeat([expected_user], 2, 0).T,
-                               rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        user(context, items).numpy(), np.repeat([expected_user], 2, 0).T, rtol=1e-6
+    )
     item = ItemMean(shrinkage=1.0).fit(log)
     expected_item = {1: (9 + mean) / 3, 2: (5 + mean) / 3, 3: (1 + mean) / 2}
     got = item(context, items).numpy()
-    np.testing.assert_allclose(got, [[expected_item[1], expected_item[2]],
-                                     [expected_item[3], expected_item[1]]], rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        got, [[expected_item[1], expected_item[2]], [expected_item[3], expected_item[1]]], rtol=1e-6
+    )
     # ids the model never saw fall back to the global mean
     unseen = item(context, torch.tensor([[99, 1], [1, 1]]))
     assert unseen[0, 0].item() == pytest.approx(mean)
@@ -72,8 +82,11 @@ def test_shrinkage_is_chosen_on_validation_data() -> None:
     # pure-noise rewards; each item has two training events: validation prefers strong shrinkage
     rng = np.random.default_rng(0)
     n = 200
-    rows = [(u, (u + k) % n + 1, k, float(3 + rng.choice([-2, 2]))) for u in range(1, n + 1)
-            for k in range(3)]  # fmt: skip
+    rows = [
+        (u, (u + k) % n + 1, k, float(3 + rng.choice([-2, 2])))
+        for u in range(1, n + 1)
+        for k in range(3)
+    ]
     fit, tune = last_event_split(_log(rows))
     strong = ItemMean().fit(fit, tune)
     assert strong.shrinkage_ >= 10
@@ -86,8 +99,12 @@ def test_shrinkage_is_chosen_on_validation_data() -> None:
 def test_bias_model_recovers_an_additive_log() -> None:
     rng = np.random.default_rng(1)
     user_bias, item_bias = rng.normal(0, 1, 41), rng.normal(0, 1, 31)
-    rows = [(u, i, i, 3.0 + user_bias[u] + item_bias[i]) for u in range(1, 41)
-            for i in range(1, 31) if rng.random() < 0.6]  # fmt: skip
+    rows = [
+        (u, i, i, 3.0 + user_bias[u] + item_bias[i])
+        for u in range(1, 41)
+        for i in range(1, 31)
+        if rng.random() < 0.6
+    ]
     log = _log(rows)
     model = BiasModel(user_reg=0.01, item_reg=0.01, n_iter=50).fit(log)
     prediction = model.predict_events(log, log)
@@ -96,8 +113,14 @@ def test_bias_model_recovers_an_additive_log() -> None:
 
 def test_every_model_is_a_reward_fn_with_batch_shape(world_split) -> None:
     fit, tune, test = world_split
-    models = [GlobalMean(), UserMean(), ItemMean(), BiasModel(),
-              LightGBMRewardModel(**SMALL_LGBM), SequenceRewardModel(**SMALL_SEQ)]  # fmt: skip
+    models = [
+        GlobalMean(),
+        UserMean(),
+        ItemMean(),
+        BiasModel(),
+        LightGBMRewardModel(**SMALL_LGBM),
+        SequenceRewardModel(**SMALL_SEQ),
+    ]
     context = event_sequences(fit, test, 20).context(slice(0, 7))
     items = torch.randint(1, fit.n_items + 1, (7, 5))
     for model in models:
@@ -155,7 +178,10 @@ def test_ensemble_members_mean_spread_and_bootstrap(world_split) -> None:
     ).fit(fit, tune)
     assert isinstance(ensemble, EnsembleRewardFn)
     assert [type(m).__name__ for m in ensemble.members_] == [
-        "LightGBMRewardModel", "BiasModel", "LightGBMRewardModel"]  # fmt: skip
+        "LightGBMRewardModel",
+        "BiasModel",
+        "LightGBMRewardModel",
+    ]
     context = event_sequences(fit, test, 20).context(slice(0, 4))
     items = torch.randint(1, fit.n_items + 1, (4, 6))
     members = ensemble.members(context, items)
