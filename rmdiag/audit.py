@@ -522,9 +522,13 @@ def audit(
 ) -> AuditResult:
     """Fit baselines and a reward-model ensemble on ``train``; measure them on ``heldout``.
 
-    ``history`` supplies each held-out event's context (its user's events strictly before it);
-    by default ``train`` plus ``heldout`` (what had been observed by then). Raises
-    ``InsufficientDataError`` for data that cannot support an audit.
+    ``history`` supplies each held-out event's context (its user's events in ``history``
+    strictly before it); by default ``train``, so all of a user's held-out events are scored
+    from one context, as a policy scores its candidates. (Were the later held-out event's
+    context to include the earlier one's reward, history effects would enter the within-user
+    comparison: after a high rating, the next event's prediction rises exactly when the earlier
+    event is the likelier winner.) Raises ``InsufficientDataError`` for data that cannot
+    support an audit.
     """
     config = config or AuditConfig()
     started = time.perf_counter()
@@ -546,7 +550,7 @@ def _audit(
     started: float,
 ) -> AuditResult:
     torch.manual_seed(config.seed)
-    history = history if history is not None else train.concat(heldout)
+    history = history if history is not None else train
 
     timings: dict[str, float] = {}
     baselines, ensemble = _fit_models(train, config)
@@ -818,7 +822,9 @@ def verdict_from(
     Rule (thresholds are ``AuditConfig`` fields; "significant" = Holm-adjusted p < ``alpha``):
 
     1. ``generalizes`` when, on the ``all`` slice, its RMSE is significantly lower than every
-       baseline's by more than ``min_rmse_gain``, and on the ``unexplored`` slice no baseline
+       baseline's by more than ``min_rmse_gain`` and no baseline orders a user's events
+       significantly better (pairwise accuracy) -- a policy optimized against the model follows
+       its ordering of candidates, not its level -- and on the ``unexplored`` slice no baseline
        has a lower RMSE (point estimate) nor a significantly lower one. When the unexplored
        slice is too small to measure, the verdict notes it and (unless ``require_unexplored``)
        rests on ``all``.
@@ -866,31 +872,44 @@ def verdict_from(
     unexplored_ok = unexplored_measured and all(
         e["difference"].value <= 0 and not significant(e, 1.0) for e in unexplored_rmse.values()
     )
+    pairwise_all = {
+        b: _find(comparisons, model=model, baseline=b, slice="all", metric="pairwise_accuracy")
+        for b in BASELINES
+    }
+    orders_worse = [b for b, e in pairwise_all.items() if significant(e, -1.0)]
     if all(beats_rmse.values()):
         reasons.append(
             "On all held-out events its RMSE is significantly lower than every baseline's: "
             + "; ".join(_comparison_text(e) for e in rmse_all.values())
             + "."
         )
-        if unexplored_ok:
+        if orders_worse:
+            reasons.append(
+                f"But {', '.join(orders_worse)} order a user's held-out events significantly "
+                "better than it does, and a policy optimized against it follows its ordering: "
+                + "; ".join(_comparison_text(pairwise_all[b]) for b in orders_worse)
+                + "."
+            )
+        elif unexplored_ok:
             reasons.append(
                 "On the unexplored slice no baseline does better: "
                 + "; ".join(_comparison_text(e) for e in unexplored_rmse.values())
                 + "."
             )
             return "generalizes", reasons
-        if not unexplored_measured and not config.require_unexplored:
+        elif not unexplored_measured and not config.require_unexplored:
             reasons.append(
                 "The unexplored slice is too small to measure ("
                 + str(next(iter(unexplored_rmse.values()))["difference"].reason)
                 + "); the verdict rests on all held-out events."
             )
             return "generalizes", reasons
-        reasons.append(
-            "But on the unexplored slice it does not beat every baseline: "
-            + "; ".join(_comparison_text(e) for e in unexplored_rmse.values())
-            + "."
-        )
+        else:
+            reasons.append(
+                "But on the unexplored slice it does not beat every baseline: "
+                + "; ".join(_comparison_text(e) for e in unexplored_rmse.values())
+                + "."
+            )
     else:
         failing = [b for b, ok in beats_rmse.items() if not ok]
         reasons.append(
@@ -961,6 +980,25 @@ def verdict_from(
 
 # -------------------------------------------------------------------------------------------
 # Writing
+
+
+def audit_files(
+    data: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    holdout: str | os.PathLike[str] | None = None,
+    columns: Mapping[str, str] | None = None,
+    config: AuditConfig | None = None,
+) -> AuditResult:
+    """``rmdiag audit --data FILE [--holdout FILE] --out DIR`` as a function: read, audit, write.
+
+    Raises ``rmdiag.data.DataError`` (``InsufficientDataError`` included) before writing
+    anything when the input is bad or cannot support an audit.
+    """
+    train, heldout = audit_inputs(data, holdout, columns)
+    result = audit(train, heldout, config=config)
+    write_audit(result, out_dir)
+    return result
 
 
 def write_audit(result: AuditResult, out_dir: str | os.PathLike[str]) -> list[Path]:
