@@ -15,6 +15,10 @@ from rmdiag.data import DataError
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 
+class UsageError(ValueError):
+    """Options that parse but make no sense together (exit 2, like argparse's own errors)."""
+
+
 def _column_mapping(pairs: list[str] | None) -> dict[str, str] | None:
     if not pairs:
         return None
@@ -41,31 +45,40 @@ def add_dataclass_flags(
         default = field.default
         kind = field.type if isinstance(field.type, type) else type(default)
         help_text = field.metadata.get("help", "")
+        # SUPPRESS: only the flags given reach the config, so they can override a preset
         if kind is bool:
             parser.add_argument(
                 flag,
                 dest=prefix + field.name,
                 action=argparse.BooleanOptionalAction,
-                default=default,
-                help=help_text,
+                default=argparse.SUPPRESS,
+                help=f"{help_text} (default: {default})",
             )
         elif kind in (int, float, str):
             parser.add_argument(
                 flag,
                 dest=prefix + field.name,
                 type=kind,
-                default=default,
+                default=argparse.SUPPRESS,
                 help=f"{help_text} (default: {default})",
             )
 
 
-def dataclass_from_args(config_cls: type, args: argparse.Namespace, prefix: str = "") -> Any:
+def dataclass_from_args(
+    config_cls: type, args: argparse.Namespace, prefix: str = "", base: Any | None = None
+) -> Any:
+    """The config with the flags given on the command line over `base` (default: the defaults)."""
     values = {
         f.name: getattr(args, prefix + f.name)
         for f in dataclasses.fields(config_cls)
         if f.init and hasattr(args, prefix + f.name)
     }
-    return config_cls(**values)
+    try:
+        if base is not None:
+            return dataclasses.replace(base, **values)
+        return config_cls(**values)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"{config_cls.__name__}: {error}") from error
 
 
 def _add_data_flags(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -85,11 +98,34 @@ def _add_data_flags(parser: argparse.ArgumentParser, required: bool) -> None:
     )
 
 
+def _simulation_config(args: argparse.Namespace, prefix: str) -> Any:
+    from rmdiag.simulate import SimulationConfig
+
+    preset = getattr(args, prefix + "preset", None)
+    try:
+        base = SimulationConfig.preset(preset) if preset else None
+    except ValueError as error:
+        raise UsageError(str(error)) from error
+    return dataclass_from_args(SimulationConfig, args, prefix=prefix, base=base)
+
+
+def _add_simulation_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
+    from rmdiag.simulate import PRESETS, SimulationConfig
+
+    parser.add_argument(
+        "--" + (prefix + "preset").replace("_", "-"),
+        dest=prefix + "preset",
+        choices=sorted(PRESETS),
+        help="start from a named world (rmdiag.simulate.PRESETS); other flags override it",
+    )
+    add_dataclass_flags(parser, SimulationConfig, prefix=prefix)
+
+
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from rmdiag.data import write_parquet
-    from rmdiag.simulate import SimulationConfig, World
+    from rmdiag.simulate import World
 
-    world = World(dataclass_from_args(SimulationConfig, args))
+    world = World(_simulation_config(args, prefix=""))
     write_parquet(world.generate(), args.out)
     print(f"wrote {args.out}")
     return EXIT_OK
@@ -97,10 +133,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from rmdiag.pipeline import RunConfig, run
-    from rmdiag.simulate import SimulationConfig
 
     config = dataclass_from_args(RunConfig, args)
-    simulation = None if args.data else dataclass_from_args(SimulationConfig, args, prefix="sim_")
+    simulation = None if args.data else _simulation_config(args, prefix="sim_")
     summary = run(
         config,
         data=args.data,
@@ -115,7 +150,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from rmdiag import __version__
     from rmdiag.pipeline import RunConfig
-    from rmdiag.simulate import SimulationConfig
 
     parser = argparse.ArgumentParser(
         prog="rmdiag",
@@ -129,12 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(run, required=False)
     run.add_argument("--out", required=True, help="directory for the results (JSON)")
     add_dataclass_flags(run, RunConfig)
-    add_dataclass_flags(run, SimulationConfig, prefix="sim_")
+    _add_simulation_flags(run, prefix="sim_")
     run.set_defaults(handler=_cmd_run)
 
     simulate = commands.add_parser("simulate", help="write a simulated interaction log")
     simulate.add_argument("--out", required=True, help="Parquet file to write")
-    add_dataclass_flags(simulate, SimulationConfig)
+    _add_simulation_flags(simulate, prefix="")
     simulate.set_defaults(handler=_cmd_simulate)
     return parser
 
@@ -149,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         code = handler(args)
-    except DataError as error:
+    except (DataError, UsageError) as error:
         print(f"rmdiag {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

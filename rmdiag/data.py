@@ -236,6 +236,8 @@ def _read_file(path: Path) -> pa.Table:
         raise DataError("file not found", source=name)
     if not path.is_file():
         raise DataError("not a regular file", source=name)
+    if path.stat().st_size == 0:
+        raise DataError("the file is empty", source=name)
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
@@ -280,7 +282,10 @@ def _read_delimited(
         data,
         read_options=read_options,
         parse_options=pacsv.ParseOptions(delimiter=delimiter),
-        convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
+        # "nan"/"inf" stay numbers (and are refused as such, by name); only these mean "missing"
+        convert_options=pacsv.ConvertOptions(
+            strings_can_be_null=True, null_values=["", "NA", "N/A", "NULL", "null", "None"]
+        ),
     )
     if table.num_rows == 0 and table.num_columns == 0:
         raise DataError("the file is empty", source=str(path))

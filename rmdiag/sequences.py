@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import torch
 
 from rmdiag.data import DataError, Interactions, resolve_columns, validate
-from trainers.protocols import Context
+
+if TYPE_CHECKING:
+    from trainers.protocols import Context
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,6 +53,10 @@ class Sequences:
 
     def context(self, rows: np.ndarray | slice | None = None) -> Context:
         """The histories as a torch `Context` (optionally only some rows)."""
+        import torch  # not at module level: streaming sequence building needs no torch
+
+        from trainers.protocols import Context
+
         pick = slice(None) if rows is None else rows
         return Context(
             users=torch.from_numpy(np.ascontiguousarray(self.users[pick])),
@@ -143,24 +149,29 @@ def user_sequences_from_parquet(
     path: str | os.PathLike[str],
     max_len: int,
     columns: dict[str, str] | None = None,
-    batch_rows: int = 1_000_000,
+    batch_rows: int = 500_000,
+    buffer_events: int = 2_000_000,
 ) -> StreamedSequences:
     """`user_sequences` for a Parquet log that need not fit in memory.
 
-    Two passes over the file in record batches. The first validates every batch and collects the
-    distinct ids (memory: the id sets). The second keeps, per user, only the last `max_len`
-    events seen so far: each batch is merged with that buffer and cut back, so memory stays at
-    O(n_users * max_len + batch_rows). The result equals `user_sequences(load(path), max_len)`.
+    Pass 1 reads the file in record batches, validates each and collects the distinct ids.
+    Pass 2 goes through blocks of users, so that a block's per-user buffers hold at most
+    `buffer_events` events (block users x max_len); for each block it re-reads the file, keeps
+    that block's events and, after every batch, cuts each user back to their last `max_len`
+    events. Memory is O(buffer_events + batch_rows + n_users * max_len for the result), whatever
+    the file's size; the price is one read of the file per block. The result equals
+    `user_sequences(load(path), max_len)`.
     """
+    if max_len < 1:
+        raise ValueError(f"max_len must be positive, got {max_len}")
     name = str(path)
     dataset = _open_dataset(path)
-    source_names = list(
-        dict.fromkeys(resolve_columns(dataset.schema.names, name, columns).values())
-    )
+    names = resolve_columns(dataset.schema.names, name, columns)
+    read_columns = list(dict.fromkeys(names.values()))
 
     user_sets, item_sets = [], []
     n_events = 0
-    for batch in _batches(dataset, name, batch_rows, source_names):
+    for batch in _batches(dataset, name, batch_rows, read_columns):
         raw = _validated_batch(batch, name, columns, n_events)
         user_sets.append(pc.unique(raw.column("user_id")))
         item_sets.append(pc.unique(raw.column("item_id")))
@@ -171,47 +182,77 @@ def user_sequences_from_parquet(
     item_uniques = _sorted_unique(item_sets)
     n_users = len(user_uniques)
 
-    keep_user = np.empty(0, np.int64)
-    keep_ts = np.empty(0, np.int64)
-    keep_row = np.empty(0, np.int64)
-    keep_item = np.empty(0, np.int64)
-    keep_reward = np.empty(0, np.float64)
-    offset = 0
-    for batch in _batches(dataset, name, batch_rows, source_names):
-        raw = _validated_batch(batch, name, columns, offset)
-        users = pc.index_in(raw.column("user_id"), value_set=user_uniques).to_numpy() + 1
-        items = pc.index_in(raw.column("item_id"), value_set=item_uniques).to_numpy() + 1
-        rows = np.arange(offset, offset + batch.num_rows, dtype=np.int64)
-        offset += batch.num_rows
-        keep_user = np.concatenate([keep_user, users.astype(np.int64)])
-        keep_ts = np.concatenate([keep_ts, raw.column("timestamp").to_numpy()])
-        keep_row = np.concatenate([keep_row, rows])
-        keep_item = np.concatenate([keep_item, items.astype(np.int64)])
-        keep_reward = np.concatenate([keep_reward, raw.column("reward").to_numpy()])
-        order = np.lexsort((keep_row, keep_ts, keep_user))
-        sorted_users = keep_user[order]
-        starts, ends = _user_bounds(sorted_users, n_users)
-        from_end = ends[sorted_users] - 1 - np.arange(len(order))
-        order = order[from_end < max_len]
-        keep_user, keep_ts, keep_row = keep_user[order], keep_ts[order], keep_row[order]
-        keep_item, keep_reward = keep_item[order], keep_reward[order]
-
-    starts, ends = _user_bounds(keep_user, n_users)
-    seq_items, seq_rewards = _gather_windows(keep_item, keep_reward, starts, ends, max_len)
-    placeholder_u = np.array([None if user_uniques.type == pa.string() else 0], dtype=object)
-    user_ids = np.concatenate([placeholder_u, user_uniques.to_numpy(zero_copy_only=False)])
-    placeholder_i = np.array([None if item_uniques.type == pa.string() else 0], dtype=object)
-    item_ids = np.concatenate([placeholder_i, item_uniques.to_numpy(zero_copy_only=False)])
-    if user_uniques.type != pa.string():
-        user_ids = user_ids.astype(np.int64)
-    if item_uniques.type != pa.string():
-        item_ids = item_ids.astype(np.int64)
+    out_items = np.zeros((n_users + 1, max_len), dtype=np.int64)
+    out_rewards = np.zeros((n_users + 1, max_len), dtype=np.float32)
+    lengths = np.zeros(n_users + 1, dtype=np.int64)
+    block_users = max(1, buffer_events // max_len)
+    for first in range(1, n_users + 1, block_users):
+        last = min(n_users, first + block_users - 1)  # encoded users first..last
+        buffer = _EventBuffer()
+        offset = 0
+        for batch in _batches(dataset, name, batch_rows, read_columns):
+            raw = _validated_batch(batch, name, columns, offset)
+            users = pc.index_in(raw.column("user_id"), value_set=user_uniques).to_numpy() + 1
+            keep = np.flatnonzero((users >= first) & (users <= last))
+            if len(keep):
+                items = pc.index_in(raw.column("item_id"), value_set=item_uniques).to_numpy()
+                buffer.add(
+                    users[keep].astype(np.int64),
+                    _as_numpy(raw.column("timestamp"), np.int64)[keep],
+                    keep + offset,
+                    items[keep].astype(np.int64) + 1,
+                    _as_numpy(raw.column("reward"), np.float64)[keep],
+                    max_len,
+                )
+            offset += batch.num_rows
+        block = slice(first, last + 1)
+        starts, ends = _user_bounds(buffer.user, last)
+        block_items, block_rewards = _gather_windows(
+            buffer.item, buffer.reward, starts[block], ends[block], max_len
+        )
+        out_items[block], out_rewards[block] = block_items, block_rewards
+        lengths[block] = np.minimum(ends[block] - starts[block], max_len)
     return StreamedSequences(
-        UserSequences(seq_items, seq_rewards, np.minimum(ends - starts, max_len)),
-        user_ids,
-        item_ids,
+        UserSequences(out_items, out_rewards, lengths),
+        _with_placeholder(user_uniques),
+        _with_placeholder(item_uniques),
         n_events,
     )
+
+
+class _EventBuffer:
+    """Events of a block of users, kept sorted by (user, timestamp, row) and cut to max_len."""
+
+    def __init__(self) -> None:
+        self.user = np.empty(0, np.int64)
+        self.timestamp = np.empty(0, np.int64)
+        self.row = np.empty(0, np.int64)
+        self.item = np.empty(0, np.int64)
+        self.reward = np.empty(0, np.float64)
+
+    def add(self, user, timestamp, row, item, reward, max_len: int) -> None:  # noqa: ANN001
+        user = np.concatenate([self.user, user])
+        timestamp = np.concatenate([self.timestamp, timestamp])
+        row = np.concatenate([self.row, row])
+        order = np.lexsort((row, timestamp, user))
+        sorted_users = user[order]
+        counts = np.bincount(sorted_users)
+        from_end = np.cumsum(counts)[sorted_users] - 1 - np.arange(len(order))
+        order = order[from_end < max_len]
+        self.user, self.timestamp, self.row = user[order], timestamp[order], row[order]
+        self.item = np.concatenate([self.item, item])[order]
+        self.reward = np.concatenate([self.reward, reward])[order]
+
+
+def _as_numpy(values: pa.ChunkedArray, dtype: type) -> np.ndarray:
+    return values.cast(pa.from_numpy_dtype(np.dtype(dtype))).to_numpy()
+
+
+def _with_placeholder(uniques: pa.Array) -> np.ndarray:
+    """Raw ids with a padding placeholder at index 0, as `rmdiag.data` encodes them."""
+    raw = uniques.to_numpy(zero_copy_only=False)
+    placeholder = np.array([None if raw.dtype == object else 0], dtype=raw.dtype)
+    return np.concatenate([placeholder, raw])
 
 
 def _open_dataset(path: str | os.PathLike[str]) -> ds.Dataset:
@@ -224,7 +265,7 @@ def _open_dataset(path: str | os.PathLike[str]) -> ds.Dataset:
         raise DataError(f"unreadable or corrupt Parquet file ({error})", source=name) from error
 
 
-def _batches(dataset: ds.Dataset, name: str, batch_rows: int, columns: list[str] | None = None):
+def _batches(dataset: ds.Dataset, name: str, batch_rows: int, columns: list[str]):
     try:
         yield from dataset.to_batches(columns=columns, batch_size=batch_rows)
     except (pa.ArrowInvalid, OSError) as error:

@@ -18,9 +18,9 @@ Latent utility of item i for user u after the history h (the user's previous ite
 - e(u, i) ~ N(0, affinity_scale^2 * (1 - observable_share)): a hidden user-item preference,
   independent across pairs, that no model can learn from other pairs (it is a fixed function of
   the pair, so the oracle knows it and repeated ratings of one pair share it);
-- s(i, h) = (1 / w) * sum of cos(v_i, v_j) over the last w = satiation_window items j of h: the
-  satiation term, a sequential effect a history-aware model can learn (items like the ones just
-  consumed are worth less).
+- s(i, h) = (sqrt(rank) / w) * sum of cos(v_i, v_j) over the last w = satiation_window items j
+  of h: the satiation term, a sequential effect a history-aware model can learn (items like the
+  ones just consumed are worth less); sqrt(rank) * cos has unit variance for unrelated items.
 
 Observed reward: with integer ratings (the default, like MovieLens), an ordinal probit model
   r = levels[#{k : thresholds_k <= z + noise * eps}],  eps ~ N(0, 1),
@@ -28,40 +28,62 @@ with levels 1..5 and thresholds 1.5, 2.5, 3.5, 4.5 (i.e. round and clip); with
 `continuous=True`, r = clip(z + noise * eps, 1, 5). `true_reward` is E[r | u, i, h], computed in
 closed form from the normal CDF, so it is exact, not a sample mean.
 
-Behaviour policy: each user consumes n_u distinct items drawn sequentially from
-  softmax(exposure_concentration * pop_i + log(tail_exposure) * 1[i in tail]
-          + affinity_weight * a(u, i) / sd(a))
-without replacement (drawn with the Gumbel-top-k trick, which is exactly that sequential
-sampling), where pop_i ~ N(0, 1) is the item's popularity (correlated with quality by
-popularity_quality_corr), the tail is the tail_share of items with the lowest popularity, and
-a(u, i) = q_i + <p_u, v_i> + e(u, i) is the user's affinity (users pick what they like, so the
-log is missing-not-at-random, as real logs are). Sequence lengths are log-normal (mean
-mean_events, log-sd length_sigma) clipped to [min_events, n_items]. Timestamps: each user is
-active in a window inside [start_time, start_time + time_span_days); events come in sessions
-(mean session_length events) a few seconds apart, so timestamps can repeat within a user, as in
-MovieLens; sessions are spread over the window.
+Behaviour policy: each user consumes n_u distinct items drawn sequentially, without
+replacement, with weights
+  (1 - exploration) * softmax_i(exposure_concentration * pop_i + log(tail_exposure) * 1[i in tail]
+                                + affinity_weight * a(u, i) / sd(a)) + exploration / n_items
+(drawn with the Gumbel-top-k trick, which is exactly that sequential sampling). pop_i ~ N(0, 1)
+is the item's popularity (correlated with quality by popularity_quality_corr); the tail is the
+tail_share of items with the lowest popularity; `exploration` is randomized exploration traffic
+(how rare items reach real logs); a(u, i) = q_i + <p_u, v_i> + e(u, i) is the user's affinity
+(users pick what they like, so the log is missing-not-at-random, as real logs are).
+
+Sequence lengths are log-normal (mean mean_events, log-sd length_sigma) clipped to
+[min_events, n_items]. Timestamps: each user is active in a window inside
+[start_time, start_time + time_span_days); events come in sessions (mean session_length events)
+a few seconds apart, so timestamps can repeat within a user, as in MovieLens; sessions are
+spread over the window.
+
+Selection: users pick what they like, so logged ratings are higher than ratings of random
+items (with the defaults the logged mean is ~3.5 while the latent mean `rating_mean` is 2.7);
+`randomized_exposure` gives those unbiased ratings.
 
 Determinism: global parameters come from `numpy.random.default_rng(seed)`; every per-user,
 per-pair and per-event random number is a counter-based hash of (seed, stream, user, item or
 position), so a user's events do not depend on which other users are generated with it. That is
 what makes `generate_batches` (bounded memory, any block size) concatenate to `generate()`.
+
+Scale: a block of B users costs about 40 * B * n_items bytes (the policy's logits over the
+whole catalog), independent of the total number of users; the defaults (~90k events) generate
+in about half a second, 10M events (100k users x 100) stream through `generate_batches(5000)`
+in about a minute at under 1 GiB peak RSS on a loaded 2-core machine.
+
+Oracle helpers: `true_reward` (exact expectation, a `RewardFn`), `sample_reward` (fresh noisy
+ratings: the world as an online environment), `randomized_exposure` (a holdout of uniformly
+random items), `rarely_exposed` (the tail mask), `item_regions` (taste clusters, for the
+user-region unexplored slice) and `misspecified_reward` (an ensemble reward model that is wrong
+only on the tail, for reward-hacking studies). `SimulationConfig.preset`
+names worlds for the audit: "learnable", "directional" and "item_mean_noise" (see `PRESETS`).
 """
 
 import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
+import scipy.cluster.vq
 import scipy.optimize
-import scipy.sparse
 import scipy.special
-import torch
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: `rmdiag simulate` never needs it
+    import torch
 
 __all__ = [
     "PRESETS",
+    "MisspecifiedReward",
     "SimulationConfig",
     "World",
     "WorldParameters",
@@ -72,8 +94,12 @@ _SECONDS_PER_DAY = 86_400
 # Mean gap between two events of one session. A few seconds, so that integer timestamps of
 # consecutive events often coincide, as they do in MovieLens (users rate in bursts).
 _WITHIN_SESSION_MEAN_GAP_S = 2.0
-# Items per user-block when generating: bounds memory at about block * n_items * 8 bytes * 4.
-_DEFAULT_BLOCK_USERS = 2048
+# Users x items per internal block: the policy's [block, n_items] arrays then take ~160 MB.
+_BLOCK_CELLS = 4_000_000
+
+
+def _block_users(n_items: int) -> int:
+    return max(1, min(2048, _BLOCK_CELLS // n_items))
 
 
 def _help(text: str) -> dict[str, str]:
@@ -134,7 +160,7 @@ class SimulationConfig:
     )
     exposure_concentration: float = field(
         default=1.5,
-        metadata=_help("weight of item popularity in the behaviour policy (0 = no popular bias)"),
+        metadata=_help("weight of item popularity in the behaviour policy (0 = none)"),
     )
     affinity_weight: float = field(
         default=1.0,
@@ -151,12 +177,17 @@ class SimulationConfig:
         default=0.01,
         metadata=_help("exposure odds of a tail item relative to a like head item"),
     )
+    exploration: float = field(
+        default=0.02,
+        metadata=_help(
+            "share of the behaviour policy's probability spread uniformly over the catalog "
+            "(randomized exploration; how often rare items reach the log)"
+        ),
+    )
     session_length: float = field(
         default=8.0, metadata=_help("mean events per session (events seconds apart)")
     )
-    time_span_days: int = field(
-        default=730, metadata=_help("global time range of the log in days")
-    )
+    time_span_days: int = field(default=730, metadata=_help("global time range of the log in days"))
     start_time: int = field(
         default=1_577_836_800, metadata=_help("first possible timestamp (unix seconds)")
     )
@@ -177,12 +208,16 @@ class SimulationConfig:
             problems.append(f"observable_share must be in [0, 1], got {self.observable_share}")
         if not 0.0 <= self.tail_share < 1.0:
             problems.append(f"tail_share must be in [0, 1), got {self.tail_share}")
+        if not 0.0 <= self.exploration < 1.0:
+            problems.append(f"exploration must be in [0, 1), got {self.exploration}")
         if not 0.0 < self.tail_exposure <= 1.0:
             problems.append(f"tail_exposure must be in (0, 1], got {self.tail_exposure}")
         if not -1.0 <= self.popularity_quality_corr <= 1.0:
             problems.append(
                 f"popularity_quality_corr must be in [-1, 1], got {self.popularity_quality_corr}"
             )
+        if self.seed < 0:
+            problems.append(f"seed must be >= 0, got {self.seed}")
         if self.satiation_window < 1:
             problems.append(f"satiation_window must be >= 1, got {self.satiation_window}")
         if self.session_length < 1:
@@ -190,8 +225,13 @@ class SimulationConfig:
         if self.time_span_days < 1:
             problems.append(f"time_span_days must be >= 1, got {self.time_span_days}")
         for name in (
-            "length_sigma", "user_bias_scale", "item_quality_scale", "affinity_scale",
-            "satiation", "noise", "exposure_concentration",
+            "length_sigma",
+            "user_bias_scale",
+            "item_quality_scale",
+            "affinity_scale",
+            "satiation",
+            "noise",
+            "exposure_concentration",
         ):
             if not getattr(self, name) >= 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -232,10 +272,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "satiation": 0.0,
         "noise": 1.0,
     },
-    # In between: a weak learnable taste under heavy noise and a large hidden share. A model
-    # can order one user's items better than chance (the taste is real), but its squared
-    # error is dominated by noise and by item quality, so it does not beat the baselines
-    # clearly: the audit's `directional` world.
+    # In between: a weak learnable taste (rank 4) under heavy noise, with a hidden share and a
+    # large rarely-exposed tail. A model can order one user's items better than item_mean
+    # does (the taste is real), but its squared error is dominated by noise and item quality,
+    # so it barely beats the baselines on logged events and not at all on the unexplored tail:
+    # the audit's `directional` world.
     "directional": {
         "rank": 4,
         "affinity_scale": 0.7,
@@ -243,14 +284,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "item_quality_scale": 0.4,
         "noise": 1.2,
         "satiation": 0.0,
+        "tail_share": 0.3,
     },
 }
 
 
 class _ContextLike(Protocol):
-    users: torch.Tensor
-    history_items: torch.Tensor
-    history_rewards: torch.Tensor
+    users: "torch.Tensor"
+    history_items: "torch.Tensor"
+    history_rewards: "torch.Tensor"
 
 
 @dataclass(frozen=True)
@@ -280,10 +322,12 @@ class WorldParameters:
     high: float
     exposure_logits: np.ndarray
     affinity_weight: float
+    exploration: float
     lengths: np.ndarray
     active_start: np.ndarray
     active_end: np.ndarray
     session_length: float
+    session_gap_seconds: float
 
     @property
     def n_users(self) -> int:
@@ -307,7 +351,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _STREAM_GUMBEL, _STREAM_HIDDEN, _STREAM_NOISE, _STREAM_SESSION, _STREAM_GAP = 1, 2, 3, 4, 5
-_STREAM_HOLDOUT_ITEMS, _STREAM_HOLDOUT_NOISE = 6, 7
+_STREAM_HOLDOUT_ITEMS, _STREAM_HOLDOUT_NOISE, _STREAM_MISSPECIFIED = 6, 7, 8
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -387,7 +431,8 @@ class World:
         `with_expected=True` a column `expected_reward` holds each event's true expected
         reward given the user's preceding events (the oracle's value, before noise).
         """
-        blocks = list(self.generate_batches(_DEFAULT_BLOCK_USERS, with_expected=with_expected))
+        batch = _block_users(self.n_items)
+        blocks = list(self.generate_batches(batch, with_expected=with_expected))
         return pa.concat_tables(blocks).combine_chunks()
 
     def generate_batches(
@@ -409,10 +454,11 @@ class World:
         rows, positions = np.nonzero(valid)  # row-major: by user, then sequence position
         flat_users, flat_items = users[rows], items_2d[rows, positions]
         recent = _recent_items(items_2d, rows, positions, params.satiation_window)
-        latent = _latent_utility(params, self.seed, flat_users, flat_items, recent)
+        recent_directions = _recent_directions(params, recent)
+        latent = _latent_utility(params, self.seed, flat_users, flat_items, recent_directions)
         eps = _hash_normal(_key(self.seed, _STREAM_NOISE), flat_users, positions)
         rewards = _observe(params, latent + params.noise * eps)
-        timestamps = _timestamps(params, self.seed, users, valid)[rows, positions]
+        timestamps = _timestamps(params, self.seed, flat_users, positions)
         columns: dict[str, Any] = {
             "user_id": pa.array(flat_users, pa.int64()),
             "item_id": pa.array(flat_items, pa.int64()),
@@ -439,8 +485,9 @@ class World:
         noise_key = _key(self.seed ^ (seed * 0x2545F4914F6CDD1D), _STREAM_HOLDOUT_NOISE)
         all_items = np.arange(1, self.n_items + 1)
         tables = []
-        for first in range(1, self.n_users + 1, _DEFAULT_BLOCK_USERS):
-            users = np.arange(first, min(first + _DEFAULT_BLOCK_USERS, self.n_users + 1))
+        block = _block_users(self.n_items)
+        for first in range(1, self.n_users + 1, block):
+            users = np.arange(first, min(first + block, self.n_users + 1))
             items_2d, valid = _behaviour_sequences(params, self.seed, users)
             consumed = np.zeros((users.size, self.n_items + 1), dtype=bool)
             np.put_along_axis(consumed, np.where(valid, items_2d, 0), True, axis=1)
@@ -455,10 +502,12 @@ class World:
             positions = np.broadcast_to(np.arange(take), chosen.shape)[chosen_valid]
             lengths = valid.sum(axis=1)
             recent = _recent_items(
-                items_2d, np.repeat(np.arange(users.size), counts),
-                np.repeat(lengths, counts), params.satiation_window,
+                items_2d, np.arange(users.size), lengths, params.satiation_window
             )
-            latent = _latent_utility(params, self.seed, flat_users, flat_items, recent)
+            recent_directions = _recent_directions(params, recent)
+            if recent_directions is not None:
+                recent_directions = np.repeat(recent_directions, counts, axis=0)
+            latent = _latent_utility(params, self.seed, flat_users, flat_items, recent_directions)
             eps = _hash_normal(noise_key, flat_users, positions)
             rewards = _observe(params, latent + params.noise * eps)
             timestamps = self.end_time + 1 + positions.astype(np.int64)
@@ -476,34 +525,37 @@ class World:
 
     # --- the oracle ---------------------------------------------------------------------------
 
-    def true_reward(self, context: _ContextLike, items: torch.Tensor) -> torch.Tensor:
+    def true_reward(self, context: _ContextLike, items: "torch.Tensor") -> "torch.Tensor":
         """E[reward | user, history, item] for each candidate: FloatTensor[B, K] (a RewardFn).
 
         Exact (closed form over the rating noise). Uses the context's users and the last
         `satiation_window` items of its left-padded history; ids are world ids.
         """
-        users, flat_items, recent, shape = self._oracle_inputs(context, items)
-        latent = _latent_utility(self.parameters, self.seed, users, flat_items, recent)
+        latent, shape = self._latent_for(context, items)
         expected = _expected(self.parameters, latent).reshape(shape)
+        import torch
+
         return torch.from_numpy(expected.astype(np.float32)).to(items.device)
 
     def sample_reward(
-        self, context: _ContextLike, items: torch.Tensor, rng: np.random.Generator
-    ) -> torch.Tensor:
+        self, context: _ContextLike, items: "torch.Tensor", rng: np.random.Generator
+    ) -> "torch.Tensor":
         """One noisy rating per candidate, drawn from the world's rating model: [B, K].
 
         For online interaction with the world (an environment, not the log); `rng` supplies
         the noise so repeated calls give fresh draws.
         """
-        users, flat_items, recent, shape = self._oracle_inputs(context, items)
-        latent = _latent_utility(self.parameters, self.seed, users, flat_items, recent)
+        latent, shape = self._latent_for(context, items)
         noisy = latent + self.parameters.noise * rng.standard_normal(latent.shape)
         rewards = _observe(self.parameters, noisy).reshape(shape)
+        import torch
+
         return torch.from_numpy(rewards.astype(np.float32)).to(items.device)
 
-    def _oracle_inputs(
-        self, context: _ContextLike, items: torch.Tensor
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+    def _latent_for(
+        self, context: _ContextLike, items: "torch.Tensor"
+    ) -> tuple[np.ndarray, tuple[int, int]]:
+        """Latent utility of each (context row, candidate), flat [B * K], and (B, K)."""
         items_np = items.detach().cpu().numpy().astype(np.int64)
         users_np = context.users.detach().cpu().numpy().astype(np.int64)
         history = context.history_items.detach().cpu().numpy().astype(np.int64)
@@ -527,12 +579,75 @@ class World:
         if recent.shape[1] < w:
             recent = np.pad(recent, ((0, 0), (0, w - recent.shape[1])))
         k = items_np.shape[1]
-        return (
+        # Summed per context row, then shared by its K candidates (same numbers, K times less work).
+        recent_directions = _recent_directions(self.parameters, recent)
+        if recent_directions is not None:
+            recent_directions = np.repeat(recent_directions, k, axis=0)
+        latent = _latent_utility(
+            self.parameters,
+            self.seed,
             np.repeat(users_np, k),
             items_np.reshape(-1),
-            np.repeat(recent, k, axis=0),
-            (items_np.shape[0], k),
+            recent_directions,
         )
+        return latent, (items_np.shape[0], k)
+
+    def rarely_exposed(self) -> np.ndarray:
+        """Mask over world item ids [n_items + 1] (index 0 False): the rarely exposed tail.
+
+        The `config.tail_share` of items with the lowest behaviour-policy exposure logit: for a
+        config world exactly the items that get `tail_exposure`; for a fitted world the items
+        the real log exposed least.
+        """
+        logits = self.parameters.exposure_logits[1:]
+        n_tail = int(round(self.config.tail_share * self.n_items))
+        mask = np.zeros(self.n_items + 1, dtype=bool)
+        mask[1 + np.argsort(logits, kind="stable")[:n_tail]] = True
+        return mask
+
+    def item_regions(self, n_regions: int = 10) -> np.ndarray:
+        """Region (cluster) of each world item id, int64 [n_items + 1], index 0 unused (0).
+
+        k-means (scipy.cluster.vq.kmeans2, seeded by the world) on the items' latent directions:
+        items of one region are alike in taste, so a user who never consumed a region is
+        unexplored there. Pass it (mapped to encoded ids) as `item_regions` to
+        `rmdiag.split.unexplored_mask`.
+        """
+        if not 1 <= n_regions <= self.n_items:
+            raise ValueError(f"n_regions must be in 1..{self.n_items}, got {n_regions}")
+        directions = self.parameters.item_directions[1:]
+        _, labels = scipy.cluster.vq.kmeans2(
+            directions, n_regions, minit="++", seed=np.random.default_rng(self.seed)
+        )
+        return np.concatenate([[0], labels]).astype(np.int64)
+
+    def misspecified_reward(
+        self,
+        tail_bonus: float = 1.5,
+        tail_spread: float = 0.0,
+        n_members: int = 1,
+        seed: int = 0,
+    ) -> "MisspecifiedReward":
+        """A reward model that is right on explored items and wrong on the rarely exposed tail.
+
+        Member m predicts the true reward plus, on each tail item i, an error
+        tail_bonus + tail_spread * N(0, 1) (fixed per (m, i)), clipped to the reward scale:
+        the classic failure of a reward model extrapolating where the log has no data.
+        Optimizing it hard (PPO) moves a policy toward tail items and lowers the true reward:
+        reward hacking with a known answer. With `tail_spread > 0` and several members, the
+        ensemble disagrees exactly where it is wrong, so pessimism (mean - kappa * std) can
+        detect it. An `EnsembleRewardFn`: `__call__` is the members' mean.
+        """
+        if n_members < 1:
+            raise ValueError(f"n_members must be >= 1, got {n_members}")
+        members = np.arange(n_members)[:, None]
+        items = np.arange(self.n_items + 1)[None, :]
+        key = _key(self.seed ^ (seed * 0x2545F4914F6CDD1D), _STREAM_MISSPECIFIED)
+        errors = tail_bonus + tail_spread * _hash_normal(key, members, items)
+        errors = np.where(self.rarely_exposed()[None, :], errors, 0.0)
+        import torch
+
+        return MisspecifiedReward(self, torch.from_numpy(errors.astype(np.float32)))
 
     def variance_components(self) -> dict[str, float]:
         """Variance of each term of the latent utility over users x items, and of the noise.
@@ -562,18 +677,23 @@ class World:
         rank: int = 16,
         seed: int = 0,
         *,
-        regularization: float = 0.05,
-        n_iterations: int = 15,
+        regularization: float | None = None,
+        n_iterations: int = 12,
         affinity_weight: float = 1.0,
         calibration_rounds: int = 12,
+        match_learnability: bool = True,
     ) -> "World":
         """A world fitted to a real log (columns user_id, item_id, timestamp, reward; raw ids).
 
         - Latent utility: a biased matrix factorization of rank `rank` fitted by alternating
-          least squares (L2 penalty `regularization` * count per row, as ALS-WR), so
+          least squares (L2 penalty `regularization` * count per row, as ALS-WR; None picks
+          it from 0.02, 0.05, 0.1, 0.2, 0.5 by error on 10% of the events held out), so
           z(u, i) = mean + b_u + q_i + <p_u, v_i>; no hidden term, no satiation.
-        - Noise: the held-out RMSE of the same model (10% of events held out) is the noise
-          level, i.e. the rating variance around the model's prediction matches the real one.
+        - Noise: that held-out mean squared error is the rating variance around the truth in
+          the simulated world (so an oracle there is as good as the best fit here). With
+          `match_learnability`, the noise is then lowered once by the excess error the same
+          model shows when fitted to a simulated log, so that the model is about as accurate on
+          the simulated log as on the real one.
         - Ratings: if the log has at most 20 distinct reward values they are the ordinal
           levels, and thresholds are solved (scipy brentq) so that the simulated log's rating
           histogram matches the real one; otherwise rewards are continuous, clipped to the
@@ -582,10 +702,13 @@ class World:
           simulated exposure counts) so that the simulated item counts follow the real ones;
           the behaviour policy also weighs the user's affinity by `affinity_weight`.
         - Each user keeps the real number of events (at most n_items) and the real first and
-          last timestamps.
+          last timestamps; the gap between events of a session is set so that the share of
+          consecutive events with equal timestamps matches the real one.
 
         World ids are 1..n in sorted raw-id order; `raw_user_ids` / `raw_item_ids` map them
-        back (index = world id, index 0 unused).
+        back (index = world id, index 0 unused). The world's `config` records the sizes, seed,
+        rank, fitted mean and noise; its other knobs do not apply to a fitted world. Cost:
+        about 10 s for MovieLens-100K on one core (seven ALS fits and the calibrations).
         """
         for name in ("user_id", "item_id", "timestamp", "reward"):
             if name not in table.column_names:
@@ -608,18 +731,25 @@ class World:
         n_users, n_items = raw_users.size, raw_items.size
         if n_items < 2:
             raise ValueError("from_interactions: need at least 2 distinct items")
-        rng = np.random.default_rng(seed)
 
-        # Noise level: held-out error of the model, fitted on the other 90%.
-        heldout = rng.random(rewards.size) < 0.1
+        # Regularization and noise level from held-out error: fit on 90% of the events, keep
+        # the penalty with the lowest error on the other 10%; that error is the noise.
+        penalties = _REGULARIZATION_GRID if regularization is None else (regularization,)
+        errors = [
+            _heldout_mse(users, items, rewards, n_users, n_items, rank, penalty, n_iterations, seed)
+            for penalty in penalties
+        ]
+        chosen, heldout_mse = penalties[int(np.argmin(errors))], float(min(errors))
         fit = _fit_biased_mf(
-            users[~heldout], items[~heldout], rewards[~heldout], n_users, n_items, rank,
-            regularization, n_iterations, rng,
-        )
-        residual = rewards[heldout] - fit.predict(users[heldout], items[heldout])
-        heldout_mse = float(np.mean(residual**2)) if residual.size else float(np.var(rewards))
-        fit = _fit_biased_mf(
-            users, items, rewards, n_users, n_items, rank, regularization, n_iterations, rng
+            users,
+            items,
+            rewards,
+            n_users,
+            n_items,
+            rank,
+            chosen,
+            n_iterations,
+            np.random.default_rng(seed),
         )
 
         lengths = np.zeros(n_users + 1, dtype=np.int64)
@@ -659,12 +789,34 @@ class World:
             lengths=lengths,
             active_start=active_start,
             active_end=active_end,
+            exploration=0.0,
             session_length=SimulationConfig.session_length,
+            session_gap_seconds=_session_gap_for_ties(
+                _tie_share(users, timestamps), SimulationConfig.session_length
+            ),
         )
         calibration_seed = seed + 1_000_003  # not the world's seed: an honest check
         params = _calibrate_exposure(params, item_counts, calibration_seed, calibration_rounds)
-        if not continuous:
-            params = _calibrate_ratings(params, rewards, heldout_mse, calibration_seed)
+        params = _calibrate_ratings(params, rewards, heldout_mse, calibration_seed)
+        if match_learnability:
+            # A model fitted to the simulated log has estimation error on top of the noise.
+            # Lower the noise by that excess once, so that the same model's held-out error on
+            # the simulated log is close to its held-out error on the real log.
+            probe_config = SimulationConfig(n_users, n_items, seed=calibration_seed)
+            simulated = cls(probe_config, parameters=params).generate()
+            simulated_mse = _heldout_mse(
+                simulated["user_id"].to_numpy(),
+                simulated["item_id"].to_numpy(),
+                simulated["reward"].to_numpy(),
+                n_users,
+                n_items,
+                rank,
+                chosen,
+                n_iterations,
+                seed,
+            )
+            target = max(2.0 * heldout_mse - simulated_mse, 0.25 * heldout_mse)
+            params = _calibrate_ratings(params, rewards, target, calibration_seed)
         config = SimulationConfig(
             n_users=n_users,
             n_items=n_items,
@@ -681,6 +833,25 @@ class World:
         world.raw_user_ids = np.concatenate([raw_users[:1], raw_users])
         world.raw_item_ids = np.concatenate([raw_items[:1], raw_items])
         return world
+
+
+class MisspecifiedReward:
+    """The world's true reward plus a fixed per-(member, item) error (see
+    `World.misspecified_reward`); an `EnsembleRewardFn` in world ids."""
+
+    def __init__(self, world: World, item_errors: "torch.Tensor") -> None:
+        self.world = world
+        self.item_errors = item_errors  # [M, n_items + 1]
+
+    def members(self, context: _ContextLike, items: "torch.Tensor") -> "torch.Tensor":
+        """FloatTensor[M, B, K]: each member's prediction."""
+        truth = self.world.true_reward(context, items)
+        errors = self.item_errors.to(items.device)[:, items]
+        low, high = self.world.parameters.low, self.world.parameters.high
+        return (truth[None] + errors).clamp(low, high)
+
+    def __call__(self, context: _ContextLike, items: "torch.Tensor") -> "torch.Tensor":
+        return self.members(context, items).mean(0)
 
 
 # --- building a world from a config -----------------------------------------------------------
@@ -753,7 +924,9 @@ def _draw_parameters(config: SimulationConfig) -> WorldParameters:
         lengths=padded(lengths),
         active_start=padded(active_start),
         active_end=padded(active_end),
+        exploration=config.exploration,
         session_length=config.session_length,
+        session_gap_seconds=_WITHIN_SESSION_MEAN_GAP_S,
     )
 
 
@@ -766,23 +939,33 @@ def _hidden(params: WorldParameters, seed: int, users: np.ndarray, items: np.nda
     return params.hidden_scale * _hash_normal(_key(seed, _STREAM_HIDDEN), users, items)
 
 
+def _recent_directions(params: WorldParameters, recent: np.ndarray) -> np.ndarray | None:
+    """Summed directions of the recent items [M, w] (0 = none): [M, d]; None without satiation."""
+    if params.satiation == 0.0:
+        return None
+    total = np.zeros((recent.shape[0], params.item_directions.shape[1]))
+    for lag in range(recent.shape[1]):  # fixed order: identical sums in every code path
+        total += params.item_directions[recent[:, lag]]
+    return total
+
+
 def _latent_utility(
     params: WorldParameters,
     seed: int,
     users: np.ndarray,
     items: np.ndarray,
-    recent: np.ndarray,
+    recent_directions: np.ndarray | None,
 ) -> np.ndarray:
-    """z(u, i, h) for flat users [N], items [N], recent [N, w] (most recent first, 0 = none)."""
+    """z(u, i, h) for flat users [N] and items [N]; `recent_directions` [N, d] are the summed
+    directions of each event's recent items (`_recent_directions`)."""
     dot = np.einsum("nd,nd->n", params.user_factors[users], params.item_factors[items])
     z = params.rating_mean + params.user_bias[users] + params.item_bias[items] + dot
     z = z + _hidden(params, seed, users, items)
-    if params.satiation > 0.0:
-        directions = params.item_directions[items]
-        similarity = np.zeros(users.shape[0])
-        for lag in range(recent.shape[1]):  # fixed order: identical sums in every code path
-            similarity += np.einsum("nd,nd->n", directions, params.item_directions[recent[:, lag]])
-        z = z - params.satiation * similarity / params.satiation_window
+    if recent_directions is not None:
+        similarity = np.einsum("nd,nd->n", params.item_directions[items], recent_directions)
+        # sqrt(rank) * cosine has unit variance for unrelated items, whatever the rank.
+        rank = params.item_directions.shape[1]
+        z = z - params.satiation * math.sqrt(rank) / params.satiation_window * similarity
     return z
 
 
@@ -793,22 +976,29 @@ def _observe(params: WorldParameters, noisy_utility: np.ndarray) -> np.ndarray:
     return params.levels[np.searchsorted(params.thresholds, noisy_utility, side="right")]
 
 
+# Noise below this is treated as none in expectations (the error is below 1e-9 rating points;
+# dividing by a denormal noise would overflow).
+_TINY_NOISE = 1e-9
+
+
 def _expected(params: WorldParameters, latent: np.ndarray) -> np.ndarray:
     """E[_observe(latent + noise * eps)] in closed form."""
     sigma = params.noise
     if params.continuous:
-        if sigma == 0.0:
+        if sigma < _TINY_NOISE:
             return np.clip(latent, params.low, params.high)
+
         # E[clip(X, a, b)] = a + sigma * (F(beta) - F(alpha)), F(s) = s (1 - Phi(s)) - phi(s)
         def antiderivative(s: np.ndarray) -> np.ndarray:
-            return s * scipy.special.ndtr(-s) - np.exp(-0.5 * s**2) / math.sqrt(2 * math.pi)
+            density = np.exp(-0.5 * np.square(np.clip(s, -40.0, 40.0))) / math.sqrt(2 * math.pi)
+            return s * scipy.special.ndtr(-s) - density
 
         alpha, beta = (params.low - latent) / sigma, (params.high - latent) / sigma
         return params.low + sigma * (antiderivative(beta) - antiderivative(alpha))
     steps = np.diff(params.levels)
     expected = np.full(latent.shape, params.levels[0])
     for step, threshold in zip(steps, params.thresholds, strict=True):
-        if sigma == 0.0:
+        if sigma < _TINY_NOISE:
             expected += step * (latent >= threshold)
         else:
             expected += step * scipy.special.ndtr((latent - threshold) / sigma)
@@ -831,20 +1021,40 @@ def _behaviour_sequences(
         )
         affinity = affinity + _hidden(params, seed, users[:, None], all_items[None, :])
         logits = logits + params.affinity_weight * affinity
+    if params.exploration > 0.0:
+        # Mixture (1 - eps) * softmax(logits) + eps / n_items, as log-weights for the Gumbel trick.
+        logits = np.logaddexp(
+            math.log1p(-params.exploration) + scipy.special.log_softmax(logits, axis=1),
+            math.log(params.exploration / params.n_items),
+        )
     uniform = _hash_uniform(
         _key(seed, _STREAM_GUMBEL), users[:, None], np.arange(1, params.n_items + 1)[None, :]
     )
     perturbed = logits - np.log(-np.log(uniform))  # + Gumbel(0, 1)
     lengths = params.lengths[users]
     longest = int(lengths.max()) if lengths.size else 0
-    if longest < params.n_items:
-        top = np.argpartition(-perturbed, longest - 1, axis=1)[:, :longest]
-    else:
-        top = np.broadcast_to(np.arange(params.n_items), perturbed.shape)
-    order = np.argsort(-np.take_along_axis(perturbed, top, axis=1), axis=1, kind="stable")
-    items = np.take_along_axis(top, order, axis=1) + 1
+    # Lengths are heavy-tailed: sort most users' top items only up to a typical length, and
+    # the few long users fully. The result is the same either way (the order of perturbed
+    # logits), so it does not depend on the block's other users.
+    typical = min(longest, int(np.quantile(lengths, 0.95)) if lengths.size else 0)
+    items = np.zeros((users.size, longest), dtype=np.int64)
+    short = lengths <= typical
+    items[short, :typical] = _top_indices(perturbed[short], typical) + 1
+    items[~short] = _top_indices(perturbed[~short], longest) + 1
     valid = np.arange(longest)[None, :] < lengths[:, None]
     return np.where(valid, items, 0), valid
+
+
+def _top_indices(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of each row's k largest values, largest first: [B, k]."""
+    if k == 0 or values.shape[0] == 0:
+        return np.zeros((values.shape[0], k), dtype=np.int64)
+    if k < values.shape[1]:
+        top = np.argpartition(-values, k - 1, axis=1)[:, :k]
+    else:
+        top = np.broadcast_to(np.arange(values.shape[1]), values.shape)
+    order = np.argsort(-np.take_along_axis(values, top, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1)
 
 
 def _recent_items(
@@ -860,32 +1070,42 @@ def _recent_items(
 
 
 def _timestamps(
-    params: WorldParameters, seed: int, users: np.ndarray, valid: np.ndarray
+    params: WorldParameters, seed: int, users: np.ndarray, positions: np.ndarray
 ) -> np.ndarray:
-    """Non-decreasing int64 timestamps [B, L] in each user's active window, in sessions."""
-    positions = np.arange(valid.shape[1])[None, :]
+    """Non-decreasing int64 timestamps of flat events (grouped by user, positions 0, 1, ...)
+    in each user's active window: sessions of events seconds apart, spread over the window.
+
+    Gaps are integer milliseconds, so per-user sums are exact whatever else is in the block
+    (a user's timestamps must not depend on the other users generated with it).
+    """
     new_session = (
-        _hash_uniform(_key(seed, _STREAM_SESSION), users[:, None], positions)
-        < 1.0 / params.session_length
+        _hash_uniform(_key(seed, _STREAM_SESSION), users, positions) < 1.0 / params.session_length
     )
-    new_session[:, 0] = False  # the first event opens the window; no gap before it
-    gap_draw = -np.log(_hash_uniform(_key(seed, _STREAM_GAP), users[:, None], positions))
-    within = np.where(valid & ~new_session, gap_draw * _WITHIN_SESSION_MEAN_GAP_S, 0.0)
-    within[:, 0] = 0.0
-    between = np.where(valid & new_session, gap_draw, 0.0)
-    start = params.active_start[users].astype(np.float64)
-    window = (params.active_end[users] - params.active_start[users]).astype(np.float64)
-    # Row totals from sequential cumulative sums (not np.sum, whose pairwise blocking depends on
-    # the padded width): a user's timestamps must not depend on the other users in its block.
-    free = np.maximum(window - np.cumsum(within, axis=1)[:, -1], 0.0)
-    total_between = np.cumsum(between, axis=1)[:, -1]
-    scale = np.divide(free, total_between, out=np.zeros_like(free), where=total_between > 0)
-    offsets = np.cumsum(within + between * scale[:, None], axis=1)
-    times = np.floor(start[:, None] + offsets).astype(np.int64)
-    return np.minimum(times, params.active_end[users][:, None])
+    gap_draw = -np.log(_hash_uniform(_key(seed, _STREAM_GAP), users, positions))
+    later = positions > 0  # the first event opens the window; no gap before it
+    within_ms = np.where(
+        later & ~new_session, np.floor(gap_draw * params.session_gap_seconds * 1000.0), 0.0
+    ).astype(np.int64)
+    between_weight = np.where(later & new_session, np.floor(gap_draw * 1e6), 0.0).astype(np.int64)
+    starts = np.flatnonzero(positions == 0)
+    owner = np.cumsum(positions == 0) - 1  # index into `starts` of each event's user
+    first_users = users[starts]
+    window_ms = (params.active_end[first_users] - params.active_start[first_users]) * 1000
+    free_ms = np.maximum(window_ms - np.add.reduceat(within_ms, starts), 0)
+    total_weight = np.add.reduceat(between_weight, starts)
+    ms_per_weight = np.divide(
+        free_ms, total_weight, out=np.zeros(starts.size), where=total_weight > 0
+    )
+    between_ms = np.floor(between_weight * ms_per_weight[owner]).astype(np.int64)
+    elapsed = np.cumsum(within_ms + between_ms)
+    elapsed -= (elapsed - (within_ms + between_ms))[starts][owner]  # restart at each user
+    times = params.active_start[users] + elapsed // 1000
+    return np.minimum(times, params.active_end[users])
 
 
 # --- fitting a world to a real log ------------------------------------------------------------
+
+_REGULARIZATION_GRID = (0.02, 0.05, 0.1, 0.2, 0.5)
 
 
 @dataclass(frozen=True)
@@ -966,13 +1186,70 @@ def _fit_biased_mf(
     return _FactorModel(mean, user_bias, item_bias, user_factors, item_factors)
 
 
+def _tie_share(users: np.ndarray, timestamps: np.ndarray) -> float:
+    """Share of a user's consecutive events (in time order) that share a timestamp."""
+    order = np.lexsort((timestamps, users))
+    same_user = users[order][1:] == users[order][:-1]
+    if not same_user.any():
+        return 0.0
+    return float(np.mean(np.diff(timestamps[order])[same_user] == 0))
+
+
+def _session_gap_for_ties(tie_share: float, session_length: float) -> float:
+    """Mean within-session gap (s) that gives `tie_share` equal consecutive timestamps.
+
+    With an exponential gap of mean g and a uniform fractional second, two events share an
+    integer timestamp with probability 1 - g (1 - exp(-1/g)); a share 1/session_length of
+    gaps open a new session (never a tie).
+    """
+    in_session = 1.0 - 1.0 / session_length
+    target = min(max(tie_share / in_session, 1e-3), 0.99)
+
+    def ties(gap: float) -> float:
+        return 1.0 - gap * -math.expm1(-1.0 / gap)
+
+    return float(scipy.optimize.brentq(lambda g: ties(g) - target, 1e-3, 1e4))
+
+
+def _heldout_mse(
+    users: np.ndarray,
+    items: np.ndarray,
+    ratings: np.ndarray,
+    n_users: int,
+    n_items: int,
+    rank: int,
+    regularization: float,
+    n_iterations: int,
+    seed: int,
+) -> float:
+    """Mean squared error on a random 10% of the events of the model fitted to the rest."""
+    rng = np.random.default_rng(seed)
+    heldout = rng.random(ratings.size) < 0.1
+    if not heldout.any() or heldout.all():
+        return float(np.var(ratings))
+    fit = _fit_biased_mf(
+        users[~heldout],
+        items[~heldout],
+        ratings[~heldout],
+        n_users,
+        n_items,
+        rank,
+        regularization,
+        n_iterations,
+        rng,
+    )
+    residual = ratings[heldout] - fit.predict(users[heldout], items[heldout])
+    return float(np.mean(residual**2))
+
+
 def _simulated_pairs(
     params: WorldParameters, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(users, items, recent) of every event the behaviour policy would log, in blocks."""
     users_out, items_out, recent_out = [], [], []
-    for first in range(1, params.n_users + 1, _DEFAULT_BLOCK_USERS):
-        users = np.arange(first, min(first + _DEFAULT_BLOCK_USERS, params.n_users + 1))
+    block = _block_users(params.n_items)
+    for first in range(1, params.n_users + 1, block):
+        users = np.arange(first, min(first + block, params.n_users + 1))
         items_2d, valid = _behaviour_sequences(params, seed, users)
         rows, positions = np.nonzero(valid)
         users_out.append(users[rows])
@@ -999,10 +1276,15 @@ def _calibrate_ratings(
     params: WorldParameters, real_rewards: np.ndarray, target_mse: float, seed: int
 ) -> WorldParameters:
     """Solve noise and thresholds: the simulated log's rating histogram matches the real one,
-    and the mean rating variance around the truth equals the real held-out error."""
+    and the mean rating variance around the truth equals `target_mse` (continuous rewards:
+    the noise is sqrt(target_mse), clipping aside)."""
+    if params.continuous:
+        return dataclasses.replace(params, noise=math.sqrt(target_mse))
     users, items, recent = _simulated_pairs(params, seed)
     sample = np.random.default_rng(seed).permutation(users.size)[:50_000]
-    latent = _latent_utility(params, seed, users[sample], items[sample], recent[sample])
+    latent = _latent_utility(
+        params, seed, users[sample], items[sample], _recent_directions(params, recent[sample])
+    )
     levels = params.levels
     cumulative = np.searchsorted(np.sort(real_rewards), levels[:-1], side="right")
     cumulative = cumulative / real_rewards.size  # P(r <= level_k), k < last
@@ -1014,9 +1296,10 @@ def _calibrate_ratings(
             lo, hi = latent.min() - 10 * sigma - 10, latent.max() + 10 * sigma + 10
             cuts.append(
                 scipy.optimize.brentq(
-                    lambda t, s=share: float(np.mean(scipy.special.ndtr((t - latent) / sigma)))
-                    - s,
-                    lo, hi, xtol=1e-9,
+                    lambda t, s=share: float(np.mean(scipy.special.ndtr((t - latent) / sigma))) - s,
+                    lo,
+                    hi,
+                    xtol=1e-9,
                 )
             )
         return np.maximum.accumulate(np.array(cuts))
@@ -1040,4 +1323,3 @@ def _calibrate_ratings(
             lambda s: noise_variance(s) - target_mse, low, high, xtol=1e-4
         )
     return dataclasses.replace(params, noise=sigma, thresholds=thresholds_for(sigma))
-

@@ -92,7 +92,13 @@ def test_streaming_parquet_equals_in_memory(tmp_path: Path) -> None:
     path = tmp_path / "log.parquet"
     pq.write_table(table, path, row_group_size=700)
     columns = {"user_id": "uid"}
-    streamed = user_sequences_from_parquet(path, max_len=7, columns=columns, batch_rows=600)
+    streamed = user_sequences_from_parquet(
+        path,
+        max_len=7,
+        columns=columns,
+        batch_rows=600,
+        buffer_events=60,  # 8 users a block
+    )
     log = load(path, columns)
     expected = user_sequences(log, 7)
     np.testing.assert_array_equal(streamed.sequences.items, expected.items)

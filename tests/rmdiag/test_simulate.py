@@ -53,9 +53,7 @@ def test_same_seed_gives_identical_tables_and_other_seeds_differ() -> None:
     assert first.equals(second)
     other = World(small(seed=4)).generate()
     assert not first.equals(other)
-    assert not np.array_equal(
-        first["item_id"].to_numpy()[:50], other["item_id"].to_numpy()[:50]
-    )
+    assert not np.array_equal(first["item_id"].to_numpy()[:50], other["item_id"].to_numpy()[:50])
 
 
 def test_schema_types_and_ranges() -> None:
@@ -63,7 +61,10 @@ def test_schema_types_and_ranges() -> None:
     table = world.generate()
     assert table.column_names == ["user_id", "item_id", "timestamp", "reward"]
     assert [field.type for field in table.schema] == [
-        pa.int64(), pa.int64(), pa.int64(), pa.float64()
+        pa.int64(),
+        pa.int64(),
+        pa.int64(),
+        pa.float64(),
     ]
     users, items = table["user_id"].to_numpy(), table["item_id"].to_numpy()
     rewards = table["reward"].to_numpy()
@@ -115,8 +116,13 @@ def test_batches_concatenate_to_generate_for_any_block_size(
     n_users: int, n_items: int, seed: int, batch: int, satiation: float, continuous: bool
 ) -> None:
     config = SimulationConfig(
-        n_users=n_users, n_items=n_items, seed=seed, mean_events=8.0, min_events=1,
-        satiation=satiation, continuous=continuous,
+        n_users=n_users,
+        n_items=n_items,
+        seed=seed,
+        mean_events=8.0,
+        min_events=1,
+        satiation=satiation,
+        continuous=continuous,
     )
     world = World(config)
     whole = world.generate(with_expected=True)
@@ -146,8 +152,19 @@ def test_exposure_concentration_raises_the_popularity_gini() -> None:
     assert ginis[0] + 0.05 < ginis[1] and ginis[1] + 0.05 < ginis[2]
 
 
+def test_exploration_brings_rare_items_into_the_log() -> None:
+    def exposure(exploration: float) -> tuple[int, float]:
+        config = small(n_users=300, n_items=600, exploration=exploration, tail_exposure=0.001)
+        world = World(config)
+        items = world.generate()["item_id"].to_numpy()
+        return np.unique(items).size, popularity_gini(items, world.n_items)
+
+    (seen_without, gini_without), (seen_with, gini_with) = exposure(0.0), exposure(0.3)
+    assert seen_with > seen_without and gini_with < gini_without - 0.05
+
+
 def test_tail_share_leaves_that_share_of_the_catalog_rarely_exposed() -> None:
-    config = small(n_users=300, tail_share=0.3, tail_exposure=0.001)
+    config = small(n_users=300, tail_share=0.3, tail_exposure=0.001, exploration=0.0)
     world = World(config)
     counts = np.bincount(world.generate()["item_id"].to_numpy(), minlength=121)[1:]
     tail = world.parameters.exposure_logits[1:] < np.quantile(
@@ -177,8 +194,13 @@ def test_continuous_noise_matches_its_standard_deviation_away_from_the_bounds() 
 
 def test_variance_components_follow_the_config() -> None:
     config = SimulationConfig(
-        n_users=3000, n_items=3000, affinity_scale=1.0, observable_share=0.64,
-        user_bias_scale=0.5, item_quality_scale=0.2, noise=0.7,
+        n_users=3000,
+        n_items=3000,
+        affinity_scale=1.0,
+        observable_share=0.64,
+        user_bias_scale=0.5,
+        item_quality_scale=0.2,
+        noise=0.7,
     )
     parts = World(config).variance_components()
     assert parts["interaction"] == pytest.approx(0.64, rel=0.1)
@@ -268,9 +290,10 @@ def test_randomized_exposure_rates_unseen_items_after_the_log() -> None:
     pairs = list(zip(holdout["user_id"].to_pylist(), holdout["item_id"].to_pylist(), strict=True))
     assert not seen & set(pairs) and len(set(pairs)) == len(pairs)
     # Uniform over unseen items: exposure is far flatter than the log's.
-    assert popularity_gini(holdout["item_id"].to_numpy(), 120) < popularity_gini(
-        log["item_id"].to_numpy(), 120
-    ) - 0.2
+    assert (
+        popularity_gini(holdout["item_id"].to_numpy(), 120)
+        < popularity_gini(log["item_id"].to_numpy(), 120) - 0.2
+    )
 
 
 # --- presets and config -----------------------------------------------------------------------
@@ -314,12 +337,19 @@ def test_bad_config_is_refused_with_the_field_named() -> None:
 # --- semi-synthetic worlds --------------------------------------------------------------------
 
 
-def test_from_interactions_reproduces_histogram_popularity_and_lengths() -> None:
+@pytest.fixture(scope="module")
+def fitted_pair() -> tuple[pa.Table, World]:
+    """A generated "real" log (raw ids not 1..n) and the world fitted to it."""
     source = World(SimulationConfig(n_users=400, n_items=300, mean_events=30.0, seed=8))
     real = source.generate()
-    # Raw ids that are not 1..n, to exercise the encoding.
     real = real.set_column(0, "user_id", pa.array(real["user_id"].to_numpy() * 7 + 1000))
-    fitted = World.from_interactions(real, rank=8, seed=2)
+    return real, World.from_interactions(real, rank=8, seed=2)
+
+
+def test_from_interactions_reproduces_histogram_popularity_and_lengths(
+    fitted_pair: tuple[pa.Table, World],
+) -> None:
+    real, fitted = fitted_pair
     assert fitted.n_users == 400 and fitted.n_items == len(real["item_id"].unique())
     simulated = fitted.generate()
     levels = np.arange(1.0, 6.0)
@@ -333,10 +363,50 @@ def test_from_interactions_reproduces_histogram_popularity_and_lengths() -> None
     real_lengths = np.bincount(np.unique(real["user_id"].to_numpy(), return_inverse=True)[1])
     assert np.array_equal(np.bincount(simulated["user_id"].to_numpy())[1:], real_lengths)
     assert fitted.raw_user_ids is not None and fitted.raw_user_ids[1] == 1 * 7 + 1000
-    # Deterministic, and each user's events stay in their real active window.
+    # Deterministic; timestamps increase within each user and tie as often as the real ones.
     assert World.from_interactions(real, rank=8, seed=2).generate().equals(simulated)
-    users = simulated["user_id"].to_numpy()
-    assert np.all(np.diff(simulated["timestamp"].to_numpy())[users[1:] == users[:-1]] >= 0)
+
+    def steps(table: pa.Table) -> np.ndarray:
+        users = table["user_id"].to_numpy()
+        return np.diff(table["timestamp"].to_numpy())[users[1:] == users[:-1]]
+
+    assert np.all(steps(simulated) >= 0)
+    assert np.mean(steps(simulated) == 0) == pytest.approx(np.mean(steps(real) == 0), abs=0.03)
+
+
+def test_a_fitted_world_is_about_as_learnable_as_its_source(
+    fitted_pair: tuple[pa.Table, World],
+) -> None:
+    """The same model's held-out error on the fitted world's log is close to the real one's."""
+    from rmdiag.simulate import _heldout_mse
+
+    real, fitted = fitted_pair
+
+    def error(table: pa.Table) -> float:
+        users = np.unique(table["user_id"].to_numpy(), return_inverse=True)[1] + 1
+        items = np.unique(table["item_id"].to_numpy(), return_inverse=True)[1] + 1
+        return _heldout_mse(
+            users,
+            items,
+            table["reward"].to_numpy(),
+            int(users.max()),
+            int(items.max()),
+            8,
+            0.1,
+            10,
+            0,
+        )
+
+    assert error(fitted.generate()) == pytest.approx(error(real), rel=0.1)
+
+
+def test_from_interactions_keeps_continuous_rewards_continuous() -> None:
+    real = World(small(continuous=True)).generate()
+    fitted = World.from_interactions(real, rank=4, seed=0)
+    rewards = fitted.generate()["reward"].to_numpy()
+    assert fitted.config.continuous and np.unique(rewards).size > 100
+    assert rewards.min() >= real["reward"].to_numpy().min()
+    assert abs(rewards.mean() - real["reward"].to_numpy().mean()) < 0.15
 
 
 def test_from_interactions_refuses_bad_tables() -> None:
@@ -348,3 +418,97 @@ def test_from_interactions_refuses_bad_tables() -> None:
     )
     with pytest.raises(ValueError, match="non-finite value at row 1"):
         World.from_interactions(table)
+
+
+# --- reward hacking: a reward model wrong exactly where the log has no data ------------------
+
+
+def test_rarely_exposed_is_the_configured_tail() -> None:
+    world = World(small(n_users=300, tail_share=0.25, tail_exposure=0.001, exploration=0.0))
+    tail = world.rarely_exposed()
+    assert tail.shape == (121,) and not tail[0] and tail.sum() == 30
+    counts = np.bincount(world.generate()["item_id"].to_numpy(), minlength=121)
+    assert counts[tail].sum() < 0.02 * counts.sum()
+
+
+def test_misspecified_reward_is_right_on_explored_items_and_hackable_on_the_tail() -> None:
+    world = World(small(n_users=200))
+    tail = torch.from_numpy(world.rarely_exposed())
+    model = world.misspecified_reward(tail_bonus=1.5, tail_spread=0.5, n_members=4, seed=1)
+    users = torch.arange(1, 201)
+    context = Context(users, torch.zeros(200, 3, dtype=torch.long), torch.zeros(200, 3))
+    items = torch.arange(1, 121).repeat(200, 1)
+    truth = world.true_reward(context, items)
+    members = model.members(context, items)
+    assert members.shape == (4, 200, 120)
+    assert torch.allclose(model(context, items), members.mean(0))
+    explored = ~tail[items]
+    assert torch.allclose(members[:, explored], truth[explored].expand(4, -1))
+    # Ensemble spread is zero where the model is right and positive where it is wrong.
+    spread = members.std(0)
+    assert spread[explored].max() == 0.0 and spread[~explored].mean() > 0.2
+    # Greedy optimization of the wrong model picks tail items and loses true reward.
+    hacked = model(context, items).argmax(1)
+    best = truth.argmax(1)
+    assert tail[items[torch.arange(200), hacked]].float().mean() > 0.5
+    rows = torch.arange(200)
+    assert truth[rows, hacked].mean() < truth[rows, best].mean() - 0.3
+
+
+def test_item_regions_group_items_of_like_taste() -> None:
+    world = World(small(n_items=200))
+    regions = world.item_regions(8)
+    assert regions.shape == (201,) and regions.dtype == np.int64 and regions[0] == 0
+    assert set(np.unique(regions[1:])) <= set(range(8)) and np.unique(regions[1:]).size > 4
+    assert np.array_equal(regions, World(small(n_items=200)).item_regions(8))
+    directions = world.parameters.item_directions[1:]
+    cosine = directions @ directions.T
+    same = regions[1:, None] == regions[None, 1:]
+    off_diagonal = ~np.eye(200, dtype=bool)
+    assert cosine[same & off_diagonal].mean() > cosine[~same].mean() + 0.2
+
+
+def test_randomized_exposure_conditions_on_the_users_whole_log() -> None:
+    world = World(small(noise=0.0, satiation=1.0))  # noise-free: rating = true reward
+    log, holdout = world.generate(), world.randomized_exposure(3, seed=0)
+    users = log["user_id"].to_numpy()
+    last_rows = np.flatnonzero(np.r_[users[1:] != users[:-1], True])  # each user's last event
+    context, _ = contexts_for_events(log, last_rows, max_len=10)
+    # The history after the last event = the last event's history plus that event.
+    items = np.array(log["item_id"].to_numpy())
+    history = torch.cat(
+        [context.history_items[:, 1:], torch.from_numpy(items[last_rows])[:, None]], 1
+    )
+    full = Context(context.users, history, torch.zeros_like(history, dtype=torch.float32))
+    holdout_items = torch.from_numpy(np.array(holdout["item_id"].to_numpy()).reshape(-1, 3))
+    oracle = world.true_reward(full, holdout_items)
+    np.testing.assert_array_equal(oracle.numpy().ravel(), holdout["reward"].to_numpy())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 1000),
+    noise=st.floats(0.0, 2.0),
+    continuous=st.booleans(),
+    batch=st.integers(1, 6),
+    length=st.integers(0, 8),
+)
+def test_true_reward_stays_on_the_scale_and_is_deterministic(
+    seed: int, noise: float, continuous: bool, batch: int, length: int
+) -> None:
+    world = World(
+        SimulationConfig(n_users=20, n_items=30, seed=seed, noise=noise, continuous=continuous)
+    )
+    generator = torch.Generator().manual_seed(seed)
+    users = torch.randint(1, 21, (batch,), generator=generator)
+    history = torch.randint(0, 31, (batch, length), generator=generator)
+    context = Context(users, history, torch.zeros(batch, length))
+    items = torch.randint(1, 31, (batch, 7), generator=generator)
+    oracle = world.true_reward(context, items)
+    assert oracle.shape == (batch, 7)
+    assert torch.all((oracle >= 1.0) & (oracle <= 5.0))
+    assert torch.equal(oracle, world.true_reward(context, items))
+    sampled = world.sample_reward(context, items, np.random.default_rng(seed))
+    assert torch.all((sampled >= 1.0) & (sampled <= 5.0))
+    if not continuous:
+        assert torch.equal(sampled, sampled.round())
