@@ -533,6 +533,13 @@ def audit(
     config = config or AuditConfig()
     started = time.perf_counter()
     check_auditable(train, heldout)
+    n_heldout_users = len(np.unique(heldout.users))
+    if n_heldout_users < config.min_users:
+        raise InsufficientDataError(
+            f"{n_heldout_users} users have held-out events; an audit needs at least "
+            f"{config.min_users} (min_users) for its intervals",
+            source=train.source,
+        )
     # One thread: the models are small, and on a shared machine extra threads only contend.
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)

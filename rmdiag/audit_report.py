@@ -58,9 +58,9 @@ def _plot_error_by_slice(result: AuditResult) -> str:
         ax.bar(range(len(names)), values, yerr=[lows, highs], capsize=3, color="#4c72b0")
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
         ax.set_title(f"RMSE, {slice_name} slice")
-        finite = [v for v in values if np.isfinite(v)]
-        if finite:
-            ax.set_ylim(0.9 * min(finite), 1.05 * max(finite))
+        bounds = [b for f in figs if f.value is not None for b in (f.low, f.high)]
+        if bounds:
+            ax.set_ylim(0.95 * min(bounds), 1.03 * max(bounds))
         else:
             ax.text(0.5, 0.5, "too few events", ha="center", transform=ax.transAxes)
     return _png(figure)

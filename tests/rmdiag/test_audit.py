@@ -245,6 +245,17 @@ def test_data_that_cannot_support_an_audit_is_refused(table: pa.Table, message: 
     assert isinstance(error.value, DataError)  # the CLI maps DataError to exit code 2
 
 
+def test_too_few_users_for_intervals_is_refused() -> None:
+    rng = np.random.default_rng(0)
+    table = _table(
+        np.repeat(np.arange(6), 5).tolist(),
+        rng.integers(1, 8, 30).tolist(),
+        rng.integers(1, 6, 30).tolist(),
+    )
+    with pytest.raises(InsufficientDataError, match="6 users have held-out events"):
+        audit(*audit_inputs(table), config=FAST)
+
+
 def test_holdout_file_is_encoded_with_the_log(tmp_path: Path) -> None:
     world = World(SimulationConfig.preset("learnable", n_users=80, n_items=50, mean_events=10))
     log, holdout = world.generate(), world.randomized_exposure(3, seed=1)
