@@ -64,8 +64,11 @@ def main() -> None:
         )
     print("\nspread vs |error| (Spearman):", {k: f.text() for k, f in result.spread_error.items()})
     print(
-        "train RMSE and held-out minus train:",
-        {k: {p: f.text() for p, f in v.items()} for k, v in result.gap.items()},
+        "train RMSE, held-out minus train RMSE (paired p):",
+        {
+            k: f"{v['train_rmse'].text()}, {v['gap'].text()} (p={v['p_value']:.2g})"
+            for k, v in result.gap.items()
+        },
     )
     print(f"\nverdict: {result.verdict}")
     for reason in result.reasons:

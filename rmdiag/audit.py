@@ -362,7 +362,7 @@ class AuditResult:
     models: dict[str, dict[str, dict[str, Figure]]]
     comparisons: list[dict[str, Any]]
     spread_error: dict[str, Figure]
-    gap: dict[str, dict[str, Figure]]
+    gap: dict[str, dict[str, Any]]
     verdict: str
     reasons: list[str]
     slices: dict[str, dict[str, int]]
@@ -391,7 +391,7 @@ class AuditResult:
             ],
             "spread_error": {k: fig.as_dict() for k, fig in self.spread_error.items()},
             "gap": {
-                name: {k: fig.as_dict() for k, fig in parts.items()}
+                name: {k: v.as_dict() if isinstance(v, Figure) else v for k, v in parts.items()}
                 for name, parts in self.gap.items()
             },
             "slices": self.slices,
@@ -665,7 +665,7 @@ def _audit(
 
     # ---- train versus held-out gap
     mark = time.perf_counter()
-    gap = _train_gap(train, baselines, ensemble, per_user, config)
+    gap = _train_gap(train, heldout, baselines, ensemble, predictions, config)
     timings["gap"] = time.perf_counter() - mark
     timings["statistics"] = mark - started - timings["fit"] - timings["predict"]
 
@@ -750,13 +750,16 @@ def _spread_error_correlation(
 
 def _train_gap(
     train: Interactions,
+    heldout: Interactions,
     baselines: Mapping[str, RewardModel],
     ensemble: RewardEnsemble,
-    per_user: Mapping[str, Mapping[str, Mapping[str, np.ndarray | str]]],
+    heldout_predictions: Mapping[str, np.ndarray],
     config: AuditConfig,
-) -> dict[str, dict[str, Figure]]:
+) -> dict[str, dict[str, Any]]:
     """RMSE on (a sample of) training events, each given its earlier training events, against
-    held-out RMSE. The gap is held-out minus train; large gaps mean memorization."""
+    held-out RMSE. The gap is held-out minus train (large gaps mean memorization); users are
+    resampled jointly over the union of both parts' users (a user absent from one part adds
+    nothing to that part's sum)."""
     rng = np.random.default_rng(config.seed)
     rows = np.arange(len(train))
     if len(rows) > config.gap_events:
@@ -764,37 +767,30 @@ def _train_gap(
     sample = train.take(rows)
     predictions = {name: model.predict_events(train, sample) for name, model in baselines.items()}
     predictions.update(_rm_predictions(ensemble, ensemble.member_events(train, sample)))
-    users = sample.users
-    _, user_index = np.unique(users, return_inverse=True)
-    n_users = int(user_index.max()) + 1
+    union = np.union1d(sample.users, heldout.users)
+    train_index = np.searchsorted(union, sample.users)
+    heldout_index = np.searchsorted(union, heldout.users)
+
+    def per_user_mse(index: np.ndarray, squared: np.ndarray) -> np.ndarray:
+        return np.bincount(index, weights=squared, minlength=len(union)) * len(union) / len(index)
+
     stats = {
         "confidence": config.confidence,
         "n_resamples": config.n_resamples,
         "seed": config.seed,
     }
-    out: dict[str, dict[str, Figure]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for name, pred in predictions.items():
-        squared = (pred - sample.rewards) ** 2
-        train_mse = (
-            np.bincount(user_index, weights=squared, minlength=n_users) * n_users / len(rows)
+        train_mse = per_user_mse(train_index, (pred - sample.rewards) ** 2)
+        heldout_mse = per_user_mse(
+            heldout_index, (heldout_predictions[name] - heldout.rewards) ** 2
         )
         fig = _mean_interval(train_mse, **stats)
         train_rmse = Figure(*(float(np.sqrt(max(v, 0.0))) for v in (fig.value, fig.low, fig.high)))
-        heldout = per_user[name]["all"]["mse"]
-        if isinstance(heldout, str):
-            out[name] = {"train_rmse": train_rmse, "gap": Figure.unavailable(heldout)}
-            continue
-        # held-out minus train RMSE; the two parts are independent samples of users here
-        # (different events), so the interval combines two bootstrap intervals' half-widths.
-        held_fig = _mean_interval(_rmse_linearized(heldout), **stats)
-        train_lin = _mean_interval(_rmse_linearized(train_mse), **stats)
-        difference = held_fig.value - train_lin.value
-        half = np.hypot(held_fig.high - held_fig.value, train_lin.value - train_lin.low)
-        half_low = np.hypot(held_fig.value - held_fig.low, train_lin.high - train_lin.value)
-        out[name] = {
-            "train_rmse": train_rmse,
-            "gap": _finite_figure(difference, difference - half_low, difference + half),
-        }
+        gap, p_value = _paired_stats(
+            _rmse_linearized(heldout_mse), _rmse_linearized(train_mse), **stats
+        )
+        out[name] = {"train_rmse": train_rmse, "gap": gap, "p_value": p_value}
     return out
 
 

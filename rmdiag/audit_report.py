@@ -132,7 +132,7 @@ def render_html(result: AuditResult) -> str:
         for slice_name in ("all", "unexplored"):
             parts.extend(_cell(slices[slice_name][m]) for m in metrics)
         gap = result.gap.get(name, {})
-        parts.extend(_cell(gap[k]) for k in ("train_rmse", "gap") if k in gap)
+        parts.extend(_cell(gap[k]) for k in ("train_rmse", "gap"))
         parts.append("</tr>")
     parts.append(
         "</table><h2>Reward models against baselines</h2><p>Difference = model − baseline "
