@@ -207,3 +207,14 @@ def test_user_weight_zero_drops_a_user() -> None:
 def test_unknown_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown reward model kind"):
         make_reward_model("xgboost")
+
+
+def test_parallel_fitting_gives_the_same_ensemble(world_split) -> None:
+    fit, tune, test = world_split
+    params = {"lightgbm": SMALL_LGBM, "sequence": {**SMALL_SEQ, "epochs": 1}}
+    kwargs = {"kinds": ("lightgbm", "sequence"), "n_members": 2, "seed": 5, "params": params}
+    serial = RewardEnsemble(**kwargs, n_jobs=1).fit(fit, tune)
+    parallel = RewardEnsemble(**kwargs, n_jobs=2).fit(fit, tune)
+    np.testing.assert_allclose(
+        serial.member_events(fit, test), parallel.member_events(fit, test), rtol=1e-5, atol=1e-5
+    )
