@@ -10,6 +10,8 @@ given the events of ``history`` that precede it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import ClassVar, Self
 
 import numpy as np
@@ -74,6 +76,20 @@ def pad_last(array: np.ndarray, length: int) -> np.ndarray:
     out = np.zeros((array.shape[0], length), dtype=array.dtype)
     out[:, length - have :] = array
     return out
+
+
+@contextmanager
+def torch_threads(n_threads: int | None) -> Iterator[None]:
+    """Run a block with ``n_threads`` torch threads (None: leave the setting alone)."""
+    if n_threads is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class RewardModel(ABC):

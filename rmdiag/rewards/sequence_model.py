@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rmdiag.data import Interactions
-from rmdiag.rewards.base import RewardModel, columns, event_weights, pad_last
+from rmdiag.rewards.base import RewardModel, columns, event_weights, pad_last, torch_threads
 from rmdiag.sequences import event_sequences, user_sequences
 from trainers.protocols import Context
 
@@ -109,7 +109,8 @@ ITEM_PRIOR_STRENGTH = 5.0
 
 class SequenceRewardModel(RewardModel):
     """Causal-transformer reward model (module docstring). Small by default: it trains on CPU in
-    seconds on MovieLens-100K (dim 32, 2 layers, 2 heads)."""
+    seconds on MovieLens-100K (dim 32, 2 layers, 2 heads). ``n_threads`` torch threads (default
+    1: a model this small gains nothing from more, and on a shared machine they contend)."""
 
     kind = "sequence"
 
@@ -125,6 +126,7 @@ class SequenceRewardModel(RewardModel):
         learning_rate: float = 3e-3,
         weight_decay: float = 1e-2,
         patience: int = 3,
+        n_threads: int | None = 1,
         seed: int = 0,
     ) -> None:
         self.history_len = history_len
@@ -137,6 +139,7 @@ class SequenceRewardModel(RewardModel):
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.patience = patience
+        self.n_threads = n_threads
         self.seed = seed
 
     def _standardize(self, rewards: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -166,6 +169,12 @@ class SequenceRewardModel(RewardModel):
         valid: Interactions | None = None,
         *,
         user_weight: np.ndarray | None = None,
+    ) -> Self:
+        with torch_threads(self.n_threads):
+            return self._fit(train, valid, user_weight)
+
+    def _fit(
+        self, train: Interactions, valid: Interactions | None, user_weight: np.ndarray | None
     ) -> Self:
         if self.dim % self.n_heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
@@ -262,5 +271,5 @@ class SequenceRewardModel(RewardModel):
         self._check_fitted()
         history_items = context.history_items[:, -self.history_len :].long()
         history_rewards = context.history_rewards[:, -self.history_len :].float()
-        with torch.no_grad():
+        with torch.no_grad(), torch_threads(self.n_threads):
             return self._forward_last(history_items, history_rewards, items.long())
