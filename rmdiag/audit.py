@@ -105,7 +105,7 @@ class AuditConfig:
     )
     min_pairwise_gain: float = field(
         default=0.0,
-        metadata=_help("verdict: pairwise accuracy must exceed every baseline's by more than this"),
+        metadata=_help("verdict: a pairwise-accuracy gain counts only when larger than this"),
     )
     directional_baselines: str = field(
         default="user_mean,item_mean",
@@ -133,7 +133,12 @@ class AuditConfig:
     )
     sequence_dim: int = field(default=32, metadata=_help("sequence reward model hidden size"))
     threads: int = field(
-        default=2, metadata=_help("worker processes fitting ensemble members (one thread each)")
+        default=2,
+        metadata=_help(
+            "worker processes fitting ensemble members, one thread each (1: fit in this "
+            "process; above 1, a calling script needs the usual `if __name__ == '__main__'` "
+            "guard of multiprocessing)"
+        ),
     )
     seed: int = field(default=0, metadata=_help("random seed (models, folds, bootstrap)"))
 

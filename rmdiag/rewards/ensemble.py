@@ -4,7 +4,8 @@ Member m is of kind ``kinds[m % len(kinds)]``, seeded ``seed + m``, and fitted w
 multinomial bootstrap of users (each user's events weighted by how often the user was drawn), so
 members disagree where the data is thin. It satisfies ``trainers.protocols.EnsembleRewardFn``:
 ``members(context, items) -> [M, B, K]``, ``__call__`` is their mean, ``spread`` their standard
-deviation.
+deviation. With ``n_jobs > 1`` members are fitted in "spawn" worker processes, so a script
+that calls ``fit`` must guard its entry point with ``if __name__ == "__main__":``.
 """
 
 from __future__ import annotations
