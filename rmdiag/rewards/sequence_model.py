@@ -126,6 +126,7 @@ class SequenceRewardModel(RewardModel):
         learning_rate: float = 3e-3,
         weight_decay: float = 1e-2,
         patience: int = 3,
+        all_events: bool = True,
         n_threads: int | None = 1,
         seed: int = 0,
     ) -> None:
@@ -139,6 +140,7 @@ class SequenceRewardModel(RewardModel):
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.patience = patience
+        self.all_events = all_events
         self.n_threads = n_threads
         self.seed = seed
 
@@ -203,12 +205,10 @@ class SequenceRewardModel(RewardModel):
         with torch.no_grad():
             prior = sums / (counts + ITEM_PRIOR_STRENGTH) / self.scale_
             self.network_.item_bias.weight[:, 0] = torch.as_tensor(prior, dtype=torch.float32)
-        sequences = user_sequences(train, self.history_len + 1)
-        seq_items = torch.as_tensor(sequences.items[1:], dtype=torch.long)
-        seq_rewards = torch.as_tensor(sequences.rewards[1:], dtype=torch.float32)
+        seq_items, seq_rewards, seq_users = self._training_windows(train)
         seq_weight = torch.ones(len(seq_items))
         if user_weight is not None:
-            seq_weight = torch.as_tensor(np.asarray(user_weight, dtype=np.float32)[1:])
+            seq_weight = torch.as_tensor(np.asarray(user_weight, dtype=np.float32)[seq_users])
         keep = (seq_items > 0).any(1) & (seq_weight > 0)
         seq_items, seq_rewards, seq_weight = seq_items[keep], seq_rewards[keep], seq_weight[keep]
 
@@ -253,6 +253,39 @@ class SequenceRewardModel(RewardModel):
             self.network_.load_state_dict(best_state)
         self.network_.eval()
         return self
+
+    def _training_windows(
+        self, train: Interactions
+    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """Windows of history_len + 1 events (left-padded) that tile each user's sequence.
+
+        Without ``all_events`` only each user's last window (``user_sequences``, as the policy
+        trains); with it, windows end at the user's last event and every ``history_len`` events
+        before it, so every training event is a target once, built by ``event_sequences``.
+        """
+        length = self.history_len + 1
+        if not self.all_events:
+            sequences = user_sequences(train, length)
+            users = np.arange(1, train.n_users + 1)
+            return (
+                torch.as_tensor(sequences.items[1:], dtype=torch.long),
+                torch.as_tensor(sequences.rewards[1:], dtype=torch.float32),
+                users,
+            )
+        users = train.users
+        counts = np.bincount(users, minlength=train.n_users + 1)
+        from_end = np.cumsum(counts)[users] - 1 - np.arange(len(users))
+        anchors = train.take(from_end % self.history_len == 0)
+        windows = event_sequences(train, anchors, self.history_len)
+        items = np.concatenate([windows.history_items, windows.targets[:, None]], axis=1)
+        rewards = np.concatenate(
+            [windows.history_rewards, windows.target_rewards[:, None].astype(np.float32)], axis=1
+        )
+        return (
+            torch.as_tensor(items, dtype=torch.long),
+            torch.as_tensor(rewards, dtype=torch.float32),
+            windows.users,
+        )
 
     def _sequence_loss(
         self, items: torch.Tensor, rewards: torch.Tensor, user_weight: torch.Tensor
