@@ -1,6 +1,7 @@
 """The reward-model audit on MovieLens-100K (leave-last-out, rewards = ratings).
 
-Run from the repository root:  python -m benchmarks.audit_movielens [--members 5] [--out DIR]
+Run from the repository root:
+    python -m benchmarks.audit_movielens [--members 5] [--out DIR] [--compare-serial]
 
 Fits the four baselines and a 5-member ensemble (LightGBM and sequence reward models, bootstrap
 resamples of users) on each user's events but the last two, audits them on those last two
@@ -26,6 +27,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="also write audit.json and audit.html here")
+    parser.add_argument(
+        "--compare-serial",
+        action="store_true",
+        help="also run the audit with members fitted in this process (threads=1), side by side",
+    )
     args = parser.parse_args()
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -78,6 +84,19 @@ def main() -> None:
         + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
         + f"; load average at start {load_avg[0]:.2f} / {load_avg[1]:.2f} / {load_avg[2]:.2f}"
     )
+    serial_seconds = None
+    if args.compare_serial:
+        import dataclasses
+
+        mark = time.perf_counter()
+        serial = audit(train, heldout, config=dataclasses.replace(config, threads=1))
+        serial_seconds = time.perf_counter() - mark
+        same = serial.models["ensemble"]["all"]["rmse"] == result.models["ensemble"]["all"]["rmse"]
+        print(
+            f"serial fitting (one process): {serial_seconds:.1f} s vs {result.seconds:.1f} s with "
+            f"{args.threads} workers: {serial_seconds / result.seconds:.2f}x; "
+            f"same ensemble RMSE figure: {same}"
+        )
     ensemble = result.models["ensemble"]["all"]
     headline = {
         "seconds": round(total, 2),
@@ -89,6 +108,7 @@ def main() -> None:
         "item_mean_rmse": result.models["item_mean"]["all"]["rmse"].value,
         "user_mean_rmse": result.models["user_mean"]["all"]["rmse"].value,
         "load_average_1min": round(load_avg[0], 2),
+        "serial_seconds": None if serial_seconds is None else round(serial_seconds, 2),
     }
     print(json.dumps(headline))
 
