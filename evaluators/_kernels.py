@@ -1,0 +1,277 @@
+"""numba kernels behind `evaluators.metrics` and `evaluators.intervals`.
+
+numba is used because the metrics are one pass over a [users, items] score matrix: a compiled loop
+reads each score once and keeps two integer counters per target, which numpy can only do by
+materialising boolean temporaries of the matrix's size (several passes over memory). Parallel loops
+run over users (metrics) or resamples (bootstrap); every per-user / per-resample result is computed
+sequentially by one thread, so results do not depend on the number of threads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+# Tie modes, as integers for the kernels.
+EXPECTED, OPTIMISTIC, PESSIMISTIC = 0, 1, 2
+
+
+# users per parallel task: each task owns one scratch mask row, reused across its users
+_USERS_PER_TASK = 64
+
+
+@njit(cache=True, inline="always")
+def _mark(exclude, u, extra, lo, hi, mark, value):  # pragma: no cover
+    """Set mark[item - lo] = value for the user's excluded items inside [lo, hi)."""
+    for x in range(exclude.shape[1]):
+        item = exclude[u, x]
+        if item >= lo and item < hi:
+            mark[item - lo] = value
+    if extra >= lo and extra < hi:
+        mark[extra - lo] = value
+
+
+def _count_single(
+    block, lo, target_score, exclude, extra, greater, equal, nans
+):  # pragma: no cover
+    """Accumulate, per user, how many candidate scores in `block` are > and == the target's.
+
+    block: [U, W] scores of items lo..lo+W-1. target_score: [U]. exclude: [U, L] item indices,
+    padding < 0, duplicates allowed; `extra` is one more excluded item for everyone (-1: none).
+    Exclusions go into a small per-task byte mask, so the hot loop stays branch-free and
+    vectorises; duplicates just set the same byte twice.
+    """
+    n_users, width = block.shape
+    hi = lo + width
+    n_tasks = (n_users + _USERS_PER_TASK - 1) // _USERS_PER_TASK
+    for task in prange(n_tasks):
+        mark = np.zeros(width, dtype=np.uint8)
+        for u in range(task * _USERS_PER_TASK, min((task + 1) * _USERS_PER_TASK, n_users)):
+            _mark(exclude, u, extra, lo, hi, mark, 1)
+            row = block[u]
+            s_t = target_score[u]
+            n_greater = 0
+            n_equal = 0
+            n_nan = 0
+            for j in range(width):
+                s = row[j]
+                keep = 1 - np.int64(mark[j])
+                n_greater += (s > s_t) * keep
+                n_equal += (s == s_t) * keep
+                n_nan += s != s
+            _mark(exclude, u, extra, lo, hi, mark, 0)
+            greater[u] += n_greater
+            equal[u] += n_equal
+            nans[u] += n_nan
+
+
+def _count_multi(
+    block, lo, target_scores, n_targets, exclude, extra, greater, equal, nans
+):  # pragma: no cover
+    """`count_single` for target sets: target_scores [U, T], the first n_targets[u] are valid."""
+    n_users, width = block.shape
+    hi = lo + width
+    n_tasks = (n_users + _USERS_PER_TASK - 1) // _USERS_PER_TASK
+    for task in prange(n_tasks):
+        mark = np.zeros(width, dtype=np.uint8)
+        for u in range(task * _USERS_PER_TASK, min((task + 1) * _USERS_PER_TASK, n_users)):
+            _mark(exclude, u, extra, lo, hi, mark, 1)
+            row = block[u]
+            n_nan = 0
+            for i in range(n_targets[u]):
+                s_t = target_scores[u, i]
+                n_greater = 0
+                n_equal = 0
+                for j in range(width):
+                    s = row[j]
+                    keep = 1 - np.int64(mark[j])
+                    n_greater += (s > s_t) * keep
+                    n_equal += (s == s_t) * keep
+                greater[u, i] += n_greater
+                equal[u, i] += n_equal
+            for j in range(width):
+                n_nan += row[j] != row[j]
+            _mark(exclude, u, extra, lo, hi, mark, 0)
+            nans[u] += n_nan
+
+
+# Parallel launches cost tens of microseconds to milliseconds (thread wake-up); small blocks run
+# the same body compiled serially (prange is range there). Only the parallel build is cached:
+# numba names cache files after the Python function, so two builds of one body would collide.
+_count_single_parallel = njit(parallel=True, cache=True, nogil=True)(_count_single)
+_count_single_serial = njit(nogil=True)(_count_single)
+_count_multi_parallel = njit(parallel=True, cache=True, nogil=True)(_count_multi)
+_count_multi_serial = njit(nogil=True)(_count_multi)
+PARALLEL_MIN_CELLS = 1 << 20
+
+
+def count_single(block, lo, target_score, exclude, extra, greater, equal, nans) -> None:
+    """See `_count_single`; runs in parallel for blocks of at least PARALLEL_MIN_CELLS."""
+    kernel = _count_single_parallel if block.size >= PARALLEL_MIN_CELLS else _count_single_serial
+    kernel(block, lo, target_score, exclude, extra, greater, equal, nans)
+
+
+def count_multi(block, lo, target_scores, n_targets, exclude, extra, greater, equal, nans) -> None:
+    """See `_count_multi`; runs in parallel for blocks of at least PARALLEL_MIN_CELLS."""
+    kernel = _count_multi_parallel if block.size >= PARALLEL_MIN_CELLS else _count_multi_serial
+    kernel(block, lo, target_scores, n_targets, exclude, extra, greater, equal, nans)
+
+
+@njit(cache=True, nogil=True)
+def finalize(
+    greater, equal, target_scores, gains, n_targets, ks, ties, cum_discount
+):  # pragma: no cover
+    """Per-user NDCG@k, HR@k (rows of [len(ks), U]) and MRR [U] from the counts.
+
+    A target with g greater and e equal other candidates sits in a tie block of m = e + 1 items
+    at ranks g+1..g+m. Under uniformly random tie-breaking its rank is uniform on that block, so its
+    expected discount is (D[min(g+m, k)] - D[min(g, k)]) / m with D the cumulative discounts.
+    HR and MRR depend only on the best-scored block holding r targets: the first target's
+    position in it is the minimum of r positions drawn without replacement from m.
+    Optimistic puts targets first in their block (largest gain first); pessimistic last
+    (largest gain last).
+    """
+    n_users = greater.shape[0]
+    n_k = ks.shape[0]
+    ndcg = np.zeros((n_k, n_users))
+    hr = np.zeros((n_k, n_users))
+    mrr = np.zeros(n_users)
+    for u in range(n_users):
+        nt = n_targets[u]
+        # ideal DCG: gains sorted descending at ranks 1..
+        sorted_gains = np.sort(gains[u, :nt])[::-1]
+        # the best-scored block: ties with the highest target score
+        best = target_scores[u, 0]
+        for i in range(1, nt):
+            if target_scores[u, i] > best:
+                best = target_scores[u, i]
+        r = 0
+        g_best = 0
+        m_best = 0
+        for i in range(nt):
+            if target_scores[u, i] == best:
+                r += 1
+                g_best = greater[u, i]
+                m_best = equal[u, i] + 1
+        for ik in range(n_k):
+            k = ks[ik]
+            ideal = 0.0
+            for q in range(min(k, nt)):
+                ideal += sorted_gains[q] * (cum_discount[q + 1] - cum_discount[q])
+            dcg = 0.0
+            for i in range(nt):
+                g = greater[u, i]
+                m = equal[u, i] + 1
+                if ties == EXPECTED:
+                    dcg += gains[u, i] * (
+                        cum_discount[min(g + m, k)] - cum_discount[min(g, k)]
+                    ) / m
+                else:
+                    # targets tied with i that go before it: larger gain, or equal gain and
+                    # smaller slot (a fixed order among equal gains; DCG does not depend on it)
+                    ahead = 0
+                    for j in range(nt):
+                        if j != i and target_scores[u, j] == target_scores[u, i]:
+                            if gains[u, j] > gains[u, i] or (
+                                gains[u, j] == gains[u, i] and j < i
+                            ):
+                                ahead += 1
+                    rank = g + 1 + ahead if ties == OPTIMISTIC else g + m - ahead
+                    if rank <= k:
+                        dcg += gains[u, i] * (cum_discount[rank] - cum_discount[rank - 1])
+            ndcg[ik, u] = dcg / ideal
+            if g_best < k:
+                if ties == EXPECTED:
+                    # P(no target among the first c positions of the best block)
+                    c = min(k - g_best, m_best)
+                    miss = 1.0
+                    for q in range(c):
+                        miss *= (m_best - r - q) / (m_best - q)
+                        if miss <= 0.0:
+                            miss = 0.0
+                            break
+                    hr[ik, u] = 1.0 - miss
+                elif ties == OPTIMISTIC:
+                    hr[ik, u] = 1.0
+                elif g_best + m_best - r + 1 <= k:
+                    hr[ik, u] = 1.0
+        if ties == EXPECTED:
+            # first target's position X in the block: P(X=1) = r/m,
+            # P(X=j+1)/P(X=j) = (m-j-r+1)/(m-j)
+            p = r / m_best
+            total = 0.0
+            for j in range(1, m_best - r + 2):
+                total += p / (g_best + j)
+                p *= (m_best - j - r + 1) / (m_best - j) if m_best > j else 0.0
+            mrr[u] = total
+        elif ties == OPTIMISTIC:
+            mrr[u] = 1.0 / (g_best + 1)
+        else:
+            mrr[u] = 1.0 / (g_best + m_best - r + 1)
+    return ndcg, hr, mrr
+
+
+@njit(cache=True, inline="always")
+def _splitmix64(state):  # pragma: no cover
+    """One step of splitmix64 (Steele et al. 2014): returns (new state, 64 random bits)."""
+    state = state + np.uint64(0x9E3779B97F4A7C15)
+    z = state
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return state, z ^ (z >> np.uint64(31))
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def bootstrap_means(values, n_resamples, seed):  # pragma: no cover
+    """Means of `n_resamples` resamples (with replacement, size n) of `values`.
+
+    Resample b draws its n indices from its own splitmix64 stream seeded by (seed, b), so the
+    result is the same for any thread count. Indices are unbiased: Lemire's multiply-shift with
+    rejection (Lemire 2019, "Fast random integer generation in an interval").
+    """
+    n = values.shape[0]
+    out = np.empty(n_resamples)
+    n64 = np.uint64(n)
+    threshold = (np.uint64(0) - n64) % n64  # 2**64 mod n, computed in uint64
+    for b in prange(n_resamples):
+        state = np.uint64(seed) * np.uint64(0xD1B54A32D192ED03) + np.uint64(b)
+        state, _ = _splitmix64(state)
+        total = 0.0
+        for _i in range(n):
+            # 32-bit Lemire on the high half would be biased for large n; use the 64x64->128
+            # product's high word, computed from 32-bit halves.
+            while True:
+                state, x = _splitmix64(state)
+                x_lo = x & np.uint64(0xFFFFFFFF)
+                x_hi = x >> np.uint64(32)
+                # (x * n) = high:low 128 bits, with n < 2**32
+                p_lo = x_lo * n64
+                p_hi = x_hi * n64 + (p_lo >> np.uint64(32))
+                low = (p_hi << np.uint64(32)) | (p_lo & np.uint64(0xFFFFFFFF))
+                if low >= threshold:
+                    break
+            total += values[np.int64(p_hi >> np.uint64(32))]
+        out[b] = total / n
+    return out
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def sign_flip_means(abs_values, n_resamples, seed):  # pragma: no cover
+    """Means of abs_values with independent random signs, one splitmix64 stream per resample."""
+    n = abs_values.shape[0]
+    out = np.empty(n_resamples)
+    for b in prange(n_resamples):
+        state = np.uint64(seed) * np.uint64(0xD1B54A32D192ED03) + np.uint64(b)
+        state, _ = _splitmix64(state)
+        total = 0.0
+        bits = np.uint64(0)
+        for i in range(n):
+            if i % 64 == 0:
+                state, bits = _splitmix64(state)
+            if bits & np.uint64(1):
+                total += abs_values[i]
+            else:
+                total -= abs_values[i]
+            bits = bits >> np.uint64(1)
+        out[b] = total / n
+    return out
