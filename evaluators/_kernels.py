@@ -223,34 +223,35 @@ def _splitmix64(state):  # pragma: no cover
 
 @njit(parallel=True, cache=True, nogil=True)
 def bootstrap_means(values, n_resamples, seed):  # pragma: no cover
-    """Means of `n_resamples` resamples (with replacement, size n) of `values`.
+    """Means of `n_resamples` resamples (with replacement, size n < 2**32) of `values`.
 
     Resample b draws its n indices from its own splitmix64 stream seeded by (seed, b), so the
-    result is the same for any thread count. Indices are unbiased: Lemire's multiply-shift with
-    rejection (Lemire 2019, "Fast random integer generation in an interval").
+    result is the same for any thread count. Each 64-bit output gives two 32-bit words; an index
+    is (word * n) >> 32, rejecting words whose low product falls below 2**32 mod n, which makes
+    every index exactly equally likely (Lemire 2019, "Fast random integer generation in an
+    interval").
     """
     n = values.shape[0]
     out = np.empty(n_resamples)
     n64 = np.uint64(n)
-    threshold = (np.uint64(0) - n64) % n64  # 2**64 mod n, computed in uint64
+    mask = np.uint64(0xFFFFFFFF)
+    threshold = (np.uint64(1) << np.uint64(32)) % n64
     for b in prange(n_resamples):
         state = np.uint64(seed) * np.uint64(0xD1B54A32D192ED03) + np.uint64(b)
-        state, _ = _splitmix64(state)
         total = 0.0
-        for _i in range(n):
-            # 32-bit Lemire on the high half would be biased for large n; use the 64x64->128
-            # product's high word, computed from 32-bit halves.
-            while True:
-                state, x = _splitmix64(state)
-                x_lo = x & np.uint64(0xFFFFFFFF)
-                x_hi = x >> np.uint64(32)
-                # (x * n) = high:low 128 bits, with n < 2**32
-                p_lo = x_lo * n64
-                p_hi = x_hi * n64 + (p_lo >> np.uint64(32))
-                low = (p_hi << np.uint64(32)) | (p_lo & np.uint64(0xFFFFFFFF))
-                if low >= threshold:
+        drawn = 0
+        while drawn < n:
+            state, x = _splitmix64(state)
+            p = (x & mask) * n64
+            if (p & mask) >= threshold:
+                total += values[np.int64(p >> np.uint64(32))]
+                drawn += 1
+                if drawn == n:
                     break
-            total += values[np.int64(p_hi >> np.uint64(32))]
+            p = (x >> np.uint64(32)) * n64
+            if (p & mask) >= threshold:
+                total += values[np.int64(p >> np.uint64(32))]
+                drawn += 1
         out[b] = total / n
     return out
 
