@@ -2,10 +2,11 @@
 
 Plain Python, one user at a time: build the candidate list, order it by score, read the targets'
 ranks off the ordering. For `ties="expected"` every ordering of tied items is enumerated
-explicitly (`itertools.permutations` of each tie group) and the metric is averaged over them, so
-the result is the expectation over uniformly random tie-breaking by construction. The only
-shortcut: tie groups that hold no target are not permuted, since their inner order cannot move
-a target.
+explicitly and the metric is averaged over them, so the result is the expectation over uniformly
+random tie-breaking by construction. The one shortcut: items that are not targets are
+interchangeable, so within a tie group only the targets' positions are enumerated (every ordered
+choice of distinct positions, i.e. `itertools.permutations(range(m), r)`); the other items fill
+the remaining slots in a fixed order.
 
 Use it to property-test your own metric code, e.g. with `evaluators.strategies`:
 
@@ -65,10 +66,7 @@ def tie_orderings(
         by_score.setdefault(float(scores[item]), []).append(item)
     groups = [by_score[s] for s in sorted(by_score, reverse=True)]
     if ties == "expected":
-        choices = [
-            list(itertools.permutations(g)) if any(i in gains for i in g) else [tuple(g)]
-            for g in groups
-        ]
+        choices = [_placements(g, gains) for g in groups]
         for combo in itertools.product(*choices):
             yield [item for group in combo for item in group]
     elif ties in ("optimistic", "pessimistic"):
@@ -82,13 +80,30 @@ def tie_orderings(
         raise ValueError(f"unknown ties mode {ties!r}")
 
 
+def _placements(group: Sequence[int], gains: Mapping[int, float]) -> list[list[int]]:
+    """The orders of one tie group that can differ for the metrics, each equally likely.
+
+    Under a uniformly random order of the group, the targets' positions are uniform over all
+    ordered choices of distinct positions; the other items only fill the remaining slots (which
+    of them sits where moves no target), so they keep a fixed order.
+    """
+    hits = [i for i in group if i in gains]
+    others = [i for i in group if i not in gains]
+    orders = []
+    for positions in itertools.permutations(range(len(group)), len(hits)):
+        order: list[int | None] = [None] * len(group)
+        for item, pos in zip(hits, positions, strict=True):
+            order[pos] = item
+        rest = iter(others)
+        orders.append([next(rest) if x is None else x for x in order])
+    return orders
+
+
 def _orderings_count(candidates: Sequence[int], scores: Sequence[float], gains: Mapping) -> int:
     sizes: dict[float, list[int]] = {}
     for item in candidates:
         sizes.setdefault(float(scores[item]), []).append(item)
-    return math.prod(
-        math.factorial(len(g)) for g in sizes.values() if any(i in gains for i in g)
-    )
+    return math.prod(len(_placements(g, gains)) for g in sizes.values())
 
 
 def _user_targets(targets: Any, relevance: Any, u: int) -> dict[int, float]:

@@ -60,7 +60,8 @@ def score_matrices(
 ) -> np.ndarray:
     """Score matrices [n_users, n_items]; an int means "1 to that many", a strategy is drawn.
 
-    ties=True: values from at most 4 levels; False: any finite float32; None: either kind.
+    ties=True: values from at most 4 levels; False: finite float32, distinct within each row;
+    None: either kind (the untied kind may still repeat a value by chance).
     """
     u = draw(st.integers(1, n_users)) if isinstance(n_users, int) else draw(n_users)
     i = draw(st.integers(1, n_items)) if isinstance(n_items, int) else draw(n_items)
@@ -70,6 +71,10 @@ def score_matrices(
         elements = st.integers(0, levels - 1).map(float)
     else:
         elements = st.floats(-1e6, 1e6, allow_nan=False, width=32)
+        if ties is False:  # no ties at all: distinct values within each row
+            return np.stack([
+                draw(hnp.arrays(dtype, i, elements=elements, unique=True)) for _ in range(u)
+            ])
     return draw(hnp.arrays(dtype, (u, i), elements=elements))
 
 
