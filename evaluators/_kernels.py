@@ -31,88 +31,111 @@ def _mark(exclude, u, extra, lo, hi, mark, value):  # pragma: no cover
         mark[extra - lo] = value
 
 
-def _count_single(
-    block, lo, target_score, exclude, extra, greater, equal, nans
-):  # pragma: no cover
-    """Accumulate, per user, how many candidate scores in `block` are > and == the target's.
+@njit(cache=True, inline="always")
+def _count_user_single(row, s_t, mark):  # pragma: no cover
+    """(greater, equal, nan) counts of one user's row against its target score s_t.
 
-    block: [U, W] scores of items lo..lo+W-1. target_score: [U]. exclude: [U, L] item indices,
-    padding < 0, duplicates allowed; `extra` is one more excluded item for everyone (-1: none).
-    Exclusions go into a small per-task byte mask, so the hot loop stays branch-free and
-    vectorises; duplicates just set the same byte twice.
+    Excluded items are flagged in `mark` (a byte per column) rather than skipped, so the loop
+    has no branches and vectorises.
     """
-    n_users, width = block.shape
-    hi = lo + width
+    n_greater = 0
+    n_equal = 0
+    n_nan = 0
+    for j in range(row.shape[0]):
+        s = row[j]
+        keep = 1 - np.int64(mark[j])
+        n_greater += (s > s_t) * keep
+        n_equal += (s == s_t) * keep
+        n_nan += s != s
+    return n_greater, n_equal, n_nan
+
+
+@njit(cache=True, inline="always")
+def _single_users(block, lo, target_score, exclude, extra, greater, equal, nans, u_lo, u_hi,
+                  mark):  # pragma: no cover
+    hi = lo + block.shape[1]
+    for u in range(u_lo, u_hi):
+        _mark(exclude, u, extra, lo, hi, mark, 1)
+        g, e, n = _count_user_single(block[u], target_score[u], mark)
+        _mark(exclude, u, extra, lo, hi, mark, 0)
+        greater[u] += g
+        equal[u] += e
+        nans[u] += n
+
+
+@njit(cache=True, inline="always")
+def _multi_users(block, lo, target_scores, n_targets, exclude, extra, greater, equal, nans,
+                 u_lo, u_hi, mark):  # pragma: no cover
+    hi = lo + block.shape[1]
+    for u in range(u_lo, u_hi):
+        _mark(exclude, u, extra, lo, hi, mark, 1)
+        row = block[u]
+        n = 0
+        for i in range(n_targets[u]):
+            g, e, n = _count_user_single(row, target_scores[u, i], mark)
+            greater[u, i] += g
+            equal[u, i] += e
+        _mark(exclude, u, extra, lo, hi, mark, 0)
+        nans[u] += n
+
+
+# Two builds of each driver: parallel over tasks of _USERS_PER_TASK users for large blocks, and
+# serial, because a parallel launch costs tens of microseconds to milliseconds of thread
+# wake-up, more than small blocks take. Separate functions so numba caches each.
+@njit(parallel=True, cache=True, nogil=True)
+def _count_single_parallel(block, lo, target_score, exclude, extra, greater, equal,
+                           nans):  # pragma: no cover
+    n_users = block.shape[0]
     n_tasks = (n_users + _USERS_PER_TASK - 1) // _USERS_PER_TASK
     for task in prange(n_tasks):
-        mark = np.zeros(width, dtype=np.uint8)
-        for u in range(task * _USERS_PER_TASK, min((task + 1) * _USERS_PER_TASK, n_users)):
-            _mark(exclude, u, extra, lo, hi, mark, 1)
-            row = block[u]
-            s_t = target_score[u]
-            n_greater = 0
-            n_equal = 0
-            n_nan = 0
-            for j in range(width):
-                s = row[j]
-                keep = 1 - np.int64(mark[j])
-                n_greater += (s > s_t) * keep
-                n_equal += (s == s_t) * keep
-                n_nan += s != s
-            _mark(exclude, u, extra, lo, hi, mark, 0)
-            greater[u] += n_greater
-            equal[u] += n_equal
-            nans[u] += n_nan
+        mark = np.zeros(block.shape[1], dtype=np.uint8)
+        _single_users(block, lo, target_score, exclude, extra, greater, equal, nans,
+                      task * _USERS_PER_TASK, min((task + 1) * _USERS_PER_TASK, n_users), mark)
 
 
-def _count_multi(
-    block, lo, target_scores, n_targets, exclude, extra, greater, equal, nans
-):  # pragma: no cover
-    """`count_single` for target sets: target_scores [U, T], the first n_targets[u] are valid."""
-    n_users, width = block.shape
-    hi = lo + width
+@njit(cache=True, nogil=True)
+def _count_single_serial(block, lo, target_score, exclude, extra, greater, equal,
+                         nans):  # pragma: no cover
+    mark = np.zeros(block.shape[1], dtype=np.uint8)
+    _single_users(block, lo, target_score, exclude, extra, greater, equal, nans,
+                  0, block.shape[0], mark)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _count_multi_parallel(block, lo, target_scores, n_targets, exclude, extra, greater, equal,
+                          nans):  # pragma: no cover
+    n_users = block.shape[0]
     n_tasks = (n_users + _USERS_PER_TASK - 1) // _USERS_PER_TASK
     for task in prange(n_tasks):
-        mark = np.zeros(width, dtype=np.uint8)
-        for u in range(task * _USERS_PER_TASK, min((task + 1) * _USERS_PER_TASK, n_users)):
-            _mark(exclude, u, extra, lo, hi, mark, 1)
-            row = block[u]
-            n_nan = 0
-            for i in range(n_targets[u]):
-                s_t = target_scores[u, i]
-                n_greater = 0
-                n_equal = 0
-                for j in range(width):
-                    s = row[j]
-                    keep = 1 - np.int64(mark[j])
-                    n_greater += (s > s_t) * keep
-                    n_equal += (s == s_t) * keep
-                greater[u, i] += n_greater
-                equal[u, i] += n_equal
-            for j in range(width):
-                n_nan += row[j] != row[j]
-            _mark(exclude, u, extra, lo, hi, mark, 0)
-            nans[u] += n_nan
+        mark = np.zeros(block.shape[1], dtype=np.uint8)
+        _multi_users(block, lo, target_scores, n_targets, exclude, extra, greater, equal, nans,
+                     task * _USERS_PER_TASK, min((task + 1) * _USERS_PER_TASK, n_users), mark)
 
 
-# Parallel launches cost tens of microseconds to milliseconds (thread wake-up); small blocks run
-# the same body compiled serially (prange is range there). Only the parallel build is cached:
-# numba names cache files after the Python function, so two builds of one body would collide.
-_count_single_parallel = njit(parallel=True, cache=True, nogil=True)(_count_single)
-_count_single_serial = njit(nogil=True)(_count_single)
-_count_multi_parallel = njit(parallel=True, cache=True, nogil=True)(_count_multi)
-_count_multi_serial = njit(nogil=True)(_count_multi)
+@njit(cache=True, nogil=True)
+def _count_multi_serial(block, lo, target_scores, n_targets, exclude, extra, greater, equal,
+                        nans):  # pragma: no cover
+    mark = np.zeros(block.shape[1], dtype=np.uint8)
+    _multi_users(block, lo, target_scores, n_targets, exclude, extra, greater, equal, nans,
+                 0, block.shape[0], mark)
+
+
 PARALLEL_MIN_CELLS = 1 << 20
 
 
 def count_single(block, lo, target_score, exclude, extra, greater, equal, nans) -> None:
-    """See `_count_single`; runs in parallel for blocks of at least PARALLEL_MIN_CELLS."""
+    """Accumulate, per user, how many candidate scores in `block` are > and == the target's.
+
+    block: [U, W] scores of items lo..lo+W-1. target_score: [U]. exclude: [U, L] item indices,
+    padding < 0, duplicates allowed; `extra` is one more excluded item for everyone (-1: none).
+    Runs in parallel for blocks of at least PARALLEL_MIN_CELLS cells.
+    """
     kernel = _count_single_parallel if block.size >= PARALLEL_MIN_CELLS else _count_single_serial
     kernel(block, lo, target_score, exclude, extra, greater, equal, nans)
 
 
 def count_multi(block, lo, target_scores, n_targets, exclude, extra, greater, equal, nans) -> None:
-    """See `_count_multi`; runs in parallel for blocks of at least PARALLEL_MIN_CELLS."""
+    """`count_single` for target sets: target_scores [U, T], the first n_targets[u] valid."""
     kernel = _count_multi_parallel if block.size >= PARALLEL_MIN_CELLS else _count_multi_serial
     kernel(block, lo, target_scores, n_targets, exclude, extra, greater, equal, nans)
 
@@ -221,58 +244,99 @@ def _splitmix64(state):  # pragma: no cover
     return state, z ^ (z >> np.uint64(31))
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def bootstrap_means(values, n_resamples, seed):  # pragma: no cover
-    """Means of `n_resamples` resamples (with replacement, size n < 2**32) of `values`.
+@njit(cache=True, inline="always")
+def _resample_mean(values, seed, b, threshold):  # pragma: no cover
+    """Mean of resample b: n indices from its own splitmix64 stream seeded by (seed, b).
 
-    Resample b draws its n indices from its own splitmix64 stream seeded by (seed, b), so the
-    result is the same for any thread count. Each 64-bit output gives two 32-bit words; an index
-    is (word * n) >> 32, rejecting words whose low product falls below 2**32 mod n, which makes
-    every index exactly equally likely (Lemire 2019, "Fast random integer generation in an
-    interval").
+    Each 64-bit output gives two 32-bit words; an index is (word * n) >> 32, rejecting words
+    whose low product falls below 2**32 mod n, which makes every index exactly equally likely
+    (Lemire 2019, "Fast random integer generation in an interval"). n < 2**32.
     """
     n = values.shape[0]
-    out = np.empty(n_resamples)
     n64 = np.uint64(n)
     mask = np.uint64(0xFFFFFFFF)
-    threshold = (np.uint64(1) << np.uint64(32)) % n64
+    state = np.uint64(seed) * np.uint64(0xD1B54A32D192ED03) + np.uint64(b)
+    total = 0.0
+    drawn = 0
+    while drawn < n:
+        state, x = _splitmix64(state)
+        p = (x & mask) * n64
+        if (p & mask) >= threshold:
+            total += values[np.int64(p >> np.uint64(32))]
+            drawn += 1
+            if drawn == n:
+                break
+        p = (x >> np.uint64(32)) * n64
+        if (p & mask) >= threshold:
+            total += values[np.int64(p >> np.uint64(32))]
+            drawn += 1
+    return total / n
+
+
+@njit(cache=True, inline="always")
+def _sign_flip_mean(abs_values, seed, b):  # pragma: no cover
+    """Mean of abs_values with independent random signs from resample b's own stream."""
+    state = np.uint64(seed) * np.uint64(0xD1B54A32D192ED03) + np.uint64(b)
+    total = 0.0
+    bits = np.uint64(0)
+    for i in range(abs_values.shape[0]):
+        if i % 64 == 0:
+            state, bits = _splitmix64(state)
+        if bits & np.uint64(1):
+            total += abs_values[i]
+        else:
+            total -= abs_values[i]
+        bits = bits >> np.uint64(1)
+    return total / abs_values.shape[0]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _bootstrap_parallel(values, n_resamples, seed):  # pragma: no cover
+    out = np.empty(n_resamples)
+    threshold = (np.uint64(1) << np.uint64(32)) % np.uint64(values.shape[0])
     for b in prange(n_resamples):
-        state = np.uint64(seed) * np.uint64(0xD1B54A32D192ED03) + np.uint64(b)
-        total = 0.0
-        drawn = 0
-        while drawn < n:
-            state, x = _splitmix64(state)
-            p = (x & mask) * n64
-            if (p & mask) >= threshold:
-                total += values[np.int64(p >> np.uint64(32))]
-                drawn += 1
-                if drawn == n:
-                    break
-            p = (x >> np.uint64(32)) * n64
-            if (p & mask) >= threshold:
-                total += values[np.int64(p >> np.uint64(32))]
-                drawn += 1
-        out[b] = total / n
+        out[b] = _resample_mean(values, seed, b, threshold)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _bootstrap_serial(values, n_resamples, seed):  # pragma: no cover
+    out = np.empty(n_resamples)
+    threshold = (np.uint64(1) << np.uint64(32)) % np.uint64(values.shape[0])
+    for b in range(n_resamples):
+        out[b] = _resample_mean(values, seed, b, threshold)
     return out
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def sign_flip_means(abs_values, n_resamples, seed):  # pragma: no cover
-    """Means of abs_values with independent random signs, one splitmix64 stream per resample."""
-    n = abs_values.shape[0]
+def _sign_flip_parallel(abs_values, n_resamples, seed):  # pragma: no cover
     out = np.empty(n_resamples)
     for b in prange(n_resamples):
-        state = np.uint64(seed) * np.uint64(0xD1B54A32D192ED03) + np.uint64(b)
-        state, _ = _splitmix64(state)
-        total = 0.0
-        bits = np.uint64(0)
-        for i in range(n):
-            if i % 64 == 0:
-                state, bits = _splitmix64(state)
-            if bits & np.uint64(1):
-                total += abs_values[i]
-            else:
-                total -= abs_values[i]
-            bits = bits >> np.uint64(1)
-        out[b] = total / n
+        out[b] = _sign_flip_mean(abs_values, seed, b)
     return out
+
+
+@njit(cache=True, nogil=True)
+def _sign_flip_serial(abs_values, n_resamples, seed):  # pragma: no cover
+    out = np.empty(n_resamples)
+    for b in range(n_resamples):
+        out[b] = _sign_flip_mean(abs_values, seed, b)
+    return out
+
+
+PARALLEL_MIN_DRAWS = 1 << 22
+
+
+def bootstrap_means(values, n_resamples: int, seed: int) -> np.ndarray:
+    """Means of `n_resamples` resamples (with replacement, size n) of float64 `values`.
+
+    Resample b uses its own stream, so results do not depend on the thread count.
+    """
+    big = values.shape[0] * n_resamples >= PARALLEL_MIN_DRAWS
+    return (_bootstrap_parallel if big else _bootstrap_serial)(values, n_resamples, seed)
+
+
+def sign_flip_means(abs_values, n_resamples: int, seed: int) -> np.ndarray:
+    """Means of abs_values under independent random signs, one stream per resample."""
+    big = abs_values.shape[0] * n_resamples >= PARALLEL_MIN_DRAWS
+    return (_sign_flip_parallel if big else _sign_flip_serial)(abs_values, n_resamples, seed)

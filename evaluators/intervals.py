@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import scipy.special
 import scipy.stats
-from numba import njit
 from statsmodels.stats.multitest import multipletests
 
 from evaluators import _kernels
@@ -106,11 +105,6 @@ def _stream_seed(seed: int, purpose: int) -> int:
     return int(state >> np.uint64(1))
 
 
-_bootstrap_serial = njit(nogil=True)(_kernels.bootstrap_means.py_func)
-_sign_flip_serial = njit(nogil=True)(_kernels.sign_flip_means.py_func)
-_PARALLEL_MIN_DRAWS = 1 << 22
-
-
 def bootstrap_means(values: Any, n_resamples: int = 10_000, seed: int = 0) -> np.ndarray:
     """Means of `n_resamples` bootstrap resamples (size n, with replacement) of `values`.
 
@@ -125,9 +119,8 @@ def bootstrap_means(values: Any, n_resamples: int = 10_000, seed: int = 0) -> np
         rng = np.random.default_rng(seed)
         draws = rng.multinomial(n, counts / n, size=n_resamples)
         return draws @ distinct / n
-    kernel = (_kernels.bootstrap_means if n * n_resamples >= _PARALLEL_MIN_DRAWS
-              else _bootstrap_serial)
-    return kernel(np.ascontiguousarray(x), int(n_resamples), _stream_seed(seed, 1))
+    return _kernels.bootstrap_means(np.ascontiguousarray(x), int(n_resamples),
+                                    _stream_seed(seed, 1))
 
 
 def _bca_acceleration(x: np.ndarray) -> float:
@@ -233,10 +226,8 @@ def sign_flip_pvalue(differences: Any, n_resamples: int = 10_000, seed: int = 0)
         positives = rng.binomial(counts, 0.5, size=(n_resamples, distinct.shape[0]))
         null = np.abs((2 * positives - counts) @ distinct) / n
     else:
-        kernel = (_kernels.sign_flip_means if m * n_resamples >= _PARALLEL_MIN_DRAWS
-                  else _sign_flip_serial)
-        null = np.abs(kernel(np.ascontiguousarray(nonzero), int(n_resamples),
-                             _stream_seed(seed, 2))) * (m / n)
+        null = np.abs(_kernels.sign_flip_means(np.ascontiguousarray(nonzero), int(n_resamples),
+                                               _stream_seed(seed, 2))) * (m / n)
     return float((1 + np.count_nonzero(null >= observed - tol)) / (1 + n_resamples))
 
 
