@@ -205,27 +205,18 @@ def _exclude_array(
     return np.ascontiguousarray(excl)
 
 
-def _check_not_excluded(targets: np.ndarray, exclude: np.ndarray, padding_column: int | None):
-    for i in range(targets.shape[1]):
-        t = targets[:, i]
-        hit = (t >= 0) & (exclude == t[:, None]).any(axis=1)
-        if padding_column is not None:
-            hit |= t == padding_column
-        if hit.any():
-            u = int(np.flatnonzero(hit)[0])
-            what = "the padding_column" if int(t[u]) == padding_column else "excluded"
-            raise ValueError(f"target item {int(t[u])} of row {u} is {what}; it cannot be ranked")
-
-
 class _Counter:
     """Accumulates the greater/equal counts block by block (the dense path is one block)."""
 
     def __init__(
-        self, target_scores: np.ndarray, n_targets: np.ndarray, exclude: np.ndarray,
-        padding_column: int | None,
+        self, targets: np.ndarray, target_scores: np.ndarray, n_targets: np.ndarray,
+        exclude: np.ndarray, padding_column: int | None,
     ):
         n_users, width = target_scores.shape
+        self.targets = targets
+        self.padding_column = padding_column
         self.extra = -1 if padding_column is None else int(padding_column)
+        self.flagged = np.zeros(n_users, dtype=np.int64)
         self.single = width == 1
         self.target_scores = target_scores
         self.n_targets = n_targets
@@ -241,21 +232,35 @@ class _Counter:
             g = np.zeros(block.shape[0], dtype=np.int64)
             e = np.zeros(block.shape[0], dtype=np.int64)
             n = np.zeros(block.shape[0], dtype=np.int64)
-            _kernels.count_single(
-                block, lo, np.ascontiguousarray(ts[:, 0]), excl, self.extra, g, e, n
-            )
+            f = np.zeros(block.shape[0], dtype=np.int64)
+            _kernels.count_single(block, lo, self.targets[rows], np.ascontiguousarray(ts[:, 0]),
+                                  excl, self.extra, g, e, n, f)
             self.greater[rows, 0] += g
             self.equal[rows, 0] += e
         else:
             g = np.zeros(ts.shape, dtype=np.int64)
             e = np.zeros(ts.shape, dtype=np.int64)
             n = np.zeros(block.shape[0], dtype=np.int64)
-            _kernels.count_multi(
-                block, lo, np.ascontiguousarray(ts), self.n_targets[rows], excl, self.extra, g, e, n
-            )
+            f = np.zeros(block.shape[0], dtype=np.int64)
+            _kernels.count_multi(block, lo, self.targets[rows], np.ascontiguousarray(ts),
+                                 self.n_targets[rows], excl, self.extra, g, e, n, f)
             self.greater[rows] += g
             self.equal[rows] += e
         self.nans[rows] += n
+        self.flagged[rows] |= f
+
+    def raise_on_excluded_target(self) -> None:
+        bad = np.flatnonzero(self.flagged)
+        if bad.size:
+            u = int(bad[0])
+            row = self.targets[u][self.targets[u] >= 0]
+            excl = set(self.exclude[u].tolist())
+            hit = next((int(t) for t in row if int(t) in excl), None)
+            if hit is None:
+                hit = int(self.padding_column)  # type: ignore[arg-type]
+                raise ValueError(f"target item {hit} of row {u} is the padding_column; "
+                                 "it cannot be ranked")
+            raise ValueError(f"target item {hit} of row {u} is excluded; it cannot be ranked")
 
 
 def _cum_discount(n: int) -> np.ndarray:
@@ -339,11 +344,11 @@ def ranking_metrics(
     n_users, n_items = sc.shape
     tgt, gains, n_targets, _ = _targets_arrays(targets, relevance, n_users, n_items)
     excl = _exclude_array(exclude, n_users, n_items, padding_column)
-    _check_not_excluded(tgt, excl, padding_column)
     rows = np.arange(n_users)[:, None]
     target_scores = sc[rows, np.maximum(tgt, 0)]
-    counter = _Counter(target_scores, n_targets, excl, padding_column)
+    counter = _Counter(tgt, target_scores, n_targets, excl, padding_column)
     counter.add(sc, 0)
+    counter.raise_on_excluded_target()
     _raise_on_nan(counter, lambda u: int(np.flatnonzero(np.isnan(sc[u]))[0]))
     return _finish(counter, gains, ks_arr, ties, n_items)
 
@@ -375,7 +380,6 @@ def ranking_metrics_chunked(
     ks_arr = _check_ks(ks)
     tgt, gains, n_targets, _ = _targets_arrays(targets, relevance, n_users, n_items)
     excl = _exclude_array(exclude, n_users, n_items, padding_column)
-    _check_not_excluded(tgt, excl, padding_column)
     ts = np.asarray(_to_numpy(target_scores), dtype=np.float64).reshape(n_users, -1)
     if ts.shape[1] != tgt.shape[1]:
         raise ValueError(f"target_scores shape {ts.shape} does not match targets {tgt.shape}")
@@ -412,7 +416,7 @@ def _count_chunks(
     if chunk_size < 1 or user_chunk_size < 1:
         raise ValueError("chunk sizes must be >= 1")
     n_users = target_scores.shape[0]
-    counter = _Counter(target_scores, n_targets, exclude, padding_column)
+    counter = _Counter(targets, target_scores, n_targets, exclude, padding_column)
     observed = np.full(target_scores.shape, np.nan)
     nan_at: dict[int, int] = {}
     for u_lo in range(0, n_users, user_chunk_size):
@@ -432,6 +436,7 @@ def _count_chunks(
             t = targets[rows]
             r, c = np.nonzero((t >= i_lo) & (t < i_hi))
             observed[u_lo + r, c] = block[r, t[r, c] - i_lo]
+    counter.raise_on_excluded_target()
     _raise_on_nan(counter, lambda u: nan_at[u])
     return counter, observed
 
@@ -470,7 +475,6 @@ def ranking_metrics_streaming(
     n_users, n_items = ue.shape[0], ie.shape[0]
     tgt, gains, n_targets, _ = _targets_arrays(targets, relevance, n_users, n_items)
     excl = _exclude_array(exclude, n_users, n_items, padding_column)
-    _check_not_excluded(tgt, excl, padding_column)
     if chunk_size < 1 or user_chunk_size < 1:
         raise ValueError("chunk sizes must be >= 1")
     block_buf = np.empty((min(user_chunk_size, n_users), min(chunk_size, n_items)), np.float32)
