@@ -122,6 +122,8 @@ def _targets_arrays(
             raise ValueError(f"targets must be 1-D or 2-D, got shape {arr.shape}")
     if relevance is not None:
         rel = np.asarray(_to_numpy(relevance), dtype=np.float64)
+        if rel.ndim == 1 and tgt.shape[1] == 1:
+            rel = rel.reshape(-1, 1)  # one gain per single target
         if rel.shape != tgt.shape:
             raise ValueError(f"relevance shape {rel.shape} != targets shape {tgt.shape}")
         gains = np.where(tgt >= 0, rel, 0.0)
