@@ -18,6 +18,7 @@ reported under 4% for theirs). On simulated data a `true_reward` function scores
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,24 @@ class JudgeResult:
         if self.true_value is not None:
             out["true_value"] = self.true_value.as_dict()
         return out
+
+
+def _concat(batches: Iterable[ContextLike]) -> ContextLike:
+    """One context from several batches; shorter histories are left-padded with item 0."""
+    batches = list(batches)
+    if not batches:
+        raise ValueError("no context batches to judge")
+    width = max(int(b.history_items.shape[1]) for b in batches)
+
+    def pad(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (width - x.shape[1], 0))
+
+    return _replace(
+        batches[0],
+        torch.cat([b.users for b in batches]),
+        torch.cat([pad(b.history_items) for b in batches]),
+        torch.cat([pad(b.history_rewards) for b in batches]),
+    )
 
 
 def _slice(context: ContextLike, rows: slice) -> ContextLike:
@@ -187,17 +206,20 @@ class EnsembleJudge:
     def evaluate(
         self,
         policy: ScorerLike,
-        context: ContextLike,
+        context: ContextLike | Iterable[ContextLike],
         target_rewards: Any = None,
         min_target_reward: float | str | None = None,
         true_reward: RewardFnLike | None = None,
     ) -> JudgeResult:
-        """Judge `policy` on the users of `context`.
+        """Judge `policy` on the users of `context` (one batch, or an iterable of batches whose
+        users are taken in order; the judge re-batches by `batch_size`).
 
         target_rewards [U] with min_target_reward (a number, or "median" for the population
         median) keeps only users whose held-out target reward is at least that high, as Netflix
         scored only high-reward trajectories.
         """
+        if not isinstance(context, ContextLike):
+            context = _concat(context)
         n_users = int(context.users.shape[0])
         keep = np.arange(n_users)
         if min_target_reward is not None:

@@ -84,6 +84,18 @@ def test_rollout_appends_each_recommendation_to_the_history() -> None:
     assert result.true_value is not None and "true_value" in result.as_dict()
 
 
+def test_batches_of_contexts_give_the_same_result() -> None:
+    judge = EnsembleJudge(LinearEnsemble([0.9, 1.1]), mode="rollout", horizon=2, batch_size=4,
+                          n_resamples=300)
+    whole = judge.evaluate(next_after_last, _context())
+    ctx = _context()
+    short = Ctx(ctx.users[3:], ctx.history_items[3:, 2:], ctx.history_rewards[3:, 2:])
+    first = Ctx(ctx.users[:3], ctx.history_items[:3], ctx.history_rewards[:3])
+    parts = judge.evaluate(next_after_last, [first, short])  # short: left-padded back to 4
+    np.testing.assert_allclose(parts.per_user, whole.per_user)
+    assert parts.value == whole.value
+
+
 def test_high_target_reward_filter() -> None:
     judge = EnsembleJudge(LinearEnsemble([1.0]), k=1, n_resamples=200)
     rewards = torch.tensor([1.0, 5.0, 4.0, 2.0, 5.0, 3.0])
