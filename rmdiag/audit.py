@@ -28,8 +28,8 @@ at least one usable pair, pairwise accuracy with the user's pair count in place 
 differences use the linearization ``rmse + (mse_u - mse) / (2 rmse)`` per user: its mean is the
 RMSE exactly and its spread is the delta-method one.
 
-Statistics live in three small functions (``_mean_interval``, ``_paired_stats``,
-``_adjust_pvalues``) so that they can be pointed at ``evaluators.intervals`` in one place.
+Statistics come from ``evaluators.intervals`` through three small functions
+(``_mean_interval``, ``_paired_stats``, ``_adjust_pvalues``).
 """
 
 from __future__ import annotations
@@ -46,13 +46,16 @@ import numpy as np
 import pyarrow as pa
 import scipy.stats
 import torch
-from statsmodels.stats.multitest import multipletests
 
+from evaluators.intervals import adjust_pvalues, mean_interval, paired_difference
 from rmdiag.data import DataError, Interactions, encode, load, read_table
 from rmdiag.rewards import BASELINES, REWARD_MODELS, RewardEnsemble, last_event_split
 from rmdiag.rewards.base import RewardModel
 from rmdiag.split import DEFAULT_MIN_COUNT, leave_last_out, unexplored_mask
 
+# Percentile bootstrap: RMSE's interval is the square root of MSE's, which a percentile interval
+# carries exactly (quantiles commute with monotone maps).
+INTERVAL_METHOD = "percentile"
 SLICES: tuple[str, ...] = ("all", "unexplored")
 METRICS: tuple[str, ...] = ("rmse", "mae", "pairwise_accuracy")
 VERDICTS: tuple[str, ...] = ("generalizes", "directional", "unreliable")
@@ -216,42 +219,25 @@ def _finite_figure(value: float, low: float, high: float) -> Figure:
 
 
 def _mean_interval(values: np.ndarray, *, confidence: float, n_resamples: int, seed: int) -> Figure:
-    """Mean of per-user values with a percentile bootstrap interval (users resampled)."""
-    values = np.asarray(values, dtype=np.float64)
-    mean = float(values.mean())
-    if np.ptp(values) == 0:  # every resample gives the same mean
-        return Figure(mean, mean, mean)
-    result = scipy.stats.bootstrap(
-        (values,),
-        np.mean,
-        n_resamples=n_resamples,
-        confidence_level=confidence,
-        method="percentile",
-        vectorized=True,
-        random_state=np.random.default_rng(seed),
-    )
-    return _finite_figure(mean, result.confidence_interval.low, result.confidence_interval.high)
+    """Mean of per-user values with a bootstrap interval, users resampled
+    (``evaluators.intervals.mean_interval``, the project's one interval routine)."""
+    figure = mean_interval(values, INTERVAL_METHOD, confidence, n_resamples, seed)
+    return _finite_figure(figure.value, figure.low, figure.high)
 
 
 def _paired_stats(
     a: np.ndarray, b: np.ndarray, *, confidence: float, n_resamples: int, seed: int
 ) -> tuple[Figure, float]:
     """Mean of the per-user differences a - b (users resampled jointly) and the two-sided
-    p-value of a paired t-test across users."""
-    difference = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    figure = _mean_interval(difference, confidence=confidence, n_resamples=n_resamples, seed=seed)
-    if np.ptp(difference) == 0:
-        p_value = 1.0 if difference[0] == 0 else 0.0
-    else:
-        p_value = float(scipy.stats.ttest_1samp(difference, 0.0).pvalue)
-    return figure, p_value
+    p-value of a paired t-test across users (``evaluators.intervals.paired_difference``)."""
+    comparison = paired_difference(a, b, INTERVAL_METHOD, confidence, n_resamples, seed)
+    difference = comparison.difference
+    return _finite_figure(difference.value, difference.low, difference.high), comparison.p_t
 
 
 def _adjust_pvalues(p_values: Sequence[float]) -> list[float]:
     """Holm's step-down adjustment over one family of tests."""
-    if len(p_values) == 0:
-        return []
-    return [float(p) for p in multipletests(list(p_values), method="holm")[1]]
+    return [float(p) for p in adjust_pvalues(list(p_values), "holm")]
 
 
 def _user_resamples(n_users: int, n_resamples: int, seed: int) -> np.ndarray:
