@@ -147,8 +147,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from rmdiag.audit import AuditConfig, audit_files
+
+    result = audit_files(
+        args.data,
+        args.out,
+        holdout=args.holdout,
+        columns=_column_mapping(args.column),
+        config=dataclass_from_args(AuditConfig, args),
+    )
+    print(f"verdict: {result.verdict}")
+    for reason in result.reasons:
+        print(f"  - {reason}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rmdiag import __version__
+    from rmdiag.audit import AuditConfig
     from rmdiag.pipeline import RunConfig
 
     parser = argparse.ArgumentParser(
@@ -165,6 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(run, RunConfig)
     _add_simulation_flags(run, prefix="sim_")
     run.set_defaults(handler=_cmd_run)
+
+    audit = commands.add_parser(
+        "audit", help="audit reward models against global/user/item-mean and bias baselines"
+    )
+    _add_data_flags(audit, required=True)
+    audit.add_argument(
+        "--holdout",
+        help="held-out events from another file, e.g. ratings under randomized exposure "
+        "(default: each user's last two events)",
+    )
+    audit.add_argument("--out", required=True, help="directory for audit.json and audit.html")
+    add_dataclass_flags(audit, AuditConfig)
+    audit.set_defaults(handler=_cmd_audit)
 
     simulate = commands.add_parser("simulate", help="write a simulated interaction log")
     simulate.add_argument("--out", required=True, help="Parquet file to write")
