@@ -1000,8 +1000,14 @@ def write_audit(result: AuditResult, out_dir: str | os.PathLike[str]) -> list[Pa
 
     Both are rendered in memory first, so a failure writes nothing.
     """
-    from rmdiag.audit_report import render_html
-    from rmdiag.outputs import publish, to_json
+    from rmdiag.outputs import publish
 
-    files = {"audit.json": to_json(result.to_json()), "audit.html": render_html(result)}
-    return publish(out_dir, files)
+    return publish(out_dir, audit_files_content(result))
+
+
+def audit_files_content(result: AuditResult) -> dict[str, str]:
+    """audit.json and audit.html rendered in memory (for callers that publish more files)."""
+    from rmdiag.audit_report import render_html
+    from rmdiag.outputs import to_json
+
+    return {"audit.json": to_json(result.to_json()), "audit.html": render_html(result)}

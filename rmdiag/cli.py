@@ -132,16 +132,19 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from rmdiag.audit import AuditConfig
     from rmdiag.pipeline import RunConfig, run
 
     config = dataclass_from_args(RunConfig, args)
     simulation = None if args.data else _simulation_config(args, prefix="sim_")
+    audit_config = dataclass_from_args(AuditConfig, args, prefix="audit_")
     summary = run(
         config,
         data=args.data,
         columns=_column_mapping(args.column),
         out=args.out,
         simulation=simulation,
+        audit_config=audit_config,
     )
     print(summary.render())
     return EXIT_OK
@@ -180,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(run, required=False)
     run.add_argument("--out", required=True, help="directory for the results (JSON)")
     add_dataclass_flags(run, RunConfig)
+    add_dataclass_flags(run, AuditConfig, prefix="audit_")
     _add_simulation_flags(run, prefix="sim_")
     run.set_defaults(handler=_cmd_run)
 

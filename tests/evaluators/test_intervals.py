@@ -72,8 +72,9 @@ def test_intervals_agree_with_scipy() -> None:
     for x in (_ndcg_like(rng, 1500), rng.exponential(size=400)):
         for method in ("percentile", "bca"):
             ours = mean_interval(x, method, 0.95, n_resamples=20_000, seed=3)
-            ref = scipy.stats.bootstrap((x,), np.mean, n_resamples=20_000, method=method,
-                                        random_state=4).confidence_interval
+            ref = scipy.stats.bootstrap(
+                (x,), np.mean, n_resamples=20_000, method=method, random_state=4
+            ).confidence_interval
             width = ref.high - ref.low
             assert abs(ours.low - ref.low) < 0.03 * width
             assert abs(ours.high - ref.high) < 0.03 * width
@@ -106,12 +107,16 @@ def test_sign_flip_matches_exact_enumeration_and_scipy() -> None:
     rng = np.random.default_rng(4)
     small = rng.normal(0.4, 1, 10)  # 2^10 patterns <= n_resamples: exact
     exact = scipy.stats.permutation_test(
-        (small,), np.mean, permutation_type="samples", n_resamples=np.inf,
+        (small,),
+        np.mean,
+        permutation_type="samples",
+        n_resamples=np.inf,
     ).pvalue
     assert sign_flip_pvalue(small, n_resamples=10_000) == pytest.approx(exact, abs=1e-12)
     for d in (rng.normal(0.1, 1, 200), np.round(rng.normal(0.1, 1, 400))):  # generic, few values
-        ref = scipy.stats.permutation_test((d,), np.mean, permutation_type="samples",
-                                           n_resamples=20_000, random_state=1).pvalue
+        ref = scipy.stats.permutation_test(
+            (d,), np.mean, permutation_type="samples", n_resamples=20_000, random_state=1
+        ).pvalue
         ours = sign_flip_pvalue(d, n_resamples=20_000, seed=1)
         assert abs(ours - ref) < 4 * np.sqrt(ref * (1 - ref) / 20_000) + 1e-3
 

@@ -61,21 +61,24 @@ def test_slate_value_is_the_discounted_mean_over_members_and_users() -> None:
     assert set(result.as_dict()) >= {"value", "members", "relative_spread", "n_users"}
     # every user gets the same slate, so the interval over users has zero width
     assert result.as_dict()["value"] == pytest.approx(
-        {"value": expected, "low": expected, "high": expected})
+        {"value": expected, "low": expected, "high": expected}
+    )
 
 
 def test_slate_excludes_history_and_padding() -> None:
     ctx = _context()
     ctx = Ctx(ctx.users, torch.full((6, 4), 20), ctx.history_rewards)  # everyone has seen 20
     result = EnsembleJudge(LinearEnsemble([1.0]), k=1, n_resamples=200).evaluate(
-        prefer_high_ids, ctx)
+        prefer_high_ids, ctx
+    )
     np.testing.assert_allclose(result.per_user, 19 / N_ITEMS)
     assert result.relative_spread == 0.0
 
 
 def test_rollout_appends_each_recommendation_to_the_history() -> None:
-    judge = EnsembleJudge(LinearEnsemble([1.0]), mode="rollout", horizon=3, gamma=1.0,
-                          n_resamples=200)
+    judge = EnsembleJudge(
+        LinearEnsemble([1.0]), mode="rollout", horizon=3, gamma=1.0, n_resamples=200
+    )
     result = judge.evaluate(next_after_last, _context(), true_reward=LinearEnsemble([2.0]))
     # user u last saw u + 1, so the rollout recommends u + 2, u + 3, u + 4
     expected = np.array([(u + 3) / N_ITEMS for u in range(6)])
@@ -85,8 +88,9 @@ def test_rollout_appends_each_recommendation_to_the_history() -> None:
 
 
 def test_batches_of_contexts_give_the_same_result() -> None:
-    judge = EnsembleJudge(LinearEnsemble([0.9, 1.1]), mode="rollout", horizon=2, batch_size=4,
-                          n_resamples=300)
+    judge = EnsembleJudge(
+        LinearEnsemble([0.9, 1.1]), mode="rollout", horizon=2, batch_size=4, n_resamples=300
+    )
     whole = judge.evaluate(next_after_last, _context())
     ctx = _context()
     short = Ctx(ctx.users[3:], ctx.history_items[3:, 2:], ctx.history_rewards[3:, 2:])

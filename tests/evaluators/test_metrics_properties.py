@@ -53,8 +53,9 @@ def test_permuting_items_with_targets_and_exclusions_changes_nothing(
     inverse = np.argsort(perm)
     targets = np.where(case.targets >= 0, inverse[np.maximum(case.targets, 0)], -1)
     base = ranking_metrics(case.scores, case.targets, KS, case.exclude, relevance=case.relevance)
-    moved = ranking_metrics(case.scores[:, perm], targets, KS, case.exclude[:, perm],
-                            relevance=case.relevance)
+    moved = ranking_metrics(
+        case.scores[:, perm], targets, KS, case.exclude[:, perm], relevance=case.relevance
+    )
     np.testing.assert_allclose(_stack(moved), _stack(base), atol=1e-12)
 
 
@@ -62,8 +63,10 @@ def test_permuting_items_with_targets_and_exclusions_changes_nothing(
 @given(strategies.ranking_cases(multi_target=None, graded=True))
 def test_bounds_monotonicity_and_tie_ordering(case: RankingCase) -> None:
     args = (case.scores, case.targets, KS, case.exclude)
-    out = {t: ranking_metrics(*args, t, relevance=case.relevance)
-           for t in ("expected", "optimistic", "pessimistic")}
+    out = {
+        t: ranking_metrics(*args, t, relevance=case.relevance)
+        for t in ("expected", "optimistic", "pessimistic")
+    }
     for values in out.values():
         stacked = _stack(values)
         assert np.all((stacked >= 0) & (stacked <= 1 + 1e-12))
@@ -134,7 +137,7 @@ def _tied_embeddings(rng: np.random.Generator, n_users: int, n_items: int, dim: 
     """Embeddings with small integer entries and duplicated items, so scores tie often."""
     users = rng.integers(-2, 3, (n_users, dim)).astype(np.float32)
     items = rng.integers(-2, 3, (n_items, dim)).astype(np.float32)
-    items[n_items // 2:] = items[: n_items - n_items // 2]
+    items[n_items // 2 :] = items[: n_items - n_items // 2]
     return users, items
 
 
@@ -146,19 +149,23 @@ def test_streaming_equals_dense(ties: str) -> None:
     history = rng.integers(0, 257, (300, 12))
     history[history == targets[:, None]] = -1
     dense = ranking_metrics(users @ items.T, targets, KS, history, ties)
-    streamed = ranking_metrics_streaming(users, items, targets, KS, history, ties,
-                                         chunk_size=50, user_chunk_size=64)
+    streamed = ranking_metrics_streaming(
+        users, items, targets, KS, history, ties, chunk_size=50, user_chunk_size=64
+    )
     np.testing.assert_allclose(_stack(streamed), _stack(dense), atol=1e-12)
     # continuous embeddings, torch inputs, multi-target sets
     users = torch.randn(200, 16, generator=torch.Generator().manual_seed(1))
     items = torch.randn(301, 16, generator=torch.Generator().manual_seed(2))
     sets = np.stack([rng.choice(301, 3, replace=False) for _ in range(200)])
-    streamed = ranking_metrics_streaming(users, items, sets, KS, ties=ties, chunk_size=64,
-                                         user_chunk_size=50)
+    streamed = ranking_metrics_streaming(
+        users, items, sets, KS, ties=ties, chunk_size=64, user_chunk_size=50
+    )
     full = np.empty((200, 301), np.float32)
     for lo in range(0, 301, 64):  # the same block products the streaming path computes
         for u in range(0, 200, 50):
-            full[u:u + 50, lo:lo + 64] = users.numpy()[u:u + 50] @ items.numpy()[lo:lo + 64].T
+            full[u : u + 50, lo : lo + 64] = (
+                users.numpy()[u : u + 50] @ items.numpy()[lo : lo + 64].T
+            )
     dense = ranking_metrics(full, sets, KS, ties=ties)
     np.testing.assert_allclose(_stack(streamed), _stack(dense), atol=1e-12)
 
@@ -172,8 +179,9 @@ def test_chunked_scorer_matches_dense_and_checks_target_scores() -> None:
         return scores[u_lo:u_hi, i_lo:i_hi]
 
     target_scores = scores[np.arange(40), targets]
-    chunked = ranking_metrics_chunked(block, 40, 90, targets, target_scores, KS,
-                                      chunk_size=17, user_chunk_size=9)
+    chunked = ranking_metrics_chunked(
+        block, 40, 90, targets, target_scores, KS, chunk_size=17, user_chunk_size=9
+    )
     np.testing.assert_allclose(_stack(chunked), _stack(ranking_metrics(scores, targets, KS)))
     with pytest.raises(ValueError, match="score_block gives"):
         ranking_metrics_chunked(block, 40, 90, targets, target_scores + 0.5, KS)

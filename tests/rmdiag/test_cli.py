@@ -28,8 +28,25 @@ def test_run_on_a_file_writes_summary_json(tmp_path: Path, capsys) -> None:
     data = tmp_path / "log.parquet"
     assert main(["simulate", "--out", str(data), "--users", "80", "--items", "50"]) == 0
     out = tmp_path / "out"
-    assert main(["run", "--data", str(data), "--out", str(out), "--max-len", "20"]) == 0
+    fast_audit = [
+        "--audit-kinds",
+        "lightgbm",
+        "--audit-members",
+        "2",
+        "--audit-resamples",
+        "200",
+        "--audit-lightgbm-rounds",
+        "20",
+        "--audit-threads",
+        "1",
+    ]
+    assert (
+        main(["run", "--data", str(data), "--out", str(out), "--max-len", "20", *fast_audit]) == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
+    audit = json.loads((out / "audit.json").read_text())
+    assert summary["audit"]["verdict"] == audit["verdict"]
+    assert summary["audit_config"]["n_members"] == 2 and (out / "audit.html").exists()
     assert summary["data"]["users"] == 80
     assert summary["split"]["test"] == summary["split"]["valid"] > 0
     assert summary["sequences"]["train_shape"] == [81, 20]
