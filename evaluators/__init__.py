@@ -1,5 +1,49 @@
-"""Ranking metrics, intervals and the ensemble judge, usable on their own."""
+"""Ranking metrics, intervals and the ensemble judge, usable on their own.
 
+- `ranking_metrics` / `ranking_metrics_streaming` / `ranking_metrics_chunked`: per-user NDCG@k,
+  HR@k and MRR over the full catalog, ties scored exactly (`evaluators.metrics`).
+- `evaluators.intervals`: `mean_interval`, `paired_difference`, `adjust_pvalues`, `Figure`.
+- `evaluators.judge.EnsembleJudge`: a policy's value under a reward ensemble.
+- `evaluators.reference` and `evaluators.strategies`: a plain-Python reference and hypothesis
+  strategies to property-test metric code (ours or yours).
+"""
+
+from evaluators import intervals, judge, reference
+from evaluators.intervals import (
+    Figure,
+    PairedComparison,
+    adjust_pvalues,
+    mean_interval,
+    mean_intervals,
+    paired_difference,
+)
+from evaluators.judge import EnsembleJudge, JudgeResult
+from evaluators.metrics import (
+    metric_names,
+    ranking_metrics,
+    ranking_metrics_chunked,
+    ranking_metrics_streaming,
+)
 from evaluators.protocols import ContextLike, EnsembleLike, RewardFnLike, ScorerLike
 
-__all__ = ["ContextLike", "EnsembleLike", "RewardFnLike", "ScorerLike"]
+__all__ = [
+    "ContextLike",
+    "EnsembleJudge",
+    "EnsembleLike",
+    "Figure",
+    "JudgeResult",
+    "PairedComparison",
+    "RewardFnLike",
+    "ScorerLike",
+    "adjust_pvalues",
+    "intervals",
+    "judge",
+    "mean_interval",
+    "mean_intervals",
+    "metric_names",
+    "paired_difference",
+    "ranking_metrics",
+    "ranking_metrics_chunked",
+    "ranking_metrics_streaming",
+    "reference",
+]

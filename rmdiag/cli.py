@@ -132,23 +132,43 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from rmdiag.audit import AuditConfig
     from rmdiag.pipeline import RunConfig, run
 
     config = dataclass_from_args(RunConfig, args)
     simulation = None if args.data else _simulation_config(args, prefix="sim_")
+    audit_config = dataclass_from_args(AuditConfig, args, prefix="audit_")
     summary = run(
         config,
         data=args.data,
         columns=_column_mapping(args.column),
         out=args.out,
         simulation=simulation,
+        audit_config=audit_config,
     )
     print(summary.render())
     return EXIT_OK
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from rmdiag.audit import AuditConfig, audit_files
+
+    result = audit_files(
+        args.data,
+        args.out,
+        holdout=args.holdout,
+        columns=_column_mapping(args.column),
+        config=dataclass_from_args(AuditConfig, args),
+    )
+    print(f"verdict: {result.verdict}")
+    for reason in result.reasons:
+        print(f"  - {reason}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rmdiag import __version__
+    from rmdiag.audit import AuditConfig
     from rmdiag.pipeline import RunConfig
 
     parser = argparse.ArgumentParser(
@@ -163,8 +183,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(run, required=False)
     run.add_argument("--out", required=True, help="directory for the results (JSON)")
     add_dataclass_flags(run, RunConfig)
+    add_dataclass_flags(run, AuditConfig, prefix="audit_")
     _add_simulation_flags(run, prefix="sim_")
     run.set_defaults(handler=_cmd_run)
+
+    audit = commands.add_parser(
+        "audit", help="audit reward models against global/user/item-mean and bias baselines"
+    )
+    _add_data_flags(audit, required=True)
+    audit.add_argument(
+        "--holdout",
+        help="held-out events from another file, e.g. ratings under randomized exposure "
+        "(default: each user's last two events)",
+    )
+    audit.add_argument("--out", required=True, help="directory for audit.json and audit.html")
+    add_dataclass_flags(audit, AuditConfig)
+    audit.set_defaults(handler=_cmd_audit)
 
     simulate = commands.add_parser("simulate", help="write a simulated interaction log")
     simulate.add_argument("--out", required=True, help="Parquet file to write")

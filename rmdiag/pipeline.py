@@ -1,18 +1,21 @@
 """`rmdiag run`: the whole job on one log. Today it loads (or simulates) the log, splits it, builds
-the sequences every later stage consumes and summarises them; audit, selection, training and
-evaluation join as their packages land."""
+the sequences every later stage consumes, audits the reward-model ensemble against the baselines
+on the held-out events, and writes summary.json (with the audit's verdict and figures),
+audit.json and audit.html; selection, training and evaluation of policies join as they land."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from rmdiag.audit import AuditConfig, AuditResult, audit, audit_files_content
 from rmdiag.data import Interactions, encode, load, validate
 from rmdiag.outputs import publish, to_json
 from rmdiag.sequences import event_sequences, user_sequences
-from rmdiag.split import DEFAULT_MIN_COUNT, Split, leave_last_out, temporal_split, time_quantile
+from rmdiag.split import Split, leave_last_out, temporal_split, time_quantile, unexplored_mask
 
 
 @dataclass(frozen=True)
@@ -39,11 +42,9 @@ class RunConfig:
         default=0.8,
         metadata={"help": "temporal split: share of events (by time) before the validation period"},
     )
-    min_count: int = field(
-        default=DEFAULT_MIN_COUNT,
-        metadata={
-            "help": "held-out events whose item was seen fewer times in training are 'unexplored'"
-        },
+    audit: bool = field(
+        default=True,
+        metadata={"help": "audit the reward-model ensemble (settings: the --audit-* flags)"},
     )
 
     def __post_init__(self) -> None:
@@ -51,8 +52,8 @@ class RunConfig:
             raise ValueError(f"split must be 'leave-last-out' or 'temporal', got {self.split!r}")
         if not 0 < self.valid_quantile < self.test_quantile < 1:
             raise ValueError("need 0 < valid_quantile < test_quantile < 1")
-        if self.max_len < 1 or self.min_count < 1:
-            raise ValueError("max_len and min_count must be positive")
+        if self.max_len < 1:
+            raise ValueError("max_len must be positive")
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,13 @@ class RunSummary:
     data: dict[str, Any]
     split: dict[str, Any]
     sequences: dict[str, Any]
+    audit: AuditResult | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"data": self.data, "split": self.split, "sequences": self.sequences}
+        payload = {"data": self.data, "split": self.split, "sequences": self.sequences}
+        if self.audit is not None:
+            payload["audit"] = self.audit.to_json()
+        return payload
 
     def render(self) -> str:
         d, s, q = self.data, self.split, self.sequences
@@ -80,6 +85,12 @@ class RunSummary:
                 f"sequences train {q['train_shape']}, test histories {q['test_history_shape']}, "
                 f"mean history length {q['mean_test_history']:.1f}",
             ]
+            + (
+                [f"audit     verdict {self.audit.verdict}"]
+                + [f"          - {reason}" for reason in self.audit.reasons]
+                if self.audit is not None
+                else []
+            )
         )
 
 
@@ -113,10 +124,10 @@ def run(
     columns: Mapping[str, str] | None = None,
     out: str | os.PathLike[str] | None = None,
     simulation: Any | None = None,
+    audit_config: AuditConfig | None = None,
 ) -> RunSummary:
-    """Run the job; with `out`, write summary.json there (only once everything succeeded)."""
-    from rmdiag.split import unexplored_mask
-
+    """Run the job; with `out`, write summary.json (and audit.json, audit.html) there, only once
+    everything succeeded."""
     if data is None and simulation is None:
         from rmdiag.simulate import SimulationConfig
 
@@ -125,7 +136,8 @@ def run(
     split = split_log(log, config)
     train_sequences = user_sequences(split.train, config.max_len)
     test_sequences = event_sequences(split.train.concat(split.valid), split.test, config.max_len)
-    unexplored = unexplored_mask(split.train, split.test, config.min_count)
+    audit_config = audit_config or AuditConfig()
+    unexplored = unexplored_mask(split.train, split.test, audit_config.min_count)
     summary = RunSummary(
         data=log.summary(),
         split={
@@ -133,7 +145,7 @@ def run(
             "train": len(split.train),
             "valid": len(split.valid),
             "test": len(split.test),
-            "min_count": config.min_count,
+            "min_count": audit_config.min_count,
             "test_unexplored_share": float(unexplored.mean()) if len(unexplored) else 0.0,
         },
         sequences={
@@ -145,9 +157,21 @@ def run(
             else 0.0,
         },
     )
+    if config.audit:
+        # the held-out events are the split's valid and test events, as `rmdiag audit` holds out
+        heldout = split.valid.concat(split.test)
+        summary = dataclasses.replace(
+            summary, audit=audit(split.train, heldout, config=audit_config)
+        )
     if out is not None:
-        payload = summary.to_json() | {"config": asdict(config)}
+        payload = summary.to_json() | {
+            "config": asdict(config),
+            "audit_config": asdict(audit_config),
+        }
         if data is None:
             payload["simulation"] = asdict(simulation)
-        publish(out, {"summary.json": to_json(payload)})
+        files = {"summary.json": to_json(payload)}
+        if summary.audit is not None:
+            files |= audit_files_content(summary.audit)
+        publish(out, files)
     return summary

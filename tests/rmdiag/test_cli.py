@@ -28,8 +28,25 @@ def test_run_on_a_file_writes_summary_json(tmp_path: Path, capsys) -> None:
     data = tmp_path / "log.parquet"
     assert main(["simulate", "--out", str(data), "--users", "80", "--items", "50"]) == 0
     out = tmp_path / "out"
-    assert main(["run", "--data", str(data), "--out", str(out), "--max-len", "20"]) == 0
+    fast_audit = [
+        "--audit-kinds",
+        "lightgbm",
+        "--audit-members",
+        "2",
+        "--audit-resamples",
+        "200",
+        "--audit-lightgbm-rounds",
+        "20",
+        "--audit-threads",
+        "1",
+    ]
+    assert (
+        main(["run", "--data", str(data), "--out", str(out), "--max-len", "20", *fast_audit]) == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
+    audit = json.loads((out / "audit.json").read_text())
+    assert summary["audit"]["verdict"] == audit["verdict"]
+    assert summary["audit_config"]["n_members"] == 2 and (out / "audit.html").exists()
     assert summary["data"]["users"] == 80
     assert summary["split"]["test"] == summary["split"]["valid"] > 0
     assert summary["sequences"]["train_shape"] == [81, 20]
@@ -58,3 +75,53 @@ def test_console_script_usage_errors_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and "usage" in result.stderr
     assert main(["run", "--out", str(tmp_path / "o"), "--split", "random"]) == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_audit_command_writes_both_files_or_nothing(tmp_path: Path, capsys) -> None:
+    data = tmp_path / "log.parquet"
+    assert (
+        main(
+            [
+                "simulate",
+                "--out",
+                str(data),
+                "--users",
+                "150",
+                "--items",
+                "60",
+                "--preset",
+                "learnable",
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / "audit"
+    fast = [
+        "--kinds",
+        "lightgbm",
+        "--members",
+        "2",
+        "--lightgbm-rounds",
+        "30",
+        "--resamples",
+        "200",
+        "--threads",
+        "1",
+    ]
+    assert main(["audit", "--data", str(data), "--out", str(out), *fast]) == 0
+    report = json.loads((out / "audit.json").read_text())
+    assert report["verdict"] in ("generalizes", "directional", "unreliable")
+    assert {"global_mean", "user_mean", "item_mean", "bias", "ensemble"} <= set(report["models"])
+    assert (out / "audit.html").read_text().startswith("<!DOCTYPE html>")
+    assert "verdict:" in capsys.readouterr().out
+    # constant rewards cannot support an audit; invalid settings are usage errors
+    constant = tmp_path / "constant.csv"
+    constant.write_text(
+        "user_id,item_id,timestamp,reward\n"
+        + "".join(f"{u},{i},{t},3\n" for u in range(1, 30) for t, i in enumerate(range(1, 6)))
+    )
+    for args in (["--data", str(constant)], ["--data", str(data), "--members", "0"]):
+        refused = tmp_path / "refused"
+        assert main(["audit", *args, "--out", str(refused), *fast[:2]]) == 2
+        assert not refused.exists()
+    assert "constant" in capsys.readouterr().err.lower()

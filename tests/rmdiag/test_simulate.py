@@ -314,7 +314,8 @@ def test_presets_order_learnability_as_documented() -> None:
     for name in ("learnable", "directional", "item_mean_noise"):
         parts = World(SimulationConfig.preset(name, n_users=500, n_items=300)).variance_components()
         shares[name] = parts["interaction"] / sum(parts.values())
-    assert shares["learnable"] > 0.5 > shares["directional"] > 0.1
+    # directional: a small learnable taste (30% of a weak one), well below learnable's
+    assert shares["learnable"] > 0.5 > 0.2 > shares["directional"] > 0.02
     assert shares["item_mean_noise"] == 0.0
 
 

@@ -1,0 +1,355 @@
+"""A gradient-boosted reward model (LightGBM) on features computed without leakage.
+
+Each (history, candidate) row gets:
+- target statistics of the candidate item and of the user, shrunk toward the global mean. For
+  the training rows they are *out of fold*: the training events are split into K folds and a
+  row's statistics come from the other folds only, so a row never sees its own reward;
+- counts of the item and the user, and the item's recency (when it was last seen, and which share
+  of its events fall in the most recent tenth of the log's time span);
+- aggregates of the history in the context: its length, mean and spread of rewards, the mean of
+  the last ``last_n`` rewards, the user's mean residual against item means;
+- similarity of the candidate to the history through co-occurrence embeddings (a truncated SVD
+  of the binary user x item matrix): mean and max cosine, a similarity-weighted mean of the
+  history's reward deviations (item-kNN style), and the dot product of the candidate with the
+  reward-weighted history direction.
+The history of a training row is the user's strictly earlier training events
+(``rmdiag.sequences.event_sequences``), exactly what a held-out event's context holds.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+import lightgbm as lgb
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.sparse.linalg import svds
+
+from rmdiag.data import Interactions
+from rmdiag.rewards.base import RewardModel, columns, event_weights
+from rmdiag.sequences import event_sequences
+from trainers.protocols import Context
+
+FEATURES: tuple[str, ...] = (
+    "item_mean",
+    "item_log_count",
+    "item_age",
+    "item_recent_share",
+    "user_mean",
+    "user_log_count",
+    "hist_len",
+    "hist_mean",
+    "hist_std",
+    "hist_last_mean",
+    "hist_item_residual",
+    "sim_mean",
+    "sim_max",
+    "knn_deviation",
+    "preference_dot",
+)
+CHUNK = 8192  # rows per feature block: bounds the [rows, history, dim] similarity tensor
+
+
+class LightGBMRewardModel(RewardModel):
+    """Gradient-boosted trees (``lightgbm.train``) on leakage-free features (module docstring).
+
+    Defaults follow LightGBM's own (num_leaves 31, learning rate 0.1) with early stopping on
+    ``valid``; ``min_data_in_leaf`` is raised to 50 because rating noise is large.
+    """
+
+    kind = "lightgbm"
+
+    def __init__(
+        self,
+        n_rounds: int = 200,
+        learning_rate: float = 0.1,
+        num_leaves: int = 31,
+        min_data_in_leaf: int = 50,
+        early_stopping_rounds: int = 30,
+        n_folds: int = 5,
+        shrinkage: float = 5.0,
+        history_len: int = 50,
+        last_n: int = 5,
+        embedding_dim: int = 16,
+        n_threads: int = 1,
+        seed: int = 0,
+    ) -> None:
+        self.n_rounds = n_rounds
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_data_in_leaf = min_data_in_leaf
+        self.early_stopping_rounds = early_stopping_rounds
+        self.n_folds = n_folds
+        self.shrinkage = shrinkage
+        self.history_len = history_len
+        self.last_n = last_n
+        self.embedding_dim = embedding_dim
+        self.n_threads = n_threads
+        self.seed = seed
+
+    # -- statistics learned from the training log ------------------------------------------
+    def _shrunk(self, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        return (sums + self.shrinkage * self.global_mean_) / (counts + self.shrinkage)
+
+    def _item_embeddings(
+        self, users: np.ndarray, items: np.ndarray, shape: tuple[int, int]
+    ) -> np.ndarray:
+        matrix = sp.csr_matrix((np.ones(len(users)), (users, items)), shape=shape, dtype=np.float64)
+        matrix.data[:] = 1.0  # duplicates count once: co-occurrence, not frequency
+        k = min(self.embedding_dim, min(shape) - 2)
+        embeddings = np.zeros((shape[1], self.embedding_dim), dtype=np.float32)
+        if k >= 1 and matrix.nnz > 0:
+            rng = np.random.default_rng(self.seed)
+            _, singular, vt = svds(matrix, k=k, v0=rng.random(min(shape)))
+            factors = vt.T * np.sqrt(singular)
+            norms = np.linalg.norm(factors, axis=1, keepdims=True)
+            embeddings[:, :k] = factors / np.where(norms > 0, norms, 1.0)
+        return embeddings
+
+    def _fit_statistics(self, train: Interactions, weight: np.ndarray) -> None:
+        users, items, reward = columns(train)
+        timestamps = train.table.column("timestamp").to_numpy().astype(np.float64)
+        n_users, n_items = train.n_users + 1, train.n_items + 1
+        self.global_mean_ = float(np.average(reward, weights=weight))
+        item_count = np.bincount(items, weights=weight, minlength=n_items)
+        user_count = np.bincount(users, weights=weight, minlength=n_users)
+        self.item_count_ = item_count
+        self.user_count_ = user_count
+        self.item_mean_ = self._shrunk(
+            np.bincount(items, weights=weight * reward, minlength=n_items), item_count
+        )
+        self.user_mean_ = self._shrunk(
+            np.bincount(users, weights=weight * reward, minlength=n_users), user_count
+        )
+        t_min, t_max = float(timestamps.min()), float(timestamps.max())
+        span = max(t_max - t_min, 1.0)
+        last_seen = np.full(n_items, t_min)
+        np.maximum.at(last_seen, items, timestamps)
+        self.item_age_ = (t_max - last_seen) / span
+        recent = (timestamps >= t_max - 0.1 * span).astype(np.float64)
+        recent_count = np.bincount(items, weights=recent, minlength=n_items)
+        self.item_recent_share_ = recent_count / np.maximum(
+            np.bincount(items, minlength=n_items), 1
+        )
+        self.item_embeddings_ = self._item_embeddings(users, items, (n_users, n_items))
+
+    def _out_of_fold(
+        self, train: Interactions, weight: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per training row: item and user mean reward computed from the other folds only."""
+        users, items, reward = columns(train)
+        rng = np.random.default_rng(self.seed)
+        folds = rng.integers(0, self.n_folds, size=len(reward))
+        item_oof = np.empty(len(reward))
+        user_oof = np.empty(len(reward))
+        n_users, n_items = train.n_users + 1, train.n_items + 1
+        item_total = np.bincount(items, weights=weight * reward, minlength=n_items)
+        item_weight = np.bincount(items, weights=weight, minlength=n_items)
+        user_total = np.bincount(users, weights=weight * reward, minlength=n_users)
+        user_weight = np.bincount(users, weights=weight, minlength=n_users)
+        for fold in range(self.n_folds):
+            rows = folds == fold
+            fw, fr = weight[rows], reward[rows]
+            i_sum = item_total - np.bincount(items[rows], weights=fw * fr, minlength=n_items)
+            i_cnt = item_weight - np.bincount(items[rows], weights=fw, minlength=n_items)
+            u_sum = user_total - np.bincount(users[rows], weights=fw * fr, minlength=n_users)
+            u_cnt = user_weight - np.bincount(users[rows], weights=fw, minlength=n_users)
+            item_oof[rows] = self._shrunk(i_sum, np.maximum(i_cnt, 0))[items[rows]]
+            user_oof[rows] = self._shrunk(u_sum, np.maximum(u_cnt, 0))[users[rows]]
+        return item_oof, user_oof
+
+    # -- features ---------------------------------------------------------------------------
+    def _safe(self, table: np.ndarray, ids: np.ndarray, default: float) -> np.ndarray:
+        inside = ids < len(table)
+        return np.where(inside, table[np.where(inside, ids, 0)], default)
+
+    def _features(
+        self,
+        users: np.ndarray,
+        hist_items: np.ndarray,
+        hist_rewards: np.ndarray,
+        candidates: np.ndarray,
+        item_mean: np.ndarray | None = None,
+        user_mean: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Feature matrix [B * K, len(FEATURES)] for users [B], histories [B, L], candidates [B, K].
+
+        ``item_mean`` [B, K] and ``user_mean`` [B] override the fitted statistics (out-of-fold
+        values for training rows).
+        """
+        b, k = candidates.shape
+        hist_items = hist_items[:, -self.history_len :] if self.history_len else hist_items[:, :0]
+        hist_rewards = hist_rewards[:, -hist_items.shape[1] :].astype(np.float64)
+        hist_items = np.where(hist_items < len(self.item_mean_), hist_items, 0)
+        valid = hist_items > 0
+        n = valid.sum(axis=1)
+        has = n > 0
+        safe_n = np.maximum(n, 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            hist_mean = np.where(has, (hist_rewards * valid).sum(1) / safe_n, np.nan)
+            centred = np.where(valid, hist_rewards - np.nan_to_num(hist_mean)[:, None], 0.0)
+            hist_std = np.where(has, np.sqrt((centred**2).sum(1) / safe_n), np.nan)
+            tail = valid[:, -self.last_n :]
+            tail_n = tail.sum(1)
+            hist_last = np.where(
+                tail_n > 0,
+                (hist_rewards[:, -self.last_n :] * tail).sum(1) / np.maximum(tail_n, 1),
+                np.nan,
+            )
+            residual = np.where(valid, hist_rewards - self.item_mean_[hist_items], 0.0)
+            hist_residual = np.where(has, residual.sum(1) / safe_n, np.nan)
+
+        cand = np.where(candidates < len(self.item_mean_), candidates, 0)
+        known = candidates < len(self.item_mean_)
+        emb = self.item_embeddings_
+        cand_emb = np.where(known[..., None], emb[cand], 0.0)  # [B, K, d]
+        sim = np.einsum("bkd,bld->bkl", cand_emb, emb[hist_items])  # [B, K, L]
+        sim = np.where(valid[:, None, :], sim, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sim_mean = np.where(has[:, None], sim.sum(2) / safe_n[:, None], np.nan)
+            sim_max = np.where(has[:, None], np.where(valid[:, None, :], sim, -1.0).max(2), np.nan)
+            knn_weight = np.clip(sim, 0.0, None) ** 2
+            knn = (knn_weight * centred[:, None, :]).sum(2) / (knn_weight.sum(2) + 1e-3)
+            knn = np.where(has[:, None], knn, np.nan)
+            preference = np.where(
+                has[:, None], (sim * centred[:, None, :]).sum(2) / safe_n[:, None], np.nan
+            )
+
+        if item_mean is None:
+            item_mean = self._safe(self.item_mean_, candidates, self.global_mean_)
+        if user_mean is None:
+            user_mean = self._safe(self.user_mean_, users, self.global_mean_)
+        user_count = self._safe(self.user_count_, users, 0.0)
+
+        def per_row(values: np.ndarray) -> np.ndarray:  # [B] -> [B, K]
+            return np.broadcast_to(np.asarray(values, dtype=np.float64)[:, None], (b, k))
+
+        columns_ = [
+            item_mean,
+            np.log1p(self._safe(self.item_count_, candidates, 0.0)),
+            self._safe(self.item_age_, candidates, np.nan),
+            self._safe(self.item_recent_share_, candidates, np.nan),
+            per_row(user_mean),
+            per_row(np.log1p(user_count)),
+            per_row(n),
+            per_row(hist_mean),
+            per_row(hist_std),
+            per_row(hist_last),
+            per_row(hist_residual),
+            sim_mean,
+            sim_max,
+            knn,
+            preference,
+        ]
+        return np.stack([np.asarray(c, dtype=np.float64).reshape(b * k) for c in columns_], axis=1)
+
+    def _features_chunked(
+        self,
+        users: np.ndarray,
+        hist_items: np.ndarray,
+        hist_rewards: np.ndarray,
+        targets: np.ndarray,
+        item_mean: np.ndarray | None = None,
+        user_mean: np.ndarray | None = None,
+    ) -> np.ndarray:
+        blocks = []
+        for start in range(0, len(users), CHUNK):
+            rows = slice(start, start + CHUNK)
+            blocks.append(
+                self._features(
+                    users[rows],
+                    hist_items[rows],
+                    hist_rewards[rows],
+                    targets[rows, None],
+                    None if item_mean is None else item_mean[rows, None],
+                    None if user_mean is None else user_mean[rows],
+                )
+            )
+        if not blocks:
+            return np.zeros((0, len(FEATURES)))
+        return np.concatenate(blocks)
+
+    # -- estimator interface ----------------------------------------------------------------
+    def fit(
+        self,
+        train: Interactions,
+        valid: Interactions | None = None,
+        *,
+        user_weight: np.ndarray | None = None,
+    ) -> Self:
+        _, _, reward = columns(train)
+        if len(reward) == 0:
+            raise ValueError("cannot fit LightGBMRewardModel on an empty log")
+        weight = event_weights(train, user_weight)
+        self._fit_statistics(train, weight)
+        item_oof, user_oof = self._out_of_fold(train, weight)
+        seqs = event_sequences(train, train, max(self.history_len, 1))
+        x_train = self._features_chunked(
+            seqs.users, seqs.history_items, seqs.history_rewards, seqs.targets, item_oof, user_oof
+        )
+        keep = weight > 0  # bootstrap resamples drop the users they did not draw
+        params = {
+            "objective": "regression",
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_data_in_leaf": self.min_data_in_leaf,
+            "feature_fraction": 0.9,
+            "bagging_fraction": 0.8,
+            "bagging_freq": 1,
+            "lambda_l2": 1.0,
+            "seed": self.seed,
+            "num_threads": self.n_threads,
+            "deterministic": True,
+            "force_row_wise": True,
+            "verbosity": -1,
+        }
+        train_set = lgb.Dataset(
+            x_train[keep],
+            label=reward[keep],
+            weight=weight[keep],
+            feature_name=list(FEATURES),
+            free_raw_data=True,
+        )
+        callbacks = []
+        valid_sets = []
+        if valid is not None and len(valid.table) > 0:
+            v_seqs = event_sequences(train, valid, max(self.history_len, 1))
+            x_valid = self._features_chunked(
+                v_seqs.users, v_seqs.history_items, v_seqs.history_rewards, v_seqs.targets
+            )
+            valid_sets = [lgb.Dataset(x_valid, label=v_seqs.target_rewards, reference=train_set)]
+            callbacks.append(lgb.early_stopping(self.early_stopping_rounds, verbose=False))
+        self.booster_ = lgb.train(
+            params,
+            train_set,
+            num_boost_round=self.n_rounds,
+            valid_sets=valid_sets,
+            callbacks=callbacks,
+        )
+        self.fitted_ = True
+        return self
+
+    def predict(self, context: Context, items: torch.Tensor) -> torch.Tensor:
+        self._check_fitted()
+        users = context.users.cpu().numpy()
+        candidates = items.cpu().numpy().astype(np.int64)
+        x = self._features(
+            users,
+            context.history_items.cpu().numpy(),
+            context.history_rewards.cpu().numpy(),
+            candidates,
+        )
+        pred = self.booster_.predict(x, num_threads=self.n_threads)
+        return torch.as_tensor(pred.reshape(candidates.shape), dtype=torch.float32)
+
+    def predict_arrays(
+        self,
+        users: np.ndarray,
+        history_items: np.ndarray,
+        history_rewards: np.ndarray,
+        targets: np.ndarray,
+    ) -> np.ndarray:
+        self._check_fitted()
+        x = self._features_chunked(users, history_items, history_rewards, targets)
+        return np.asarray(self.booster_.predict(x, num_threads=self.n_threads), dtype=np.float64)
