@@ -4,10 +4,10 @@ The world (`trainers.testing.ToyWorld`) logs items by appeal while rewarding qua
 behaviour cloning inherits the logging policy's taste. Every policy starts from the same seed;
 PPO starts from the SFT policy. For each policy the benchmark scores the top-10 (history
 excluded) of fresh sessions of the same users with the world's true reward, and compares it with
-SFT's, paired over users, with 95% percentile-bootstrap intervals (scipy). The expected picture:
-exp-SFT and A-SFT above SFT; PPO against the true reward above those; PPO against a
-mis-specified reward model (quality backwards) raising that model's score while the true
-reward falls -- reward hacking.
+SFT's, paired over users, with 95% percentile-bootstrap intervals (evaluators.intervals).
+The expected picture: exp-SFT and A-SFT above SFT; PPO against the true reward above those;
+PPO against a mis-specified reward model (quality backwards) raising that model's score while
+the true reward falls -- reward hacking.
 
     python benchmarks/algorithms_quality.py [--seed 0] [--threads 2]
 
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evaluators.intervals import mean_interval  # noqa: E402
 from trainers import (  # noqa: E402
     ALGORITHMS,
     Context,
@@ -41,11 +41,9 @@ from trainers.testing import ToyWorld, ToyWorldConfig  # noqa: E402
 
 
 def figure(values: np.ndarray) -> dict[str, float]:
-    """Mean with its 95% percentile-bootstrap interval over users."""
-    interval = stats.bootstrap((values,), np.mean, n_resamples=2000, method="percentile",
-                               random_state=0).confidence_interval
-    return {"value": float(values.mean()), "low": float(interval.low),
-            "high": float(interval.high)}
+    """Mean with its 95% percentile-bootstrap interval over users (evaluators.intervals); for
+    a paired comparison pass the per-user differences."""
+    return mean_interval(values, method="percentile").as_dict()
 
 
 def top10(model: SequentialRecommender, context: Context) -> torch.Tensor:

@@ -7,6 +7,7 @@ evaluates on the validation and test events every `--eval-every` steps (evaluati
 training time), stops early on validation NDCG@10, and reports the best-validation model's test
 figures with bootstrap intervals over users. Also measures this machine's fp32 matmul rate and
 the share of it that the training step reaches (FLOPs counted by torch's FlopCounterMode).
+Metrics and intervals come from `evaluators`.
 
     python benchmarks/train_speed.py [--data FILE] [--threads 2]
 
@@ -25,12 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._movielens import movielens_100k_path  # noqa: E402
+from evaluators.intervals import mean_interval  # noqa: E402
+from evaluators.metrics import ranking_metrics  # noqa: E402
 from rmdiag.data import Interactions, load  # noqa: E402
 from rmdiag.sequences import event_sequences, user_sequences  # noqa: E402
 from rmdiag.split import leave_last_out  # noqa: E402
@@ -49,32 +51,9 @@ TARGET_NDCG = 0.060
 K = 10
 
 
-def ranking_metrics(
-    scores: torch.Tensor, targets: torch.Tensor, k: int = K
-) -> dict[str, np.ndarray]:
-    """Per-user NDCG@k and HR@k of one held-out target each; ties broken uniformly at random
-    in expectation (a constant scorer gets the chance value). Excluded items carry -inf."""
-    target_scores = scores.gather(1, targets[:, None])
-    greater = (scores > target_scores).sum(1).double()
-    ties = (scores == target_scores).sum(1).double() - 1  # other items tied with the target
-    positions = torch.arange(k, dtype=torch.float64)
-    # Under random tie-breaking the target's 0-based position is uniform on greater..greater+ties.
-    in_range = (positions[None, :] >= greater[:, None]) & (
-        positions[None, :] <= (greater + ties)[:, None]
-    )
-    share = in_range.double() / (ties + 1)[:, None]
-    ndcg = (share / torch.log2(positions + 2)).sum(1)
-    hit = share.sum(1)
-    return {"ndcg": ndcg.numpy(), "hr": hit.numpy()}
-
-
 def interval(values: np.ndarray) -> dict[str, float]:
-    """Mean with a 95% percentile-bootstrap interval over users (scipy)."""
-    result = stats.bootstrap(
-        (values,), np.mean, n_resamples=2000, method="percentile", random_state=0
-    )
-    low, high = result.confidence_interval
-    return {"value": float(values.mean()), "low": float(low), "high": float(high)}
+    """Mean with a 95% percentile-bootstrap interval over users (evaluators.intervals)."""
+    return mean_interval(values, method="percentile").as_dict()
 
 
 class HeldOut:
@@ -85,12 +64,15 @@ class HeldOut:
         self.context: Context = sequences.context()
         self.targets = torch.from_numpy(sequences.targets)
         full = event_sequences(history, events, max(1, int(np.bincount(history.users).max())))
-        self.seen = torch.from_numpy(full.history_items)
+        self.seen = np.where(full.history_items > 0, full.history_items, -1)  # -1 = no item
 
     def metrics(self, model: SequentialRecommender) -> dict[str, np.ndarray]:
-        scores = policy_scores(model, self.context, exclude_history=True, batch_size=512)
-        scores.scatter_(1, self.seen, float("-inf"))  # history beyond the model's window too
-        return ranking_metrics(scores, self.targets)
+        """Per-user NDCG@10 / HR@10, full catalog, the user's whole history excluded (also
+        what lies beyond the model's window), ties in expectation (evaluators.metrics)."""
+        scores = policy_scores(model, self.context, exclude_history=False, batch_size=512)
+        figures = ranking_metrics(scores, self.targets, ks=(K,), exclude=self.seen,
+                                  padding_column=0)
+        return {"ndcg": figures[f"ndcg@{K}"], "hr": figures[f"hr@{K}"]}
 
 
 def matmul_flops_per_second(size: int = 1024, repeats: int = 10) -> float:
