@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._movielens import movielens_100k_path  # noqa: E402
 from evaluators.intervals import mean_interval  # noqa: E402
 from evaluators.metrics import ranking_metrics  # noqa: E402
-from rmdiag.data import Interactions, load  # noqa: E402
+from rmdiag.data import DataError, Interactions, load  # noqa: E402
 from rmdiag.sequences import event_sequences, user_sequences  # noqa: E402
 from rmdiag.split import leave_last_out  # noqa: E402
 from trainers import (  # noqa: E402
@@ -115,7 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     max_len = 50
 
-    log = load(args.data if args.data is not None else movielens_100k_path())
+    try:
+        log = load(args.data if args.data is not None else movielens_100k_path())
+    except (DataError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     split = leave_last_out(log)
     longest = int(np.bincount(split.train.users).max())
     user_rows = user_sequences(split.train, max_len=longest)
