@@ -3,7 +3,14 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from trainers import Context, ModelConfig, Scorer, SequentialRecommender, policy_scores
+from trainers import (
+    Context,
+    ModelConfig,
+    Scorer,
+    SequentialRecommender,
+    policy_scores,
+    sequence_windows,
+)
 from trainers.data import next_item_targets, sequence_data, sequences_to_events
 
 Make = Callable[..., SequentialRecommender]
@@ -81,3 +88,18 @@ def test_config_validation() -> None:
         ModelConfig(n_items=10, hidden=30, n_heads=4)
     with pytest.raises(ValueError, match="dropout"):
         ModelConfig(n_items=10, dropout=1.0)
+
+
+def test_sequence_windows_make_every_event_a_target_at_most_once() -> None:
+    items = torch.tensor([[0, 0, 0, 0, 0, 0, 0, 5, 6, 7],   # 3 events
+                          [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],  # 10 events
+                          [0, 0, 0, 0, 0, 11, 12, 13, 14, 15],  # 5 events: one full window
+                          [0, 0, 0, 0, 0, 0, 0, 0, 0, 4]])  # 1 event: nothing to learn
+    rewards = items.float() / 10
+    data = sequence_windows(items, rewards, window=4)
+    assert data["items"].shape == (5, 5)  # 1 + 3 + 1 windows
+    targets = data["items"][:, 1:][data["items"][:, 1:] != 0]
+    # every later event is a target exactly once; a user's first event only when padding
+    # precedes it in its window (a prediction from an empty history)
+    assert sorted(targets.tolist()) == sorted([5, 6, 7, *range(1, 11), 12, 13, 14, 15])
+    assert torch.equal(data["rewards"], data["items"].float() / 10)
