@@ -146,10 +146,16 @@ def train_ppo(
             "reference_log_policy": reference_log_policy,
         }
         n_rows = len(context)
+        if n_rows < config.minibatches:
+            raise ValueError(
+                f"a rollout of {n_rows} histories (per process) cannot make "
+                f"{config.minibatches} minibatches; raise batch_size"
+            )
         minibatches = []
         for _ in range(config.ppo_epochs):
             order = torch.randperm(n_rows, generator=generator, device=generator.device)
-            for rows in order.chunk(min(config.minibatches, n_rows)):
+            # exactly `minibatches` pieces on every rank, so DDP ranks step in lockstep
+            for rows in order.tensor_split(config.minibatches):
                 minibatches.append({key: value[rows] for key, value in rollout_batch.items()})
         return minibatches
 
