@@ -356,29 +356,31 @@ def resolve_columns(
     return chosen
 
 
-def _first_true(mask: pa.ChunkedArray | pa.Array) -> int:
-    """1-based row number of the first true entry (callers know one exists)."""
-    return int(np.flatnonzero(np.asarray(pc.fill_null(mask, True)))[0]) + 1
+def _refuse_first(
+    bad: pa.ChunkedArray | pa.Array,
+    values: pa.ChunkedArray,
+    message: str,
+    source: str,
+    column: str,
+) -> None:
+    """Raise DataError at the first row where `bad` is true; `message` may use {value}."""
+    if pc.any(bad).as_py():
+        row = int(np.flatnonzero(np.asarray(pc.fill_null(bad, True)))[0]) + 1
+        value = values[row - 1].as_py()
+        raise DataError(message.format(value=repr(value)), source=source, column=column, row=row)
+
+
+def _not_integral(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    return pc.or_(pc.invert(pc.is_finite(values)), pc.not_equal(pc.floor(values), values))
 
 
 def _validate_id(values: pa.ChunkedArray, source: str, column: str) -> pa.ChunkedArray:
-    if values.null_count:
-        raise DataError(
-            "missing id", source=source, column=column, row=_first_true(pc.is_null(values))
-        )
+    _refuse_first(pc.is_null(values), values, "missing id", source, column)
     kind = values.type
     if pa.types.is_integer(kind):
         return values.cast(pa.int64())
     if pa.types.is_floating(kind):
-        bad = pc.or_(pc.is_nan(values), pc.not_equal(pc.floor(values), values))
-        if pc.any(bad).as_py():
-            row = _first_true(bad)
-            raise DataError(
-                f"id {values[row - 1].as_py()!r} is not an integer",
-                source=source,
-                column=column,
-                row=row,
-            )
+        _refuse_first(_not_integral(values), values, "id {value} is not an integer", source, column)
         return values.cast(pa.int64())
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return values.cast(pa.string())
@@ -386,69 +388,35 @@ def _validate_id(values: pa.ChunkedArray, source: str, column: str) -> pa.Chunke
 
 
 def _validate_timestamp(values: pa.ChunkedArray, source: str, column: str) -> pa.ChunkedArray:
-    if values.null_count:
-        raise DataError(
-            "missing timestamp", source=source, column=column, row=_first_true(pc.is_null(values))
-        )
+    _refuse_first(pc.is_null(values), values, "missing timestamp", source, column)
     kind = values.type
     if pa.types.is_integer(kind):
         return values.cast(pa.int64())
     if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
         return values.cast(pa.timestamp("s")).cast(pa.int64())
     if pa.types.is_floating(kind):
-        bad = pc.or_(pc.invert(pc.is_finite(values)), pc.not_equal(pc.floor(values), values))
-        if pc.any(bad).as_py():
-            row = _first_true(bad)
-            raise DataError(
-                f"timestamp {values[row - 1].as_py()!r} is not a finite integer",
-                source=source,
-                column=column,
-                row=row,
-            )
+        message = "timestamp {value} is not a finite integer"
+        _refuse_first(_not_integral(values), values, message, source, column)
         return values.cast(pa.int64())
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         bad = pc.invert(pc.match_substring_regex(values, r"^\s*[-+]?\d+\s*$"))
-        if pc.any(bad).as_py():
-            row = _first_true(bad)
-            raise DataError(
-                f"timestamp {values[row - 1].as_py()!r} is not an integer",
-                source=source,
-                column=column,
-                row=row,
-            )
+        _refuse_first(bad, values, "timestamp {value} is not an integer", source, column)
         return pc.utf8_trim_whitespace(values).cast(pa.int64())
     raise DataError(f"timestamps must be integers, not {kind}", source=source, column=column)
 
 
 def _validate_reward(values: pa.ChunkedArray, source: str, column: str) -> pa.ChunkedArray:
-    if values.null_count:
-        raise DataError(
-            "missing reward", source=source, column=column, row=_first_true(pc.is_null(values))
-        )
+    _refuse_first(pc.is_null(values), values, "missing reward", source, column)
     kind = values.type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         bad = pc.invert(pc.match_substring_regex(values, _NUMBER))
-        if pc.any(bad).as_py():
-            row = _first_true(bad)
-            raise DataError(
-                f"reward {values[row - 1].as_py()!r} is not a number",
-                source=source,
-                column=column,
-                row=row,
-            )
+        _refuse_first(bad, values, "reward {value} is not a number", source, column)
         values = pc.utf8_trim_whitespace(values)
     elif not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
         raise DataError(f"rewards must be numbers, not {kind}", source=source, column=column)
     as_float = values.cast(pa.float64())
     bad = pc.invert(pc.is_finite(as_float))
-    if pc.any(bad).as_py():
-        row = _first_true(bad)
-        raise DataError(
-            f"reward {as_float[row - 1].as_py()!r} is NaN or infinite",
-            source=source,
-            column=column,
-            row=row,
-        )
+    _refuse_first(bad, as_float, "reward {value} is NaN or infinite", source, column)
     return as_float
 
 
