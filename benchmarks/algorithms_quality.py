@@ -9,7 +9,16 @@ The expected picture: exp-SFT and A-SFT above SFT; PPO against the true reward a
 PPO against a mis-specified reward model (quality backwards) raising that model's score while
 the true reward falls -- reward hacking.
 
-    python benchmarks/algorithms_quality.py [--seed 0] [--threads 2]
+With `--world rmdiag` the same study runs on the project's own simulator (`rmdiag.simulate.World`,
+1,000 users x 250 items, MovieLens-like defaults otherwise), through the data layer: the generated
+log is validated and encoded (`rmdiag.data`), split leave-last-out (`rmdiag.split`), the policies
+train on each user's last training events (`rmdiag.sequences.user_sequences`) and are scored at
+each user's held-out last event, from the history before it (`event_sequences`). The world's
+exact oracle (`World.true_reward`) and its tail-wrong reward model (`World.misspecified_reward`)
+take world ids, so both are seen through the log's id encoding (`EncodedReward`); the catalog is
+the items the log contains.
+
+    python benchmarks/algorithms_quality.py [--world toy|rmdiag] [--seed 0] [--threads 2]
 
 The last line is one JSON object of headline figures.
 """
@@ -21,6 +30,8 @@ import copy
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +44,151 @@ from trainers import (  # noqa: E402
     ALGORITHMS,
     Context,
     ModelConfig,
+    RewardFn,
     SequentialRecommender,
     context_data,
     policy_scores,
+    sequence_data,
 )
+from trainers.data import TensorData  # noqa: E402
 from trainers.testing import ToyWorld, ToyWorldConfig  # noqa: E402
+
+# Policy history length (positions of the transformer), shared by both worlds.
+MAX_LEN = 30
+
+
+@dataclass
+class Study:
+    """What the study needs from a world, in the ids the policies use (items 1..n_items).
+
+    `train_data`: sequence data with each row's user (`users`), what every SFT-style run trains
+    on; `train_context`: the histories PPO rolls out from; `eval_context`: the histories the
+    policies are scored at (every item in them is excluded from the top-10); `true_reward` and
+    `misspecified_reward`: RewardFns in those ids; `tail`: optional mask over item ids [n_items + 1]
+    of the items the mis-specified model is wrong on (their share of each top-10 is reported).
+    """
+
+    description: str
+    n_items: int
+    train_data: TensorData
+    train_context: Context
+    eval_context: Context
+    true_reward: RewardFn
+    misspecified_reward: RewardFn
+    tail: torch.Tensor | None = None
+    facts: dict[str, object] = field(default_factory=dict)
+
+
+def toy_study(seed: int) -> Study:
+    """`trainers.testing.ToyWorld`: train on one logged session per user, score on a fresh one."""
+    world = ToyWorld(ToyWorldConfig(n_users=1000, n_items=200, n_clusters=5, min_length=15,
+                                    max_length=MAX_LEN, seed=seed))
+    train_data = world.generate()
+    fresh = world.generate()  # new sessions of the same users: where policies are scored
+    return Study(
+        description=(f"world: {world.config.n_users} users, {world.config.n_items} items, "
+                     f"{int((train_data['items'] != 0).sum())} logged events; "
+                     "scored on fresh sessions"),
+        n_items=world.config.n_items,
+        train_data=train_data,
+        train_context=world.contexts(train_data),
+        eval_context=world.contexts(fresh),
+        true_reward=world.true_reward,
+        misspecified_reward=world.misspecified_reward,
+    )
+
+
+class EncodedReward:
+    """A reward function in a world's ids, called with the ids of an encoded log.
+
+    `user_ids[u]` / `item_ids[i]` are the world ids of encoded user u / item i (index 0 = padding,
+    which stays 0), as `rmdiag.data.Interactions` keeps them. Context users, history items and
+    candidate items are translated; history rewards pass through.
+    """
+
+    def __init__(self, reward_fn: Callable[..., torch.Tensor], user_ids: np.ndarray,
+                 item_ids: np.ndarray) -> None:
+        self.reward_fn = reward_fn
+        self.user_ids = torch.from_numpy(np.asarray(user_ids, dtype=np.int64))
+        self.item_ids = torch.from_numpy(np.asarray(item_ids, dtype=np.int64))
+
+    def translate(self, context: Context, items: torch.Tensor) -> tuple[Context, torch.Tensor]:
+        world_context = Context(self.user_ids[context.users], self.item_ids[context.history_items],
+                                context.history_rewards)
+        return world_context, self.item_ids[items]
+
+    def __call__(self, context: Context, items: torch.Tensor) -> torch.Tensor:
+        return self.reward_fn(*self.translate(context, items))
+
+
+class EncodedEnsembleReward(EncodedReward):
+    """`EncodedReward` of an ensemble: also translates `members` (an `EnsembleRewardFn`)."""
+
+    def members(self, context: Context, items: torch.Tensor) -> torch.Tensor:
+        return self.reward_fn.members(*self.translate(context, items))  # type: ignore[attr-defined]
+
+
+def rmdiag_study(seed: int) -> Study:
+    """`rmdiag.simulate.World` through the data layer: encode, leave-last-out, sequences.
+
+    Every user's training sequence is their last MAX_LEN + 1 training events (users with more
+    lose the earliest); PPO rolls out from each user's whole training history and the policies
+    are scored at the held-out last event from the whole history before it, so every item the
+    user consumed is excluded from the top-10 (the model itself reads the last MAX_LEN).
+    """
+    from rmdiag.data import encode, validate
+    from rmdiag.sequences import event_sequences, user_sequences
+    from rmdiag.simulate import SimulationConfig, World
+    from rmdiag.split import leave_last_out
+
+    # 1,000 users x 250 items, ~25 events each (about the toy world's size); the log-sd of the
+    # lengths is lowered from 0.8 to 0.5 so that no user has consumed nearly the whole catalog
+    # (the longest has ~120 of 250 items): every user keeps at least 10 unseen items to score.
+    config = SimulationConfig(n_users=1000, n_items=250, mean_events=25.0, length_sigma=0.5,
+                              seed=seed)
+    world = World(config)
+    source = "<simulated world>"
+    log = encode(validate(world.generate(), source), source=source)
+    split = leave_last_out(log)
+    longest = int(np.bincount(log.users).max())
+
+    train = user_sequences(split.train, MAX_LEN + 1)
+    users = torch.arange(1, log.n_users + 1)
+    train_data = {**sequence_data(torch.from_numpy(train.items[1:]),
+                                  torch.from_numpy(train.rewards[1:])), "users": users}
+    whole_train = user_sequences(split.train, longest)
+    train_context = Context(users, torch.from_numpy(whole_train.items[1:]),
+                            torch.from_numpy(whole_train.rewards[1:]))
+    eval_context = event_sequences(split.train.concat(split.valid), split.test, longest).context()
+
+    tail_items = world.rarely_exposed()[log.item_ids]  # over encoded ids; padding maps to 0
+    n_tail_events = int(tail_items[log.items].sum())
+    tail = torch.from_numpy(tail_items)
+    n_trained = int((train_data["items"] != 0).sum())
+    return Study(
+        description=(
+            f"world: rmdiag.simulate.World (seed {seed}), {log.n_users} users, {log.n_items} of "
+            f"{world.n_items} items logged (the catalog), {len(log)} logged events "
+            f"({len(split.train)} train, {n_trained} in the training sequences of length "
+            f"<= {MAX_LEN + 1}); {int(tail.sum())} tail items with "
+            f"{n_tail_events} events; scored at each user's held-out last event "
+            f"({len(split.test)} users)"
+        ),
+        n_items=log.n_items,
+        train_data=train_data,
+        train_context=train_context,
+        eval_context=eval_context,
+        true_reward=EncodedReward(world.true_reward, log.user_ids, log.item_ids),
+        misspecified_reward=EncodedEnsembleReward(world.misspecified_reward(), log.user_ids,
+                                                  log.item_ids),
+        tail=tail,
+        facts={"world": "rmdiag", "users": log.n_users, "items": log.n_items,
+               "world_items": world.n_items, "events": len(log),
+               "tail_items": int(tail.sum())},
+    )
+
+
+WORLDS: dict[str, Callable[[int], Study]] = {"toy": toy_study, "rmdiag": rmdiag_study}
 
 
 def figure(values: np.ndarray) -> dict[str, float]:
@@ -52,6 +203,8 @@ def top10(model: SequentialRecommender, context: Context) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--world", choices=sorted(WORLDS), default="toy",
+                        help="trainers.testing.ToyWorld (toy) or rmdiag.simulate.World (rmdiag)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=20, help="epochs of each SFT-style run")
@@ -61,18 +214,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    world = ToyWorld(ToyWorldConfig(n_users=1000, n_items=200, n_clusters=5, min_length=15,
-                                    max_length=30, seed=args.seed))
-    train_data = world.generate()
-    fresh = world.generate()  # new sessions of the same users: where policies are scored
-    train_context = world.contexts(train_data)
-    eval_context = world.contexts(fresh)
+    study = WORLDS[args.world](args.seed)
+    train_data, train_context, eval_context = (study.train_data, study.train_context,
+                                               study.eval_context)
+    seen = torch.zeros(len(eval_context), study.n_items + 1).scatter_(
+        1, eval_context.history_items, 1.0)[:, 1:].sum(1)
+    if bool((study.n_items - seen < 10).any()):
+        raise ValueError("some evaluation user has fewer than 10 unseen items to recommend")
 
     def new_policy() -> SequentialRecommender:
         torch.manual_seed(args.seed)
-        return SequentialRecommender(ModelConfig(n_items=world.config.n_items, hidden=64,
-                                                 n_blocks=2, n_heads=2, max_len=30, dropout=0.1))
-
+        return SequentialRecommender(ModelConfig(n_items=study.n_items, hidden=64,
+                                                 n_blocks=2, n_heads=2, max_len=MAX_LEN,
+                                                 dropout=0.1))
     sft_settings = {"lr": 3e-3, "batch_size": 128, "epochs": args.epochs, "seed": args.seed,
                     "progress": False}
     runs = {
@@ -97,15 +251,15 @@ def main(argv: list[str] | None = None) -> None:
     tick = time.perf_counter()
     policies["a-sft (true RM, β=0.5)"] = new_policy()
     train(policies["a-sft (true RM, β=0.5)"], train_data, config_class(**sft_settings, beta=0.5),
-          reward_fn=world.true_reward, reference=sft)
+          reward_fn=study.true_reward, reference=sft)
     seconds["a-sft (true RM, β=0.5)"] = time.perf_counter() - tick
 
     ppo_config, train_ppo = ALGORITHMS["ppo"]
     ppo_settings = {"lr": args.ppo_lr, "batch_size": 200, "epochs": args.ppo_epochs,
                     "kl_coef": args.kl_coef,
                     "group_size": 8, "seed": args.seed, "progress": False}
-    for name, reward_fn in (("ppo (true reward)", world.true_reward),
-                            ("ppo (mis-specified RM)", world.misspecified_reward)):
+    for name, reward_fn in (("ppo (true reward)", study.true_reward),
+                            ("ppo (mis-specified RM)", study.misspecified_reward)):
         tick = time.perf_counter()
         policies[name] = copy.deepcopy(sft)
         train_ppo(policies[name], context_data(train_context), ppo_config(**ppo_settings),
@@ -113,19 +267,17 @@ def main(argv: list[str] | None = None) -> None:
         seconds[name] = time.perf_counter() - tick
         print(f"trained {name} in {seconds[name]:.1f}s", flush=True)
 
-    true = {name: world.true_reward(eval_context, top10(policy, eval_context)).mean(1).numpy()
-            for name, policy in policies.items()}
-    misspecified = {
-        name: world.misspecified_reward(eval_context, top10(policy, eval_context)).mean(1).numpy()
-        for name, policy in policies.items()
-    }
-    catalog = torch.arange(1, world.config.n_items + 1).expand(len(eval_context), -1)
+    tops = {name: top10(policy, eval_context) for name, policy in policies.items()}
+    true = {name: study.true_reward(eval_context, top).mean(1).numpy()
+            for name, top in tops.items()}
+    misspecified = {name: study.misspecified_reward(eval_context, top).mean(1).numpy()
+                    for name, top in tops.items()}
+    catalog = torch.arange(1, study.n_items + 1).expand(len(eval_context), -1)
     unseen_reward = torch.cat([torch.full((len(eval_context), 1), float("-inf")),
-                               world.true_reward(eval_context, catalog)], dim=1)
+                               study.true_reward(eval_context, catalog)], dim=1)
     unseen_reward.scatter_(1, eval_context.history_items, float("-inf"))
     oracle = unseen_reward.topk(10, dim=1).values.mean(1).numpy()
-    print(f"world: {world.config.n_users} users, {world.config.n_items} items, "
-          f"{int((train_data['items'] != 0).sum())} logged events; scored on fresh sessions")
+    print(study.description)
     print(f"{'policy':28s} {'true top-10 reward':>28s} {'vs SFT (paired)':>30s} "
           f"{'mis-specified RM':>10s} {'train s':>8s}")
     summary: dict[str, object] = {}
@@ -138,6 +290,13 @@ def main(argv: list[str] | None = None) -> None:
         summary[name] = {"true_top10_reward": level, "gain_over_sft": gain,
                          "misspecified_rm_top10": float(misspecified[name].mean())}
     print(f"{'oracle (best 10 unseen items)':28s} {oracle.mean():.3f}")
+    if study.tail is not None:
+        # Where the mis-specified model is wrong: how much of each top-10 sits there.
+        tail_share = {name: float(study.tail[top].float().mean()) for name, top in tops.items()}
+        print("share of tail items in the top-10: " + ", ".join(
+            f"{name} {share:.3f}" for name, share in tail_share.items()))
+        for name, share in tail_share.items():
+            summary[name]["tail_share_top10"] = share  # type: ignore[index]
     best_sft_style = max(("exp-sft (λ=0.5)", "a-sft (user mean, β=0.5)"),
                          key=lambda name: true[name].mean())
     ppo_over = figure(true["ppo (true reward)"] - true[best_sft_style])
@@ -152,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
           f"[{hacked_rm['low']:+.3f}, {hacked_rm['high']:+.3f}], true reward "
           f"{hacked_true['value']:+.3f} [{hacked_true['low']:+.3f}, {hacked_true['high']:+.3f}]")
     print(json.dumps({
+        **study.facts,
         "exp_sft_gain": summary["exp-sft (λ=0.5)"]["gain_over_sft"],  # type: ignore[index]
         "a_sft_gain": summary["a-sft (user mean, β=0.5)"]["gain_over_sft"],  # type: ignore[index]
         "a_sft_rm_gain": summary["a-sft (true RM, β=0.5)"]["gain_over_sft"],  # type: ignore[index]
