@@ -297,6 +297,12 @@ def main(argv: list[str] | None = None) -> None:
             f"{name} {share:.3f}" for name, share in tail_share.items()))
         for name, share in tail_share.items():
             summary[name]["tail_share_top10"] = share  # type: ignore[index]
+        # A model wrong only on the tail still ranks the rest right, so what it costs is best
+        # read against PPO on the true reward, not against SFT.
+        cost = figure(true["ppo (mis-specified RM)"] - true["ppo (true reward)"])
+        print(f"PPO (mis-specified RM) vs PPO (true reward), true reward: {cost['value']:+.3f} "
+              f"[{cost['low']:+.3f}, {cost['high']:+.3f}]")
+        study.facts["ppo_misspecified_vs_ppo_true"] = cost
     best_sft_style = max(("exp-sft (λ=0.5)", "a-sft (user mean, β=0.5)"),
                          key=lambda name: true[name].mean())
     ppo_over = figure(true["ppo (true reward)"] - true[best_sft_style])
