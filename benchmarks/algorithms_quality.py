@@ -16,7 +16,9 @@ train on each user's last training events (`rmdiag.sequences.user_sequences`) an
 each user's held-out last event, from the history before it (`event_sequences`). The world's
 exact oracle (`World.true_reward`) and its tail-wrong reward model (`World.misspecified_reward`)
 take world ids, so both are seen through the log's id encoding (`EncodedReward`); the catalog is
-the items the log contains.
+the items the log contains. That reward model is right off the tail and the truth + 1.5 on it, so
+the share of tail items in each top-10 is reported too (benchmarks/RESULTS.md: there the true
+reward of PPO against it does not fall below SFT's; it falls short of PPO on the truth).
 
     python benchmarks/algorithms_quality.py [--world toy|rmdiag] [--seed 0] [--threads 2]
 
