@@ -23,7 +23,7 @@ class Split:
     test: Interactions
 
 
-def _position_from_end(log: Interactions) -> tuple[np.ndarray, np.ndarray]:
+def position_from_end(log: Interactions) -> tuple[np.ndarray, np.ndarray]:
     """For each event: how many of its user's events follow it, and its user's event count."""
     users = log.users
     counts = np.bincount(users, minlength=log.n_users + 1)
@@ -35,7 +35,7 @@ def _position_from_end(log: Interactions) -> tuple[np.ndarray, np.ndarray]:
 def leave_last_out(log: Interactions, min_events: int = 3) -> Split:
     """valid = each user's second-last event, test = the last; users with fewer than
     `min_events` events keep all of them in train (nothing of theirs could be learned)."""
-    from_end, counts = _position_from_end(log)
+    from_end, counts = position_from_end(log)
     eligible = counts >= min_events
     test = eligible & (from_end == 0)
     valid = eligible & (from_end == 1)

@@ -15,12 +15,11 @@ from contextlib import contextmanager
 from typing import ClassVar, Self
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from rmdiag.data import Interactions
 from rmdiag.sequences import event_sequences
+from rmdiag.split import position_from_end
 from trainers.protocols import Context
 
 # Rows per forward pass when predicting many events: bounds memory, not a tuning knob.
@@ -28,18 +27,13 @@ PREDICT_BATCH = 4096
 
 
 def columns(log: Interactions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(user, item, reward) of a log as numpy arrays."""
-    table = log.table
-    return (
-        table.column("user").to_numpy().astype(np.int64, copy=False),
-        table.column("item").to_numpy().astype(np.int64, copy=False),
-        table.column("reward").to_numpy().astype(np.float64, copy=False),
-    )
+    """(user, item, reward) of a log as numpy arrays (the log's cached, read-only columns)."""
+    return log.users, log.items, log.rewards
 
 
 def event_weights(log: Interactions, user_weight: np.ndarray | None) -> np.ndarray:
     """Per-event weight from a per-user weight vector (index = encoded user id); ones if None."""
-    users = log.table.column("user").to_numpy()
+    users = log.users
     if user_weight is None:
         return np.ones(len(users), dtype=np.float64)
     user_weight = np.asarray(user_weight, dtype=np.float64)
@@ -54,18 +48,11 @@ def event_weights(log: Interactions, user_weight: np.ndarray | None) -> np.ndarr
 def last_event_split(log: Interactions, min_events: int = 3) -> tuple[Interactions, Interactions]:
     """Hold out each user's last event (users with at least ``min_events`` events) for tuning.
 
-    The table is sorted by user then time, so a user's last event is the row before the next user.
     Returns (fit part, validation part); the validation part is empty when no user qualifies.
     """
-    users = log.table.column("user").to_numpy()
-    n = len(users)
-    if n == 0:
-        return log, log
-    is_last = np.r_[users[1:] != users[:-1], True]
-    counts = np.bincount(users, minlength=log.n_users + 1)
-    held = is_last & (counts[users] >= min_events)
-    mask = pa.array(held)
-    return log.with_table(log.table.filter(pc.invert(mask))), log.with_table(log.table.filter(mask))
+    from_end, counts = position_from_end(log)
+    held = (from_end == 0) & (counts >= min_events)
+    return log.take(~held), log.take(held)
 
 
 def pad_last(array: np.ndarray, length: int) -> np.ndarray:
