@@ -110,6 +110,10 @@ class RewardModel(ABC):
     def __call__(self, context: Context, items: torch.Tensor) -> torch.Tensor:
         return self.predict(context, items)
 
+    def _refuse_empty(self, train: Interactions) -> None:
+        if len(train) == 0:
+            raise ValueError(f"cannot fit {type(self).__name__} on an empty log")
+
     def _check_fitted(self) -> None:
         if not getattr(self, "fitted_", False):
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(train) first")

@@ -49,9 +49,8 @@ class GlobalMean(RewardModel):
         *,
         user_weight: np.ndarray | None = None,
     ) -> Self:
+        self._refuse_empty(train)
         _, _, reward = columns(train)
-        if len(reward) == 0:
-            raise ValueError("cannot fit GlobalMean on an empty log")
         self.mean_ = float(np.average(reward, weights=event_weights(train, user_weight)))
         self.fitted_ = True
         return self
@@ -78,9 +77,8 @@ class _ShrunkMean(RewardModel):
     ) -> Self:
         if self.shrinkage is not None and self.shrinkage < 0:
             raise ValueError(f"shrinkage must be >= 0, got {self.shrinkage}")
+        self._refuse_empty(train)
         users, items, reward = columns(train)
-        if len(reward) == 0:
-            raise ValueError(f"cannot fit {type(self).__name__} on an empty log")
         weight = event_weights(train, user_weight)
         keys = users if self.key == "user" else items
         size = (train.n_users if self.key == "user" else train.n_items) + 1
@@ -175,9 +173,8 @@ class BiasModel(RewardModel):
         *,
         user_weight: np.ndarray | None = None,
     ) -> Self:
+        self._refuse_empty(train)
         users, items, reward = columns(train)
-        if len(reward) == 0:
-            raise ValueError("cannot fit BiasModel on an empty log")
         weight = event_weights(train, user_weight)
         sizes = (train.n_users + 1, train.n_items + 1)
         self.global_mean_ = float(np.average(reward, weights=weight))

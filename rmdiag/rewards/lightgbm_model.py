@@ -278,9 +278,8 @@ class LightGBMRewardModel(RewardModel):
         *,
         user_weight: np.ndarray | None = None,
     ) -> Self:
+        self._refuse_empty(train)
         _, _, reward = columns(train)
-        if len(reward) == 0:
-            raise ValueError("cannot fit LightGBMRewardModel on an empty log")
         weight = event_weights(train, user_weight)
         self._fit_statistics(train, weight)
         item_oof, user_oof = self._out_of_fold(train, weight)

@@ -180,9 +180,8 @@ class SequenceRewardModel(RewardModel):
     ) -> Self:
         if self.dim % self.n_heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+        self._refuse_empty(train)
         _, _, reward = columns(train)
-        if len(reward) == 0:
-            raise ValueError("cannot fit SequenceRewardModel on an empty log")
         weight = event_weights(train, user_weight)
         self.mean_ = float(np.average(reward, weights=weight))
         self.scale_ = float(
