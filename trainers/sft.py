@@ -236,3 +236,44 @@ def train_a_sft(
     elif reference is not None:
         raise ValueError("a reference policy is only used with a reward_fn")
     return _train_weighted(model, data, config, a_sft_loss, eval_fn, resume_from)  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def a_sft_advantages(
+    data: TensorData,
+    reward_fn: RewardFn,
+    reference: Scorer,
+    top_k: int | None = None,
+    batch_size: int = 256,
+) -> TensorData:
+    """``data`` with A-SFT's advantages A = r − b(s) added, b(s) = E_{a∼π_ref}[R̂(s, a)].
+
+    Computed on each target's history as its own event, as it would be served. With ``top_k``,
+    the expectation runs over π_ref's top_k items renormalized (the policy's likely actions)
+    instead of the whole catalog: the reward model is called k times per event, not n_items
+    times. Precompute once to share between runs (e.g. a β sweep): A does not depend on β.
+    """
+    data = check_data(data)
+    events = sequences_to_events(data) if is_sequence_data(data) else data
+    baselines = []
+    n_rows = int(events["users"].shape[0])
+    for start in range(0, n_rows, batch_size):
+        rows = slice(start, start + batch_size)
+        context = batch_context({key: value[rows] for key, value in events.items()})
+        logits = reference(context).float()
+        logits[:, 0] = float("-inf")  # the padding column is no action
+        if top_k is None or top_k >= logits.shape[1] - 1:
+            probs = torch.softmax(logits, dim=1)[:, 1:]
+            items = torch.arange(1, probs.shape[1] + 1).expand(len(context), -1)
+        else:
+            top = logits.topk(top_k, dim=1)
+            probs, items = torch.softmax(top.values, dim=1), top.indices
+        baselines.append((probs * reward_fn(context, items).float()).sum(1))
+    advantage = events["target_rewards"] - torch.cat(baselines) if baselines else events[
+        "target_rewards"][:0]
+    if is_sequence_data(data):
+        # Back onto the sequence grid, so training still runs every position at once.
+        grid = torch.zeros_like(data["rewards"])
+        grid[:, 1:][data["items"][:, 1:] != 0] = advantage
+        advantage = grid
+    return {**data, "advantages": advantage}
