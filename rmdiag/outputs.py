@@ -26,12 +26,23 @@ def _check_finite(value: Any, path: str = "$") -> Any:
     return value
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike[str], content: str | bytes) -> None:
-    """Write to a temp file beside `path`, then rename over it."""
+    """Write to a temp file beside `path`, then rename over it.
+
+    The file gets the mode an ordinary `open()` would give it (0666 less the umask): mkstemp's
+    private 0600 would hide results from the rest of a team's group.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(content.encode() if isinstance(content, str) else content)
         os.replace(tmp, target)
