@@ -18,18 +18,16 @@ from hypothesis import strategies as st
 from rmdiag.audit import (
     METRICS,
     SLICES,
-    VERDICTS,
     AuditConfig,
     InsufficientDataError,
-    _per_user_metrics,
-    _Slice,
     audit,
     audit_inputs,
-    verdict_from,
     within_user_pairs,
-    write_audit,
 )
+from rmdiag.audit.metrics import Slice, per_user_metrics
 from rmdiag.data import DataError, load
+from rmdiag.report import audit_json, write_audit
+from rmdiag.select import VERDICTS, SelectConfig, judge, verdict_from
 from rmdiag.simulate import SimulationConfig, World
 
 # Small, fast audits: LightGBM members only (the sequence RM is covered by test_rewards and by
@@ -43,8 +41,8 @@ FAST = AuditConfig(
     n_resamples=500,
     threads=1,
     min_count=40,
-    require_unexplored=True,
 )
+SELECT = SelectConfig(require_unexplored=True)
 WORLD_SIZE = {"n_users": 1000, "n_items": 300, "mean_events": 30, "seed": 0}
 
 
@@ -74,14 +72,16 @@ def directional():
 
 
 def test_learnable_world_generalizes(learnable) -> None:
-    assert learnable.verdict == "generalizes", learnable.reasons
+    judgement = judge(learnable, SELECT)
+    assert judgement.verdict == "generalizes", judgement.reasons
     assert learnable.models["ensemble"]["unexplored"]["rmse"].available
     # the reasons cite the figures they rest on
-    assert any("Holm-adjusted p" in reason for reason in learnable.reasons)
+    assert any("Holm-adjusted p" in reason for reason in judgement.reasons)
 
 
 def test_item_means_plus_noise_is_unreliable_and_nothing_beats_item_mean(noise) -> None:
-    assert noise.verdict == "unreliable", noise.reasons
+    judgement = judge(noise, SELECT)
+    assert judgement.verdict == "unreliable", judgement.reasons
     for entry in noise.comparisons:
         if entry["baseline"] == "item_mean" and entry["p_adjusted"] is not None:
             assert not (
@@ -97,7 +97,8 @@ def test_item_means_plus_noise_is_unreliable_and_nothing_beats_item_mean(noise) 
 
 
 def test_world_in_between_is_directional(directional) -> None:
-    assert directional.verdict == "directional", directional.reasons
+    judgement = judge(directional, SELECT)
+    assert judgement.verdict == "directional", judgement.reasons
     ensemble = directional.models["ensemble"]["all"]
     assert ensemble["pairwise_accuracy"].low > 0.5  # orders a user's events better than chance
     bias = next(
@@ -112,12 +113,12 @@ def test_world_in_between_is_directional(directional) -> None:
 
 
 def test_verdict_thresholds_are_configurable(learnable) -> None:
-    strict = dataclasses.replace(learnable.config, min_rmse_gain=10.0)
-    verdict, reasons = verdict_from(learnable.models, learnable.comparisons, strict)
-    assert verdict != "generalizes" and reasons
-    demanding = dataclasses.replace(learnable.config, directional_baselines="bias")
-    verdict, _ = verdict_from(learnable.models, learnable.comparisons, demanding)
-    assert verdict == "generalizes"
+    strict = dataclasses.replace(SELECT, min_rmse_gain=10.0)
+    judgement = verdict_from(learnable.models, learnable.comparisons, strict)
+    assert judgement.verdict != "generalizes" and judgement.reasons
+    demanding = dataclasses.replace(SELECT, directional_baselines="bias")
+    judgement = verdict_from(learnable.models, learnable.comparisons, demanding)
+    assert judgement.verdict == "generalizes"
 
 
 # ---- the output contract ------------------------------------------------------------------------
@@ -136,7 +137,7 @@ def _figures(payload):
 
 
 def test_audit_json_has_the_contract_keys_and_no_nan(learnable) -> None:
-    payload = learnable.to_json()
+    payload = audit_json(learnable, judge(learnable, SELECT))
     text = json.dumps(payload, allow_nan=False)  # raises on NaN/inf
     assert payload["verdict"] in VERDICTS
     for name in ("global_mean", "user_mean", "item_mean", "bias", "lightgbm", "ensemble"):
@@ -202,7 +203,7 @@ def test_write_audit_writes_both_files_and_escapes_user_strings(tmp_path: Path) 
     )
     result = audit(train, heldout, config=config)
     out = tmp_path / "out"
-    write_audit(result, out)
+    write_audit(result, judge(result), out)
     assert sorted(p.name for p in out.iterdir()) == ["audit.html", "audit.json"]
     page = (out / "audit.html").read_text()
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;&amp;.csv" in page
@@ -212,14 +213,14 @@ def test_write_audit_writes_both_files_and_escapes_user_strings(tmp_path: Path) 
 
 
 def test_failed_write_leaves_nothing(learnable, tmp_path: Path, monkeypatch) -> None:
-    import rmdiag.audit_report
+    import rmdiag.report.audit_output
 
-    def broken(result):
+    def broken(result, judgement):
         raise RuntimeError("render failed")
 
-    monkeypatch.setattr(rmdiag.audit_report, "render_html", broken)
+    monkeypatch.setattr(rmdiag.report.audit_output, "render_audit_html", broken)
     with pytest.raises(RuntimeError):
-        write_audit(learnable, tmp_path / "out")
+        write_audit(learnable, judge(learnable), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -292,11 +293,11 @@ def test_within_user_pairs_are_all_pairs_of_one_user(raw: list[int]) -> None:
 def test_pairwise_accuracy_counts_ties_half_and_skips_equal_rewards() -> None:
     users = np.repeat(np.arange(30), 3)
     rewards = np.tile([1.0, 3.0, 3.0], 30)  # per user: 2 usable pairs, 1 pair with equal rewards
-    piece = _Slice.build("all", np.arange(90), users, rewards)
+    piece = Slice.build("all", np.arange(90), users, rewards)
     config = AuditConfig(min_users=2, min_pairs=1)
-    perfect = _per_user_metrics(rewards, rewards, piece, config)["pairwise_accuracy"]
-    constant = _per_user_metrics(np.zeros(90), rewards, piece, config)["pairwise_accuracy"]
-    reversed_ = _per_user_metrics(-rewards, rewards, piece, config)["pairwise_accuracy"]
+    perfect = per_user_metrics(rewards, rewards, piece, config)["pairwise_accuracy"]
+    constant = per_user_metrics(np.zeros(90), rewards, piece, config)["pairwise_accuracy"]
+    reversed_ = per_user_metrics(-rewards, rewards, piece, config)["pairwise_accuracy"]
     assert perfect.mean() == pytest.approx(1.0)
     assert constant.mean() == pytest.approx(0.5)
     assert reversed_.mean() == pytest.approx(0.0)
@@ -306,8 +307,10 @@ def test_config_refuses_bad_values() -> None:
     with pytest.raises(ValueError, match="kinds"):
         AuditConfig(kinds="bias")
     with pytest.raises(ValueError, match="directional_baselines"):
-        AuditConfig(directional_baselines="oracle")
-    for f in dataclasses.fields(AuditConfig):
+        SelectConfig(directional_baselines="oracle")
+    with pytest.raises(ValueError, match="alpha"):
+        SelectConfig(alpha=1.5)
+    for f in (*dataclasses.fields(AuditConfig), *dataclasses.fields(SelectConfig)):
         assert f.metadata.get("help"), f.name  # every field documents its CLI flag
 
 
