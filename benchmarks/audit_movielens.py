@@ -36,7 +36,9 @@ def main() -> None:
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     from benchmarks._movielens import movielens_100k_path
-    from rmdiag.audit import AuditConfig, audit, audit_inputs, write_audit
+    from rmdiag.audit import AuditConfig, audit, audit_inputs
+    from rmdiag.report import write_audit
+    from rmdiag.select import judge
 
     path = args.data or str(movielens_100k_path())
     load_avg = os.getloadavg()
@@ -47,8 +49,9 @@ def main() -> None:
         kinds=args.kinds, n_members=args.members, threads=args.threads, seed=args.seed
     )
     result = audit(train, heldout, config=config)
+    judgement = judge(result)
     if args.out:
-        write_audit(result, args.out)
+        write_audit(result, judgement, args.out)
     total = time.perf_counter() - started
 
     print(f"data: {path}: {len(train)} training and {len(heldout)} held-out events")
@@ -76,8 +79,8 @@ def main() -> None:
             for k, v in result.gap.items()
         },
     )
-    print(f"\nverdict: {result.verdict}")
-    for reason in result.reasons:
+    print(f"\nverdict: {judgement.verdict}")
+    for reason in judgement.reasons:
         print(f"  - {reason}")
     print(
         f"\nwall time {total:.1f} s (target < 120 s on 2 cores): load+split {loaded:.1f} s, "
@@ -101,7 +104,7 @@ def main() -> None:
     headline = {
         "seconds": round(total, 2),
         "members": args.members,
-        "verdict": result.verdict,
+        "verdict": judgement.verdict,
         "ensemble_rmse": ensemble["rmse"].value,
         "ensemble_pairwise_accuracy": ensemble["pairwise_accuracy"].value,
         "bias_rmse": result.models["bias"]["all"]["rmse"].value,

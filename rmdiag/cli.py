@@ -134,10 +134,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from rmdiag.audit import AuditConfig
     from rmdiag.pipeline import RunConfig, run
+    from rmdiag.select import SelectConfig
 
     config = dataclass_from_args(RunConfig, args)
     simulation = None if args.data else _simulation_config(args, prefix="sim_")
     audit_config = dataclass_from_args(AuditConfig, args, prefix="audit_")
+    select_config = dataclass_from_args(SelectConfig, args, prefix="select_")
     summary = run(
         config,
         data=args.data,
@@ -145,23 +147,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
         out=args.out,
         simulation=simulation,
         audit_config=audit_config,
+        select_config=select_config,
     )
     print(summary.render())
     return EXIT_OK
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from rmdiag.audit import AuditConfig, audit_files
+    from rmdiag.audit import AuditConfig
+    from rmdiag.pipeline import audit_files
+    from rmdiag.select import SelectConfig
 
-    result = audit_files(
+    _, judgement = audit_files(
         args.data,
         args.out,
         holdout=args.holdout,
         columns=_column_mapping(args.column),
         config=dataclass_from_args(AuditConfig, args),
+        select_config=dataclass_from_args(SelectConfig, args),
     )
-    print(f"verdict: {result.verdict}")
-    for reason in result.reasons:
+    print(f"verdict: {judgement.verdict}")
+    for reason in judgement.reasons:
         print(f"  - {reason}")
     return EXIT_OK
 
@@ -170,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     from rmdiag import __version__
     from rmdiag.audit import AuditConfig
     from rmdiag.pipeline import RunConfig
+    from rmdiag.select import SelectConfig
 
     parser = argparse.ArgumentParser(
         prog="rmdiag",
@@ -184,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="directory for the results (JSON)")
     add_dataclass_flags(run, RunConfig)
     add_dataclass_flags(run, AuditConfig, prefix="audit_")
+    add_dataclass_flags(run, SelectConfig, prefix="select_")
     _add_simulation_flags(run, prefix="sim_")
     run.set_defaults(handler=_cmd_run)
 
@@ -198,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("--out", required=True, help="directory for audit.json and audit.html")
     add_dataclass_flags(audit, AuditConfig)
+    add_dataclass_flags(audit, SelectConfig)
     audit.set_defaults(handler=_cmd_audit)
 
     simulate = commands.add_parser("simulate", help="write a simulated interaction log")

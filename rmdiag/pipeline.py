@@ -1,7 +1,8 @@
 """`rmdiag run`: the whole job on one log. Today it loads (or simulates) the log, splits it, builds
 the sequences every later stage consumes, audits the reward-model ensemble against the baselines
-on the held-out events, and writes summary.json (with the audit's verdict and figures),
-audit.json and audit.html; selection, training and evaluation of policies join as they land."""
+on the held-out events, judges the audit (`rmdiag.select`), and writes summary.json (with the
+audit's verdict and figures), audit.json and audit.html; training and evaluation of policies
+join as they land. `audit_files` is `rmdiag audit`: read, audit, judge, write."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rmdiag.audit import AuditConfig, AuditResult, audit, audit_files_content
+from rmdiag.audit import AuditConfig, AuditResult, audit, audit_inputs
 from rmdiag.data import Interactions, encode, load, validate
 from rmdiag.outputs import publish, to_json
+from rmdiag.report import audit_files_content, audit_json, write_audit
+from rmdiag.select import Judgement, SelectConfig, judge
 from rmdiag.sequences import event_sequences, user_sequences
 from rmdiag.split import Split, leave_last_out, temporal_split, time_quantile, unexplored_mask
 
@@ -64,11 +67,12 @@ class RunSummary:
     split: dict[str, Any]
     sequences: dict[str, Any]
     audit: AuditResult | None = None
+    judgement: Judgement | None = None  # the selection's verdict on `audit`
 
     def to_json(self) -> dict[str, Any]:
         payload = {"data": self.data, "split": self.split, "sequences": self.sequences}
-        if self.audit is not None:
-            payload["audit"] = self.audit.to_json()
+        if self.audit is not None and self.judgement is not None:
+            payload["audit"] = audit_json(self.audit, self.judgement)
         return payload
 
     def render(self) -> str:
@@ -86,9 +90,9 @@ class RunSummary:
                 f"mean history length {q['mean_test_history']:.1f}",
             ]
             + (
-                [f"audit     verdict {self.audit.verdict}"]
-                + [f"          - {reason}" for reason in self.audit.reasons]
-                if self.audit is not None
+                [f"audit     verdict {self.judgement.verdict}"]
+                + [f"          - {reason}" for reason in self.judgement.reasons]
+                if self.judgement is not None
                 else []
             )
         )
@@ -125,6 +129,7 @@ def run(
     out: str | os.PathLike[str] | None = None,
     simulation: Any | None = None,
     audit_config: AuditConfig | None = None,
+    select_config: SelectConfig | None = None,
 ) -> RunSummary:
     """Run the job; with `out`, write summary.json (and audit.json, audit.html) there, only once
     everything succeeded."""
@@ -137,6 +142,7 @@ def run(
     train_sequences = user_sequences(split.train, config.max_len)
     test_sequences = event_sequences(split.train.concat(split.valid), split.test, config.max_len)
     audit_config = audit_config or AuditConfig()
+    select_config = select_config or SelectConfig()
     unexplored = unexplored_mask(split.train, split.test, audit_config.min_count)
     summary = RunSummary(
         data=log.summary(),
@@ -160,18 +166,40 @@ def run(
     if config.audit:
         # the held-out events are the split's valid and test events, as `rmdiag audit` holds out
         heldout = split.valid.concat(split.test)
-        summary = dataclasses.replace(
-            summary, audit=audit(split.train, heldout, config=audit_config)
-        )
+        result = audit(split.train, heldout, config=audit_config)
+        summary = dataclasses.replace(summary, audit=result, judgement=judge(result, select_config))
     if out is not None:
         payload = summary.to_json() | {
             "config": asdict(config),
             "audit_config": asdict(audit_config),
+            "select_config": asdict(select_config),
         }
         if data is None:
             payload["simulation"] = asdict(simulation)
         files = {"summary.json": to_json(payload)}
-        if summary.audit is not None:
-            files |= audit_files_content(summary.audit)
+        if summary.audit is not None and summary.judgement is not None:
+            files |= audit_files_content(summary.audit, summary.judgement)
         publish(out, files)
     return summary
+
+
+def audit_files(
+    data: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    holdout: str | os.PathLike[str] | None = None,
+    columns: Mapping[str, str] | None = None,
+    config: AuditConfig | None = None,
+    select_config: SelectConfig | None = None,
+) -> tuple[AuditResult, Judgement]:
+    """``rmdiag audit --data FILE [--holdout FILE] --out DIR`` as a function: read, audit,
+    judge, write audit.json and audit.html.
+
+    Raises ``rmdiag.data.DataError`` (``InsufficientDataError`` included) before writing
+    anything when the input is bad or cannot support an audit.
+    """
+    train, heldout = audit_inputs(data, holdout, columns)
+    result = audit(train, heldout, config=config)
+    judgement = judge(result, select_config)
+    write_audit(result, judgement, out_dir)
+    return result, judgement

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rmdiag.simulate import PRESETS, SimulationConfig, World, popularity_gini
+from rmdiag.simulate.fit import world_from_interactions
 from trainers.protocols import Context, RewardFn
 
 SMALL = SimulationConfig(n_users=150, n_items=120, mean_events=20.0, seed=3)
@@ -344,7 +345,7 @@ def fitted_pair() -> tuple[pa.Table, World]:
     source = World(SimulationConfig(n_users=400, n_items=300, mean_events=30.0, seed=8))
     real = source.generate()
     real = real.set_column(0, "user_id", pa.array(real["user_id"].to_numpy() * 7 + 1000))
-    return real, World.from_interactions(real, rank=8, seed=2)
+    return real, world_from_interactions(real, rank=8, seed=2)
 
 
 def test_from_interactions_reproduces_histogram_popularity_and_lengths(
@@ -365,7 +366,7 @@ def test_from_interactions_reproduces_histogram_popularity_and_lengths(
     assert np.array_equal(np.bincount(simulated["user_id"].to_numpy())[1:], real_lengths)
     assert fitted.raw_user_ids is not None and fitted.raw_user_ids[1] == 1 * 7 + 1000
     # Deterministic; timestamps increase within each user and tie as often as the real ones.
-    assert World.from_interactions(real, rank=8, seed=2).generate().equals(simulated)
+    assert world_from_interactions(real, rank=8, seed=2).generate().equals(simulated)
 
     def steps(table: pa.Table) -> np.ndarray:
         users = table["user_id"].to_numpy()
@@ -379,7 +380,7 @@ def test_a_fitted_world_is_about_as_learnable_as_its_source(
     fitted_pair: tuple[pa.Table, World],
 ) -> None:
     """The same model's held-out error on the fitted world's log is close to the real one's."""
-    from rmdiag.simulate import _heldout_mse
+    from rmdiag.simulate.fit import _heldout_mse
 
     real, fitted = fitted_pair
 
@@ -403,7 +404,7 @@ def test_a_fitted_world_is_about_as_learnable_as_its_source(
 
 def test_from_interactions_keeps_continuous_rewards_continuous() -> None:
     real = World(small(continuous=True)).generate()
-    fitted = World.from_interactions(real, rank=4, seed=0)
+    fitted = world_from_interactions(real, rank=4, seed=0)
     rewards = fitted.generate()["reward"].to_numpy()
     assert fitted.config.continuous and np.unique(rewards).size > 100
     assert rewards.min() >= real["reward"].to_numpy().min()
@@ -413,12 +414,12 @@ def test_from_interactions_keeps_continuous_rewards_continuous() -> None:
 def test_from_interactions_refuses_bad_tables() -> None:
     table = pa.table({"user_id": [1, 2], "item_id": [1, 2], "reward": [3.0, 4.0]})
     with pytest.raises(ValueError, match="missing column 'timestamp'"):
-        World.from_interactions(table)
+        world_from_interactions(table)
     table = pa.table(
         {"user_id": [1, 2], "item_id": [1, 2], "timestamp": [0, 0], "reward": [3.0, np.nan]}
     )
     with pytest.raises(ValueError, match="non-finite value at row 1"):
-        World.from_interactions(table)
+        world_from_interactions(table)
 
 
 # --- reward hacking: a reward model wrong exactly where the log has no data ------------------

@@ -1,0 +1,63 @@
+"""Each model's RMSE on training events against its held-out RMSE (memorization)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from rmdiag.audit.config import AuditConfig
+from rmdiag.audit.figures import Figure
+from rmdiag.audit.metrics import rmse_linearized
+from rmdiag.audit.models import reward_model_predictions
+from rmdiag.audit.statistics import mean_figure, paired_stats
+from rmdiag.data import Interactions
+from rmdiag.rewards import RewardEnsemble
+from rmdiag.rewards.base import RewardModel
+
+
+def train_gap(
+    train: Interactions,
+    heldout: Interactions,
+    baselines: Mapping[str, RewardModel],
+    ensemble: RewardEnsemble,
+    heldout_predictions: Mapping[str, np.ndarray],
+    config: AuditConfig,
+) -> dict[str, dict[str, Any]]:
+    """RMSE on (a sample of) training events, each given its earlier training events, against
+    held-out RMSE. The gap is held-out minus train (large gaps mean memorization); users are
+    resampled jointly over the union of both parts' users (a user absent from one part adds
+    nothing to that part's sum)."""
+    rng = np.random.default_rng(config.seed)
+    rows = np.arange(len(train))
+    if len(rows) > config.gap_events:
+        rows = np.sort(rng.choice(rows, size=config.gap_events, replace=False))
+    sample = train.take(rows)
+    predictions = {name: model.predict_events(train, sample) for name, model in baselines.items()}
+    predictions.update(reward_model_predictions(ensemble, ensemble.member_events(train, sample)))
+    union = np.union1d(sample.users, heldout.users)
+    train_index = np.searchsorted(union, sample.users)
+    heldout_index = np.searchsorted(union, heldout.users)
+
+    def per_user_mse(index: np.ndarray, squared: np.ndarray) -> np.ndarray:
+        return np.bincount(index, weights=squared, minlength=len(union)) * len(union) / len(index)
+
+    stats = {
+        "confidence": config.confidence,
+        "n_resamples": config.n_resamples,
+        "seed": config.seed,
+    }
+    out: dict[str, dict[str, Any]] = {}
+    for name, pred in predictions.items():
+        train_mse = per_user_mse(train_index, (pred - sample.rewards) ** 2)
+        heldout_mse = per_user_mse(
+            heldout_index, (heldout_predictions[name] - heldout.rewards) ** 2
+        )
+        fig = mean_figure(train_mse, **stats)
+        train_rmse = Figure(*(float(np.sqrt(max(v, 0.0))) for v in (fig.value, fig.low, fig.high)))
+        gap, p_value = paired_stats(
+            rmse_linearized(heldout_mse), rmse_linearized(train_mse), **stats
+        )
+        out[name] = {"train_rmse": train_rmse, "gap": gap, "p_value": p_value}
+    return out

@@ -1,0 +1,57 @@
+"""``AuditResult``: everything the audit measured, and its JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rmdiag.audit.config import AuditConfig
+from rmdiag.audit.figures import Figure
+
+
+@dataclass
+class AuditResult:
+    """Everything the audit measured. ``to_json()`` is ``audit.json`` (DESIGN.md, Output)
+    without what ``rmdiag.select`` decides from it (``verdict``, ``reasons``): those are
+    ``rmdiag.select.Judgement``'s, and ``rmdiag.report.audit_json`` joins the two."""
+
+    models: dict[str, dict[str, dict[str, Figure]]]
+    comparisons: list[dict[str, Any]]
+    spread_error: dict[str, Figure]
+    gap: dict[str, dict[str, Any]]
+    slices: dict[str, dict[str, int]]
+    config: AuditConfig
+    data: dict[str, Any]
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+    # per held-out event, for the plots (not in the JSON)
+    events: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    predictions: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "confidence": self.config.confidence,
+            "models": {
+                name: {
+                    slice_name: {metric: fig.as_dict() for metric, fig in metrics.items()}
+                    for slice_name, metrics in slices.items()
+                }
+                for name, slices in self.models.items()
+            },
+            "comparisons": [
+                {**c, "difference": c["difference"].as_dict()} for c in self.comparisons
+            ],
+            "spread_error": {k: fig.as_dict() for k, fig in self.spread_error.items()},
+            "gap": {
+                name: {k: v.as_dict() if isinstance(v, Figure) else v for k, v in parts.items()}
+                for name, parts in self.gap.items()
+            },
+            "slices": self.slices,
+            "data": self.data,
+            "config": dataclasses.asdict(self.config),
+            "seconds": round(self.seconds, 3),
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }

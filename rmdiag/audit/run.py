@@ -1,0 +1,225 @@
+"""``audit(train, heldout)``: fit the baselines and the ensemble, measure them all."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from rmdiag.audit.config import METRICS, SLICES, AuditConfig
+from rmdiag.audit.figures import Figure
+from rmdiag.audit.gap import train_gap
+from rmdiag.audit.inputs import InsufficientDataError, check_auditable
+from rmdiag.audit.metrics import (
+    Slice,
+    per_user_metrics,
+    rmse_linearized,
+    spread_error_correlation,
+)
+from rmdiag.audit.models import fit_models, reward_model_predictions
+from rmdiag.audit.result import AuditResult
+from rmdiag.audit.statistics import holm, mean_figure, paired_stats
+from rmdiag.data import Interactions
+from rmdiag.rewards import BASELINES
+from rmdiag.split import unexplored_mask
+
+
+def audit(
+    train: Interactions,
+    heldout: Interactions,
+    *,
+    config: AuditConfig | None = None,
+    history: Interactions | None = None,
+) -> AuditResult:
+    """Fit baselines and a reward-model ensemble on ``train``; measure them on ``heldout``.
+
+    ``history`` supplies each held-out event's context (its user's events in ``history``
+    strictly before it); by default ``train``, so all of a user's held-out events are scored
+    from one context, as a policy scores its candidates. (Were the later held-out event's
+    context to include the earlier one's reward, history effects would enter the within-user
+    comparison: after a high rating, the next event's prediction rises exactly when the earlier
+    event is the likelier winner.) Raises ``InsufficientDataError`` for data that cannot
+    support an audit.
+    """
+    config = config or AuditConfig()
+    started = time.perf_counter()
+    check_auditable(train, heldout)
+    n_heldout_users = len(np.unique(heldout.users))
+    if n_heldout_users < config.min_users:
+        raise InsufficientDataError(
+            f"{n_heldout_users} users have held-out events; an audit needs at least "
+            f"{config.min_users} (min_users) for its intervals",
+            source=train.source,
+        )
+    # One thread: the models are small, and on a shared machine extra threads only contend.
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _audit(train, heldout, config, history, started)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _audit(
+    train: Interactions,
+    heldout: Interactions,
+    config: AuditConfig,
+    history: Interactions | None,
+    started: float,
+) -> AuditResult:
+    torch.manual_seed(config.seed)
+    history = history if history is not None else train
+
+    timings: dict[str, float] = {}
+    baselines, ensemble = fit_models(train, config)
+    timings["fit"] = time.perf_counter() - started
+    predictions = {
+        name: model.predict_events(history, heldout) for name, model in baselines.items()
+    }
+    members = ensemble.member_events(history, heldout)
+    rm_predictions = reward_model_predictions(ensemble, members)
+    predictions.update(rm_predictions)
+    timings["predict"] = time.perf_counter() - started - timings["fit"]
+    rewards = heldout.rewards.astype(np.float64)
+    users = heldout.users
+    unexplored = unexplored_mask(train, heldout, config.min_count)
+    pieces = {
+        "all": Slice.build("all", np.arange(len(heldout)), users, rewards),
+        "unexplored": Slice.build("unexplored", np.flatnonzero(unexplored), users, rewards),
+    }
+
+    # ---- metrics with intervals
+    per_user: dict[str, dict[str, dict[str, np.ndarray | str]]] = {}
+    models: dict[str, dict[str, dict[str, Figure]]] = {}
+    seed = config.seed
+    stats = {"confidence": config.confidence, "n_resamples": config.n_resamples}
+    for name, pred in predictions.items():
+        per_user[name], models[name] = {}, {}
+        for slice_name, piece in pieces.items():
+            values = per_user_metrics(pred, rewards, piece, config)
+            per_user[name][slice_name] = values
+            figures = {}
+            for metric, source in (
+                ("rmse", "mse"),
+                ("mae", "mae"),
+                ("pairwise_accuracy", "pairwise_accuracy"),
+            ):
+                value = values[source]
+                if isinstance(value, str):
+                    figures[metric] = Figure.unavailable(value)
+                    continue
+                fig = mean_figure(value, seed=seed, **stats)
+                if metric == "rmse" and fig.available:
+                    fig = Figure(
+                        *(float(np.sqrt(max(v, 0.0))) for v in (fig.value, fig.low, fig.high))
+                    )
+                figures[metric] = fig
+            models[name][slice_name] = figures
+
+    # ---- paired comparisons, every reward model against every baseline
+    comparisons: list[dict[str, Any]] = []
+    tested: list[int] = []
+    for name in rm_predictions:
+        for baseline in BASELINES:
+            for slice_name in SLICES:
+                for metric, source in (
+                    ("rmse", "mse"),
+                    ("mae", "mae"),
+                    ("pairwise_accuracy", "pairwise_accuracy"),
+                ):
+                    a = per_user[name][slice_name][source]
+                    b = per_user[baseline][slice_name][source]
+                    entry: dict[str, Any] = {
+                        "model": name,
+                        "baseline": baseline,
+                        "slice": slice_name,
+                        "metric": metric,
+                    }
+                    if isinstance(a, str) or isinstance(b, str):
+                        entry.update(
+                            difference=Figure.unavailable(a if isinstance(a, str) else b),
+                            p_value=None,
+                            p_adjusted=None,
+                        )
+                    else:
+                        if metric == "rmse":
+                            a, b = rmse_linearized(a), rmse_linearized(b)
+                        difference, p_value = paired_stats(a, b, seed=seed, **stats)
+                        entry.update(difference=difference, p_value=p_value, p_adjusted=None)
+                        tested.append(len(comparisons))
+                    comparisons.append(entry)
+    # Holm within each family: one (slice, metric) question, every reward model x baseline.
+    for slice_name in SLICES:
+        for metric in METRICS:
+            family = [
+                i
+                for i in tested
+                if comparisons[i]["slice"] == slice_name and comparisons[i]["metric"] == metric
+            ]
+            adjusted = holm([comparisons[i]["p_value"] for i in family])
+            for index, value in zip(family, adjusted, strict=True):
+                comparisons[index]["p_adjusted"] = value
+
+    # ---- does ensemble spread track error?
+    spread = members.std(0)
+    abs_error = np.abs(rm_predictions["ensemble"] - rewards)
+    spread_error = {
+        slice_name: spread_error_correlation(spread, abs_error, piece, config)
+        for slice_name, piece in pieces.items()
+    }
+    all_users = pieces["all"].user_index
+    spread_error["mean_spread"] = mean_figure(
+        np.bincount(all_users, weights=spread) / np.bincount(all_users),
+        seed=seed,
+        **stats,
+    )
+
+    # ---- train versus held-out gap
+    mark = time.perf_counter()
+    gap = train_gap(train, heldout, baselines, ensemble, predictions, config)
+    timings["gap"] = time.perf_counter() - mark
+    timings["statistics"] = mark - started - timings["fit"] - timings["predict"]
+
+    popularity = np.bincount(train.items, minlength=train.n_items + 1)[heldout.items]
+    return AuditResult(
+        models=models,
+        comparisons=comparisons,
+        spread_error=spread_error,
+        gap=gap,
+        slices={
+            name: {
+                "events": len(piece.rows),
+                "users": piece.n_users,
+                "pairs": len(piece.pair_sign),
+                "pair_users": piece.n_pair_users,
+            }
+            for name, piece in pieces.items()
+        },
+        config=config,
+        data={
+            "source": train.source,
+            "train_events": len(train),
+            "heldout_events": len(heldout),
+            "users": int(len(np.unique(np.r_[train.users, heldout.users]))),
+            "items": int(len(np.unique(np.r_[train.items, heldout.items]))),
+            "ensemble_members": list(ensemble.member_kinds),
+            "baseline_settings": {
+                "user_mean_shrinkage": baselines["user_mean"].shrinkage_,
+                "item_mean_shrinkage": baselines["item_mean"].shrinkage_,
+                "bias_regularization": [baselines["bias"].user_reg_, baselines["bias"].item_reg_],
+            },
+        },
+        seconds=time.perf_counter() - started,
+        timings=timings,
+        events={
+            "user": users,
+            "item": heldout.items,
+            "reward": rewards,
+            "unexplored": unexplored,
+            "popularity": popularity,
+            "spread": spread,
+        },
+        predictions=predictions,
+    )

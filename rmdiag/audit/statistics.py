@@ -1,0 +1,43 @@
+"""The audit's statistics, from ``evaluators.intervals`` (its swap point): a mean of per-user
+values with its interval, a paired difference with its p-value, Holm's adjustment, and
+resamples of users."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from evaluators.intervals import adjust_pvalues, mean_interval, paired_difference
+from rmdiag.audit.figures import Figure, finite_figure
+
+# Percentile bootstrap: RMSE's interval is the square root of MSE's, which a percentile interval
+# carries exactly (quantiles commute with monotone maps).
+INTERVAL_METHOD = "percentile"
+
+
+def mean_figure(values: np.ndarray, *, confidence: float, n_resamples: int, seed: int) -> Figure:
+    """Mean of per-user values with a bootstrap interval, users resampled
+    (``evaluators.intervals.mean_interval``, the project's one interval routine)."""
+    figure = mean_interval(values, INTERVAL_METHOD, confidence, n_resamples, seed)
+    return finite_figure(figure.value, figure.low, figure.high)
+
+
+def paired_stats(
+    a: np.ndarray, b: np.ndarray, *, confidence: float, n_resamples: int, seed: int
+) -> tuple[Figure, float]:
+    """Mean of the per-user differences a - b (users resampled jointly) and the two-sided
+    p-value of a paired t-test across users (``evaluators.intervals.paired_difference``)."""
+    comparison = paired_difference(a, b, INTERVAL_METHOD, confidence, n_resamples, seed)
+    difference = comparison.difference
+    return finite_figure(difference.value, difference.low, difference.high), comparison.p_t
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment over one family of tests."""
+    return [float(p) for p in adjust_pvalues(list(p_values), "holm")]
+
+
+def user_resamples(n_users: int, n_resamples: int, seed: int) -> np.ndarray:
+    """Indices [n_resamples, n_users] of users drawn with replacement."""
+    return np.random.default_rng(seed).integers(0, n_users, size=(n_resamples, n_users))

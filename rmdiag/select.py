@@ -1,0 +1,305 @@
+"""Selection: what the audit's figures say about the reward model (DESIGN.md, Selection).
+
+The audit (``rmdiag.audit``) measures; this module decides. ``judge(result, config)`` reads an
+``AuditResult``'s figures and returns a ``Judgement``: the verdict (one of ``VERDICTS``), the
+sentences that justify it (citing the figures) and the evidence (those figures, as JSON figures
+with their Holm-adjusted p-values). ``verdict_from`` is the rule itself, on the figures alone.
+
+The rule (``verdict_from``; "beats" = significantly better, below):
+
+- ``generalizes``: the model beats every baseline (global_mean, user_mean, item_mean, bias) in
+  level (RMSE) *and* in within-user ordering (pairwise accuracy), on all held-out events *and*
+  on the unexplored slice. A slice too small to measure is no evidence: then the verdict cannot
+  be ``generalizes``.
+- ``directional``: not that, but it orders a user's held-out events better than chance and
+  better than each of ``directional_baselines`` (default item_mean and bias, the baselines that
+  order a user's items at all): its ordering can be followed, its level is not trustworthy.
+- ``unreliable``: otherwise.
+
+"Beats" means the same on both slices: the paired difference from the baseline (users
+resampled jointly) is on the better side by more than the gain threshold (``min_rmse_gain``,
+``min_pairwise_gain``) and its Holm-adjusted p-value is below ``alpha``. On the unexplored
+slice, which is small by construction, this is deliberately strict: "no significant loss" is
+what any slice too small to tell models apart would show, and the point of the slice is
+evidence that the model is right where the log rarely looked -- where a policy optimized against
+it will go. With leave-last-out (two held-out events per user) the unexplored slice rarely has
+the within-user pairs pairwise accuracy needs; a randomized-exposure holdout (``rmdiag audit
+--holdout``) measures it. The per-user constants (global_mean, user_mean) score exactly 0.5 in
+ordering, so beating them there is being better than chance.
+
+This rule is a hypothesis until the simulation study calibrates it (DESIGN.md, Selection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rmdiag.audit import SLICES, AuditResult, Figure
+from rmdiag.rewards import BASELINES
+
+VERDICTS: tuple[str, ...] = ("generalizes", "directional", "unreliable")
+LEVEL, ORDERING = "rmse", "pairwise_accuracy"
+CHANCE = "user_mean"  # a per-user constant: its within-user ordering is chance (0.5)
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    """The verdict's thresholds; each field becomes a flag (``rmdiag audit --alpha``,
+    ``rmdiag run --select-alpha``). "Significant" means Holm-adjusted p < ``alpha``."""
+
+    alpha: float = field(
+        default=0.05, metadata=_help("significance level for Holm-adjusted p-values (verdict)")
+    )
+    min_rmse_gain: float = field(
+        default=0.0,
+        metadata=_help("verdict: an RMSE gain over a baseline counts only when larger than this"),
+    )
+    min_pairwise_gain: float = field(
+        default=0.0,
+        metadata=_help("verdict: a pairwise-accuracy gain counts only when larger than this"),
+    )
+    directional_baselines: str = field(
+        default="item_mean,bias",
+        metadata=_help(
+            "verdict: `directional` needs a significantly better within-user ordering (pairwise "
+            "accuracy) than chance and than each of these baselines"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not set(self.directional_baseline_list) <= set(BASELINES):
+            problems.append(
+                f"directional_baselines must name baselines {BASELINES}, "
+                f"got {self.directional_baselines!r}"
+            )
+        if not 0 < self.alpha < 1:
+            problems.append(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.min_rmse_gain < 0 or self.min_pairwise_gain < 0:
+            problems.append("min_rmse_gain and min_pairwise_gain must be >= 0")
+        if problems:
+            raise ValueError("invalid SelectConfig: " + "; ".join(problems))
+
+    @property
+    def directional_baseline_list(self) -> list[str]:
+        return [b.strip() for b in self.directional_baselines.split(",") if b.strip()]
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What ``judge`` decided: the verdict, its reasons (sentences citing the audit's figures),
+    the evidence and the thresholds used.
+
+    ``evidence`` maps a name to a JSON figure ``{"value", "low", "high"}`` (plus ``reason`` when
+    unavailable): ``<slice>.<metric>.<model>`` for the model's own RMSE and pairwise accuracy,
+    ``<slice>.<metric>.<model>-<baseline>`` for each comparison the rule read (the difference
+    model - baseline, with ``p_value`` and Holm's ``p_adjusted``).
+    """
+
+    verdict: str
+    reasons: tuple[str, ...]
+    evidence: dict[str, dict[str, Any]]
+    config: SelectConfig
+
+    def to_json(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "reasons": list(self.reasons), "evidence": self.evidence}
+
+
+def judge(
+    result: AuditResult, config: SelectConfig | None = None, *, model: str = "ensemble"
+) -> Judgement:
+    """The verdict on ``model`` (default: the ensemble) from an audit's figures."""
+    return verdict_from(
+        result.models,
+        result.comparisons,
+        config,
+        model=model,
+        confidence=result.config.confidence,
+    )
+
+
+def find_comparison(comparisons: Sequence[Mapping[str, Any]], **match: str) -> Mapping[str, Any]:
+    """The comparison entry whose keys (model, baseline, slice, metric) match."""
+    for entry in comparisons:
+        if all(entry[k] == v for k, v in match.items()):
+            return entry
+    raise KeyError(match)
+
+
+def beats(entry: Mapping[str, Any], config: SelectConfig) -> bool:
+    """Is the model significantly better than the baseline in this comparison? Lower RMSE (or
+    MAE) by more than ``min_rmse_gain``, or higher pairwise accuracy by more than
+    ``min_pairwise_gain``, with Holm-adjusted p < ``alpha``. An unmeasured comparison never is."""
+    difference, p_adjusted = entry["difference"].value, entry["p_adjusted"]
+    if difference is None or p_adjusted is None or not p_adjusted < config.alpha:
+        return False
+    if entry["metric"] == ORDERING:
+        return difference > config.min_pairwise_gain
+    return difference < -config.min_rmse_gain
+
+
+def verdict_from(
+    models: Mapping[str, Mapping[str, Mapping[str, Figure]]],
+    comparisons: Sequence[Mapping[str, Any]],
+    config: SelectConfig | None = None,
+    *,
+    model: str = "ensemble",
+    confidence: float = 0.95,
+) -> Judgement:
+    """The verdict on ``model`` from the audit's figures (``AuditResult.models`` and
+    ``.comparisons``), with its reasons and evidence; the rule is in the module docstring.
+    ``confidence`` is the audit's interval level, for the reasons' text."""
+    config = config or SelectConfig()
+    tests = {
+        (slice_name, metric): {
+            b: find_comparison(
+                comparisons, model=model, baseline=b, slice=slice_name, metric=metric
+            )
+            for b in BASELINES
+        }
+        for slice_name in SLICES
+        for metric in (LEVEL, ORDERING)
+    }
+    failing = {  # the baselines the model does not beat, per (slice, metric)
+        key: [b for b, entry in entries.items() if not beats(entry, config)]
+        for key, entries in tests.items()
+    }
+    unmeasured = [
+        entry
+        for (slice_name, _), entries in tests.items()
+        if slice_name == "unexplored"
+        for entry in entries.values()
+        if entry["p_adjusted"] is None
+    ]
+    ordering = tests["all", ORDERING]
+    directional_baselines = [CHANCE, *config.directional_baseline_list]
+    if not unmeasured and not any(failing.values()):
+        verdict = "generalizes"
+    elif all(beats(ordering[b], config) for b in directional_baselines):
+        verdict = "directional"
+    else:
+        verdict = "unreliable"
+
+    figures = models[model]["all"]
+    reasons = [
+        f"{model}: held-out RMSE {figures[LEVEL].text()}, pairwise accuracy "
+        f"{figures[ORDERING].text()} (intervals at {confidence:.0%}, users resampled).",
+        _level_reason(tests["all", LEVEL], failing["all", LEVEL]),
+        _ordering_reason(ordering, failing["all", ORDERING]),
+        _unexplored_reason(tests, failing, unmeasured),
+    ]
+    if verdict == "generalizes":
+        reasons.append(
+            "It beats every baseline in level and in within-user ordering, on all held-out "
+            "events and on the unexplored slice: it generalizes."
+        )
+    elif verdict == "directional":
+        reasons.append(
+            "Directional: it orders a user's held-out events significantly better than "
+            + ", ".join(["chance", *config.directional_baseline_list])
+            + ", but it does not beat every baseline in level and ordering on both slices: "
+            "its ordering can be followed, it is not trustworthy enough to optimize against."
+        )
+    else:
+        missing = [b for b in directional_baselines if b in failing["all", ORDERING]]
+        reasons.append(
+            "Unreliable: directional needs a significantly better within-user ordering than "
+            + ", ".join(["chance", *config.directional_baseline_list])
+            + ", and it does not order better than "
+            + ", ".join("chance" if b == CHANCE else b for b in missing)
+            + "."
+        )
+    consulted = [entry for entries in tests.values() for entry in entries.values()]
+    return Judgement(verdict, tuple(reasons), _evidence(models, consulted, model), config)
+
+
+def _comparison_text(entry: Mapping[str, Any]) -> str:
+    if entry["p_adjusted"] is None:
+        return f"{entry['metric']} vs {entry['baseline']}: {entry['difference'].text()}"
+    return (
+        f"{entry['metric']} difference vs {entry['baseline']} {entry['difference'].text()}, "
+        f"Holm-adjusted p = {entry['p_adjusted']:.3g}"
+    )
+
+
+def _texts(entries: Sequence[Mapping[str, Any]]) -> str:
+    return "; ".join(_comparison_text(e) for e in entries)
+
+
+def _level_reason(level: Mapping[str, Mapping[str, Any]], failing: list[str]) -> str:
+    if not failing:
+        return (
+            "On all held-out events its RMSE is significantly lower than every baseline's: "
+            + _texts(list(level.values()))
+            + "."
+        )
+    return (
+        f"On all held-out events its RMSE is not significantly lower than that of "
+        f"{', '.join(failing)}: " + _texts([level[b] for b in failing]) + "."
+    )
+
+
+def _ordering_reason(ordering: Mapping[str, Mapping[str, Any]], failing: list[str]) -> str:
+    if not failing:
+        return (
+            "It orders a user's held-out events significantly better than every baseline "
+            "(global_mean and user_mean, constant per user, score 0.5: chance): "
+            + _texts(list(ordering.values()))
+            + "."
+        )
+    return (
+        f"It does not order a user's held-out events significantly better than "
+        f"{', '.join(failing)}: " + _texts([ordering[b] for b in failing]) + "."
+    )
+
+
+def _unexplored_reason(
+    tests: Mapping[tuple[str, str], Mapping[str, Mapping[str, Any]]],
+    failing: Mapping[tuple[str, str], list[str]],
+    unmeasured: list[Mapping[str, Any]],
+) -> str:
+    if unmeasured:
+        return (
+            f"The unexplored slice is too small to measure {unmeasured[0]['metric']} "
+            f"({unmeasured[0]['difference'].reason}): that is no evidence of generalization, "
+            "so the verdict cannot be generalizes (a randomized-exposure holdout measures it)."
+        )
+    keys = [("unexplored", LEVEL), ("unexplored", ORDERING)]
+    if not any(failing[key] for key in keys):
+        return (
+            "On the unexplored slice it beats every baseline in level and in ordering: "
+            + _texts([entry for key in keys for entry in tests[key].values()])
+            + "."
+        )
+    return (
+        "On the unexplored slice it does not beat every baseline (it must be significantly "
+        "better there, not merely not worse): "
+        + _texts([tests[key][b] for key in keys for b in failing[key]])
+        + "."
+    )
+
+
+def _evidence(
+    models: Mapping[str, Mapping[str, Mapping[str, Figure]]],
+    consulted: Sequence[Mapping[str, Any]],
+    model: str,
+) -> dict[str, dict[str, Any]]:
+    """The figures a verdict rests on, JSON-ready (names: see ``Judgement``)."""
+    evidence = {
+        f"{slice_name}.{metric}.{model}": models[model][slice_name][metric].as_dict()
+        for slice_name in SLICES
+        for metric in (LEVEL, ORDERING)
+    }
+    for entry in consulted:
+        name = f"{entry['slice']}.{entry['metric']}.{entry['model']}-{entry['baseline']}"
+        evidence[name] = entry["difference"].as_dict() | {
+            "p_value": entry["p_value"],
+            "p_adjusted": entry["p_adjusted"],
+        }
+    return evidence
