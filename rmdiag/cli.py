@@ -133,13 +133,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from rmdiag.audit import AuditConfig
+    from rmdiag.outputs import to_json
     from rmdiag.pipeline import RunConfig, run
+    from rmdiag.policies import PolicyConfig
     from rmdiag.select import SelectConfig
 
     config = dataclass_from_args(RunConfig, args)
     simulation = None if args.data else _simulation_config(args, prefix="sim_")
     audit_config = dataclass_from_args(AuditConfig, args, prefix="audit_")
     select_config = dataclass_from_args(SelectConfig, args, prefix="select_")
+    policy_config = dataclass_from_args(PolicyConfig, args, prefix="policy_")
     summary = run(
         config,
         data=args.data,
@@ -148,8 +151,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         simulation=simulation,
         audit_config=audit_config,
         select_config=select_config,
+        policy_config=policy_config,
     )
-    print(summary.render())
+    if args.json:
+        print(to_json(summary.to_json()), end="")
+    else:
+        print(summary.render())
     return EXIT_OK
 
 
@@ -176,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     from rmdiag import __version__
     from rmdiag.audit import AuditConfig
     from rmdiag.pipeline import RunConfig
+    from rmdiag.policies import PolicyConfig
     from rmdiag.select import SelectConfig
 
     parser = argparse.ArgumentParser(
@@ -188,10 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="the whole job on a log (default: a simulated world)")
     _add_data_flags(run, required=False)
-    run.add_argument("--out", required=True, help="directory for the results (JSON)")
+    run.add_argument(
+        "--out",
+        default="runs/default",
+        help="directory for summary.json, decision.json, audit.json, audit.html, report.html "
+        "and per_user.parquet (default: runs/default)",
+    )
+    run.add_argument(
+        "--json", action="store_true", help="print summary.json on stdout instead of the text"
+    )
     add_dataclass_flags(run, RunConfig)
     add_dataclass_flags(run, AuditConfig, prefix="audit_")
     add_dataclass_flags(run, SelectConfig, prefix="select_")
+    add_dataclass_flags(run, PolicyConfig, prefix="policy_")
     _add_simulation_flags(run, prefix="sim_")
     run.set_defaults(handler=_cmd_run)
 

@@ -1,22 +1,46 @@
-"""`rmdiag run`: the whole job on one log. Today it loads (or simulates) the log, splits it, builds
-the sequences every later stage consumes, audits the reward-model ensemble against the baselines
-on the held-out events, judges the audit (`rmdiag.select`), and writes summary.json (with the
-audit's verdict and figures), audit.json and audit.html; training and evaluation of policies
-join as they land. `audit_files` is `rmdiag audit`: read, audit, judge, write."""
+"""`rmdiag run`: the whole job on one log, stage by stage (DESIGN.md, Layout).
+
+1. load (or simulate) the log; 2. split it (leave-last-out or temporal) and build sequences;
+3. audit: fit the baselines and the reward-model ensemble, measure them on held-out events;
+4. select: the verdict and the algorithm it calls for (`rmdiag.select`); 5. policies: train
+SFT, sweep the chosen algorithm's temperature on the validation events (or take its default),
+train whatever `--compare` adds, score every policy on the test events (`rmdiag.policies`);
+6. report: summary.json, decision.json, audit.json, audit.html, report.html and
+per_user.parquet, published together at the end, each file atomically -- a failure or an
+interrupt leaves no file half-written and, before the last stage, none at all.
+
+`audit_files` is `rmdiag audit`: read, audit, judge, write.
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import io
 import os
-from collections.abc import Mapping
+import sys
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+import trainers
+from rmdiag import policies
 from rmdiag.audit import AuditConfig, AuditResult, audit, audit_inputs
-from rmdiag.data import Interactions, encode, load, validate
+from rmdiag.data import DataError, Interactions, encode, load, validate
 from rmdiag.outputs import publish, to_json
-from rmdiag.report import audit_files_content, audit_json, write_audit
-from rmdiag.select import Judgement, SelectConfig, judge
+from rmdiag.report import audit_files_content, audit_json, render_run_report, write_audit
+from rmdiag.select import (
+    Decision,
+    Judgement,
+    SelectConfig,
+    choose_temperature,
+    decide,
+    default_temperature,
+    judge,
+)
 from rmdiag.sequences import event_sequences, user_sequences
 from rmdiag.split import Split, leave_last_out, temporal_split, time_quantile, unexplored_mask
 
@@ -49,6 +73,20 @@ class RunConfig:
         default=True,
         metadata={"help": "audit the reward-model ensemble (settings: the --audit-* flags)"},
     )
+    sweep: bool = field(
+        default=True,
+        metadata={
+            "help": "choose the temperature (λ, β or κ) by a validation sweep; --no-sweep takes "
+            "the documented default (rmdiag.policies.TEMPERATURES)"
+        },
+    )
+    compare: str = field(
+        default="",
+        metadata={
+            "help": "policies to train beside SFT and the chosen one: 'all' (every algorithm in "
+            "trainers.ALGORITHMS) or a comma-separated list of names"
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.split not in ("leave-last-out", "temporal"):
@@ -57,9 +95,21 @@ class RunConfig:
             raise ValueError("need 0 < valid_quantile < test_quantile < 1")
         if self.max_len < 1:
             raise ValueError("max_len must be positive")
+        unknown = [n for n in self.compare_list if n not in trainers.ALGORITHMS]
+        if self.compare.strip() != "all" and unknown:
+            raise ValueError(
+                f"compare must be 'all' or names from {sorted(trainers.ALGORITHMS)}, got "
+                f"{', '.join(unknown)}"
+            )
+
+    @property
+    def compare_list(self) -> list[str]:
+        if self.compare.strip() == "all":
+            return list(trainers.ALGORITHMS)
+        return [n.strip() for n in self.compare.split(",") if n.strip()]
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunSummary:
     """What `rmdiag run` found; `to_json()` is summary.json."""
 
@@ -68,48 +118,92 @@ class RunSummary:
     sequences: dict[str, Any]
     audit: AuditResult | None = None
     judgement: Judgement | None = None  # the selection's verdict on `audit`
+    decision: Decision | None = None
+    sweep: dict[str, Any] = field(default_factory=dict)
+    policies: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    conclusion: list[str] = field(default_factory=list)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # the configs used, as JSON
+    per_user: pa.Table | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        payload = {"data": self.data, "split": self.split, "sequences": self.sequences}
+        payload: dict[str, Any] = {"data": self.data, "split": self.split,
+                                   "sequences": self.sequences}
         if self.audit is not None and self.judgement is not None:
             payload["audit"] = audit_json(self.audit, self.judgement)
-        return payload
+        if self.decision is not None:
+            payload["decision"] = self.decision.to_json()
+        if self.sweep:
+            payload["sweep"] = self.sweep
+        if self.policies:
+            payload |= {"policies": self.policies, "evaluation": self.evaluation,
+                        "conclusion": self.conclusion, "examples": self.examples}
+        return payload | self.settings
+
+    def files(self) -> dict[str, str | bytes]:
+        """Every output file, rendered in memory (publish them together)."""
+        payload = self.to_json()
+        out: dict[str, str | bytes] = {"summary.json": to_json(payload)}
+        if self.decision is not None:
+            out["decision.json"] = to_json(self.decision.to_json())
+        if self.audit is not None and self.judgement is not None:
+            out |= audit_files_content(self.audit, self.judgement)
+        if self.per_user is not None:
+            buffer = io.BytesIO()
+            pq.write_table(self.per_user, buffer)
+            out["per_user.parquet"] = buffer.getvalue()
+        out["report.html"] = render_run_report(payload)
+        return out
 
     def render(self) -> str:
         d, s, q = self.data, self.split, self.sequences
-        return "\n".join(
-            [
-                f"data      {d['source']}: {d['events']} events, {d['users']} users, "
-                f"{d['items']} items, {d['duplicate_rows']} exact duplicate rows",
-                f"rewards   mean {d['reward']['mean']:.3f}, std {d['reward']['std']:.3f}, "
-                f"range [{d['reward']['min']:g}, {d['reward']['max']:g}]",
-                f"split     {s['method']}: train {s['train']}, valid {s['valid']}, "
-                f"test {s['test']} ({s['test_unexplored_share']:.1%} of test events "
-                f"unexplored, m={s['min_count']})",
-                f"sequences train {q['train_shape']}, test histories {q['test_history_shape']}, "
-                f"mean history length {q['mean_test_history']:.1f}",
-            ]
-            + (
-                [f"audit     verdict {self.judgement.verdict}"]
-                + [f"          - {reason}" for reason in self.judgement.reasons]
-                if self.judgement is not None
-                else []
-            )
-        )
+        lines = [
+            f"data      {d['source']}: {d['events']} events, {d['users']} users, "
+            f"{d['items']} items, {d['duplicate_rows']} exact duplicate rows",
+            f"rewards   mean {d['reward']['mean']:.3f}, std {d['reward']['std']:.3f}, "
+            f"range [{d['reward']['min']:g}, {d['reward']['max']:g}]",
+            f"split     {s['method']}: train {s['train']}, valid {s['valid']}, "
+            f"test {s['test']} ({s['test_unexplored_share']:.1%} of test events "
+            f"unexplored, m={s['min_count']})",
+            f"sequences train {q['train_shape']}, test histories {q['test_history_shape']}, "
+            f"mean history length {q['mean_test_history']:.1f}",
+        ]
+        if self.decision is not None:
+            temperature = ", ".join(f"{k} = {v:.3g}" for k, v in self.decision.temperature.items())
+            lines.append(f"verdict   {self.decision.verdict} -> {self.decision.algorithm}"
+                         + (f" ({temperature})" if temperature else ""))
+            lines += [f"          - {reason}" for reason in self.decision.reasons]
+        if self.policies:
+            k = self.evaluation["k"]
+            lines.append(f"policies  test users {self.evaluation['users']}; value [interval]")
+            for name, entry in self.policies.items():
+                cells = [f"{metric} {_text(entry[metric])}"
+                         for metric in (f"ndcg@{k}", "judge", "true_reward") if metric in entry]
+                lines.append(f"  {name:10s} " + "; ".join(cells))
+            lines += [f"result    {sentence}" for sentence in self.conclusion]
+        return "\n".join(lines)
+
+
+def _text(figure: Mapping[str, Any]) -> str:
+    if figure.get("value") is None:
+        return "n/a"
+    return f"{figure['value']:.4f} [{figure['low']:.4f}, {figure['high']:.4f}]"
 
 
 def load_or_simulate(
     data: str | os.PathLike[str] | None,
     columns: Mapping[str, str] | None,
     simulation: Any | None,
-) -> Interactions:
-    """The user's log, or (no path given) the built-in simulated world's."""
+) -> tuple[Interactions, Any | None]:
+    """The user's log, or (no path given) the built-in simulated world's log and the world."""
     if data is not None:
-        return load(data, columns)
+        return load(data, columns), None
     from rmdiag.simulate import SimulationConfig, World
 
     world = World(simulation if simulation is not None else SimulationConfig())
-    return encode(validate(world.generate(), "<simulated world>"), source="<simulated world>")
+    source = "<simulated world>"
+    return encode(validate(world.generate(), source), source=source), world
 
 
 def split_log(log: Interactions, config: RunConfig) -> Split:
@@ -122,6 +216,16 @@ def split_log(log: Interactions, config: RunConfig) -> Split:
     return leave_last_out(log)
 
 
+def _stage_printer(enabled: bool) -> Callable[[str], None]:
+    started = time.perf_counter()
+
+    def stage(name: str) -> None:
+        if enabled:
+            print(f"rmdiag run [{time.perf_counter() - started:6.1f} s] {name}", file=sys.stderr,
+                  flush=True)
+    return stage
+
+
 def run(
     config: RunConfig,
     data: str | os.PathLike[str] | None = None,
@@ -130,57 +234,194 @@ def run(
     simulation: Any | None = None,
     audit_config: AuditConfig | None = None,
     select_config: SelectConfig | None = None,
+    policy_config: policies.PolicyConfig | None = None,
 ) -> RunSummary:
-    """Run the job; with `out`, write summary.json (and audit.json, audit.html) there, only once
-    everything succeeded."""
+    """Run the job (module docstring); with `out`, write every file there, only once everything
+    succeeded. Bad input raises `rmdiag.data.DataError` before any work."""
     if data is None and simulation is None:
         from rmdiag.simulate import SimulationConfig
 
         simulation = SimulationConfig()
-    log = load_or_simulate(data, columns, simulation)
-    split = split_log(log, config)
-    train_sequences = user_sequences(split.train, config.max_len)
-    test_sequences = event_sequences(split.train.concat(split.valid), split.test, config.max_len)
     audit_config = audit_config or AuditConfig()
     select_config = select_config or SelectConfig()
-    unexplored = unexplored_mask(split.train, split.test, audit_config.min_count)
+    policy_config = policy_config or policies.PolicyConfig()
+    stage = _stage_printer(policy_config.progress)
+    stage("load")
+    log, world = load_or_simulate(data, columns, simulation)
+    stage("split")
+    split = split_log(log, config)
+    _check_runnable(split, log)
     summary = RunSummary(
-        data=log.summary(),
-        split={
-            "method": config.split,
-            "train": len(split.train),
-            "valid": len(split.valid),
-            "test": len(split.test),
-            "min_count": audit_config.min_count,
-            "test_unexplored_share": float(unexplored.mean()) if len(unexplored) else 0.0,
-        },
-        sequences={
-            "max_len": config.max_len,
-            "train_shape": list(train_sequences.items.shape),
-            "test_history_shape": list(test_sequences.history_items.shape),
-            "mean_test_history": float((test_sequences.history_items > 0).sum(1).mean())
-            if len(test_sequences)
-            else 0.0,
-        },
+        data=log.summary(), split=_split_summary(split, config, audit_config),
+        sequences=_sequence_summary(split, config),
     )
     if config.audit:
+        stage("audit: baselines and the reward-model ensemble")
         # the held-out events are the split's valid and test events, as `rmdiag audit` holds out
-        heldout = split.valid.concat(split.test)
-        result = audit(split.train, heldout, config=audit_config)
-        summary = dataclasses.replace(summary, audit=result, judgement=judge(result, select_config))
+        result = audit(split.train, split.valid.concat(split.test), config=audit_config)
+        summary.audit, summary.judgement = result, judge(result, select_config)
+    stage("select")
+    decision = decide(summary.judgement)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(policy_config.threads)
+    try:
+        _policies_stage(summary, decision, split, world, config, policy_config,
+                        select_config.alpha, stage)
+    finally:
+        torch.set_num_threads(previous_threads)
+    summary.settings = {
+        "config": asdict(config), "audit_config": asdict(audit_config),
+        "select_config": asdict(select_config), "policy_config": asdict(policy_config),
+    } | ({"simulation": asdict(simulation)} if world is not None else {})
+    stage("report")
     if out is not None:
-        payload = summary.to_json() | {
-            "config": asdict(config),
-            "audit_config": asdict(audit_config),
-            "select_config": asdict(select_config),
-        }
-        if data is None:
-            payload["simulation"] = asdict(simulation)
-        files = {"summary.json": to_json(payload)}
-        if summary.audit is not None and summary.judgement is not None:
-            files |= audit_files_content(summary.audit, summary.judgement)
-        publish(out, files)
+        publish(out, summary.files())
     return summary
+
+
+def _check_runnable(split: Split, log: Interactions) -> None:
+    if len(split.test) < 2 or len(split.valid) < 2:
+        raise DataError(
+            f"{len(split.valid)} validation and {len(split.test)} test events: policies need "
+            "at least 2 of each to be chosen and scored (leave-last-out needs users with at "
+            "least 3 events)", source=log.source,
+        )
+
+
+def _split_summary(split: Split, config: RunConfig, audit_config: AuditConfig) -> dict[str, Any]:
+    unexplored = unexplored_mask(split.train, split.test, audit_config.min_count)
+    return {
+        "method": config.split,
+        "train": len(split.train),
+        "valid": len(split.valid),
+        "test": len(split.test),
+        "min_count": audit_config.min_count,
+        "test_unexplored_share": float(unexplored.mean()) if len(unexplored) else 0.0,
+    }
+
+
+def _sequence_summary(split: Split, config: RunConfig) -> dict[str, Any]:
+    train_sequences = user_sequences(split.train, config.max_len)
+    test_sequences = event_sequences(split.train.concat(split.valid), split.test, config.max_len)
+    return {
+        "max_len": config.max_len,
+        "train_shape": list(train_sequences.items.shape),
+        "test_history_shape": list(test_sequences.history_items.shape),
+        "mean_test_history": float((test_sequences.history_items > 0).sum(1).mean())
+        if len(test_sequences) else 0.0,
+    }
+
+
+def _policies_stage(
+    summary: RunSummary,
+    decision: Decision,
+    split: Split,
+    world: Any | None,
+    config: RunConfig,
+    policy_config: policies.PolicyConfig,
+    alpha: float,
+    stage: Callable[[str], None],
+) -> None:
+    """Train SFT and the chosen algorithm (swept or at its default temperature) and whatever
+    `--compare` adds; score them all on the test events; fill the summary's policy figures."""
+    data = policies.policy_data(split, config.max_len)
+    ensemble = summary.audit.ensemble if summary.audit is not None else None
+    true_reward = (policies.EncodedReward(world.true_reward, data.log.user_ids,
+                                          data.log.item_ids) if world is not None else None)
+    stage("policies: sft")
+    trained = {"sft": policies.train_sft(data, config.max_len, policy_config)}
+    names = list(dict.fromkeys([decision.algorithm, *config.compare_list]))
+    names = [n for n in names if n != "sft"]
+    skipped: dict[str, str] = {}
+    for algorithm in names:
+        if policies.reward_model_use(algorithm) == "required" and ensemble is None:
+            if algorithm == decision.algorithm:
+                raise DataError(f"{algorithm} needs the audited reward model; drop --no-audit")
+            skipped[algorithm] = "needs the audited reward model (--no-audit was given)"
+            continue
+        train_data = None
+        if algorithm == "a-sft" and ensemble is not None:
+            stage("policies: a-sft advantages from the ensemble and SFT")
+            train_data = policies.a_sft_data(data, trained["sft"], ensemble)
+        swept = config.sweep and algorithm in policies.TEMPERATURES
+        if swept:
+            parameter, grid = policies.temperature_grid(algorithm, data.reward_std)
+            stage(f"policies: {algorithm} sweep of {parameter} over {grid}")
+            curve, candidates = policies.sweep_temperature(
+                algorithm, data, trained["sft"], policy_config, grid, ensemble, true_reward,
+                train_data, policies.fixed_settings(algorithm))
+            summary.sweep[algorithm] = curve
+            chosen = choose_temperature(decision, curve, policies.fixed_settings(algorithm))
+            curve["best"] = chosen.temperature[parameter]
+            trained[algorithm] = candidates[[p["value"] for p in curve["points"]].index(
+                curve["best"])]
+            if algorithm == decision.algorithm:
+                decision = chosen
+        else:
+            temperature = policies.default_temperature(algorithm, data.reward_std)
+            stage(f"policies: {algorithm}")
+            trained[algorithm] = policies.train_policy(
+                algorithm, data, trained["sft"], policy_config, temperature, ensemble,
+                train_data)
+            if algorithm == decision.algorithm:
+                decision = default_temperature(decision, temperature)
+    summary.decision = decision
+    stage("policies: scoring on the test events")
+    judge_ = policies.make_judge(ensemble, policy_config)
+    per_user = {name: policies.score_policy(policy.model, data.test, policy_config.k, judge_,
+                                            true_reward)
+                for name, policy in trained.items()}
+    threshold = policies.high_reward_threshold(data, policy_config)
+    high = data.test.target_rewards >= threshold
+    summary.policies = policies.summarize_policies(per_user, high, policy_config)
+    for name, policy in trained.items():
+        summary.policies[name] = {"algorithm": policy.algorithm,
+                                  "temperature": policy.temperature,
+                                  "train_seconds": round(policy.train_seconds, 3),
+                                  "steps": policy.steps} | summary.policies[name]
+    summary.evaluation = {
+        "users": len(data.test), "k": policy_config.k, "confidence": policy_config.confidence,
+        "interval": "bca bootstrap over users", "high_reward_threshold": threshold,
+        "high_reward_users": int(high.sum()), "chosen": decision.algorithm, "reference": "sft",
+        "judge_members": len(ensemble.member_kinds) if ensemble is not None else 0,
+        "simulated": world is not None, "history_excluded": True, "ties": "expected",
+        "p_adjustment": "holm over the policies compared with sft, per metric",
+        "skipped": skipped,
+    }
+    summary.conclusion = conclusion(summary.policies, decision, policy_config.k, alpha)
+    summary.examples = policies.recommendation_examples(
+        data.log, data.test, {name: policy.model for name, policy in trained.items()})
+    summary.per_user = policies.per_user_table(data.log, data.test, per_user, high)
+
+
+def conclusion(
+    figures: Mapping[str, Mapping[str, Any]], decision: Decision, k: int, alpha: float
+) -> list[str]:
+    """The headline sentences: how the chosen policy differs from SFT, paired over users, on
+    the true reward (simulated worlds), the judge and NDCG@k; a change counts when its
+    Holm-adjusted p is below `alpha`."""
+    entry = figures.get(decision.algorithm, {})
+    differences = entry.get("vs_sft", {})
+    temperature = ", ".join(f"{k_} = {v:.3g}" for k_, v in decision.temperature.items())
+    name = decision.algorithm + (f" ({temperature})" if temperature else "")
+    sentences = []
+    for metric, what in (("true_reward", f"the true reward of its top-{k} slate"),
+                         ("judge", f"the ensemble judge's value of its top-{k} slate"),
+                         (f"ndcg@{k}", f"NDCG@{k} of the held-out next item")):
+        if metric not in differences:
+            continue
+        d = differences[metric]
+        fig = d["difference"]
+        if d["p_adjusted"] >= alpha:
+            verdict = "does not significantly change"
+        else:
+            verdict = "raises" if fig["value"] > 0 else "lowers"
+        sentences.append(
+            f"{name} {verdict} {what} against SFT: {fig['value']:+.4f} "
+            f"[{fig['low']:+.4f}, {fig['high']:+.4f}] (paired over users, Holm p = "
+            f"{d['p_adjusted']:.3g})."
+        )
+    return sentences
 
 
 def audit_files(
@@ -203,3 +444,4 @@ def audit_files(
     judgement = judge(result, select_config)
     write_audit(result, judgement, out_dir)
     return result, judgement
+

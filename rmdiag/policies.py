@@ -46,6 +46,8 @@ from rmdiag.sequences import event_sequences, user_sequences
 from rmdiag.split import Split
 from trainers import Context, ModelConfig, RewardFn, SequentialRecommender, policy_scores
 from trainers.data import TensorData
+from trainers.model import frozen_copy
+from trainers.sft import a_sft_advantages
 
 # Metrics of every policy, in report order. `judge` and `true_reward` are slate values.
 RANKING_METRICS = ("ndcg", "hr", "mrr")
@@ -91,6 +93,7 @@ class PolicyConfig:
     confidence: float = field(default=0.95, metadata=_help("confidence level of every interval"))
     n_resamples: int = field(default=2000, metadata=_help("bootstrap resamples of users"))
     threads: int = field(default=2, metadata=_help("torch threads for training and scoring"))
+    progress: bool = field(default=True, metadata=_help("tqdm progress bars on stderr"))
     seed: int = field(default=0, metadata=_help("seed of every policy's initialization and run"))
 
     def __post_init__(self) -> None:
@@ -136,12 +139,21 @@ def temperature_grid(algorithm: str, reward_std: float) -> tuple[str, list[float
     return name, [float(np.round(v * scale, 6)) for v in grid]
 
 
+def fixed_settings(algorithm: str) -> dict[str, float]:
+    """Settings reported with the temperature but not swept: PPO's KL coefficient (its trainer
+    default, `trainers.PPOConfig`)."""
+    if algorithm != "ppo":
+        return {}
+    config_class, _ = trainers.ALGORITHMS["ppo"]
+    return {"kl_coef": float(next(f.default for f in fields(config_class) if f.name == "kl_coef"))}
+
+
 def default_temperature(algorithm: str, reward_std: float) -> dict[str, float]:
     """The documented default when there is no sweep: the middle of the grid."""
     if algorithm not in TEMPERATURES:
         return {}
     name, grid = temperature_grid(algorithm, reward_std)
-    return {name: grid[len(grid) // 2]}
+    return {name: grid[len(grid) // 2], **fixed_settings(algorithm)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,10 +265,24 @@ class TrainedPolicy:
     steps: int
 
 
-def uses_reward_model(algorithm: str) -> bool:
-    """Whether `trainers.ALGORITHMS[algorithm]` learns from a reward model (its Config says)."""
+def reward_model_use(algorithm: str) -> str:
+    """How `trainers.ALGORITHMS[algorithm]` uses a reward model, as its Config declares:
+    "none", "optional" (A-SFT: the user's mean reward without one) or "required"."""
     config_class, _ = trainers.ALGORITHMS[algorithm]
-    return bool(getattr(config_class, "uses_reward_model", False))
+    return str(getattr(config_class, "reward_model", "none"))
+
+
+# π_ref's top items over which A-SFT's baseline b(s) = E_π_ref[R̂(s, a)] is taken (renormalized):
+# the reward model is then called 20 times per training event instead of once per catalog item.
+A_SFT_BASELINE_TOP_K = 20
+
+
+def a_sft_data(data: PolicyData, sft: TrainedPolicy, reward_fn: RewardFn,
+               top_k: int = A_SFT_BASELINE_TOP_K) -> TensorData:
+    """The training tensors with A-SFT's advantages r − b(s) from the reward model and the SFT
+    policy, computed once and shared by every point of a β sweep (A does not depend on β)."""
+    return a_sft_advantages(data.train, reward_fn, frozen_copy(sft.model),
+                                         top_k=top_k)
 
 
 def _config_for(algorithm: str, settings: Mapping[str, Any]) -> Any:
@@ -290,7 +316,7 @@ def train_sft(data: PolicyData, max_len: int, config: PolicyConfig,
     steps_per_epoch = max(1, rows // min(config.batch_size, rows))
     settings = {
         "lr": config.lr, "batch_size": config.batch_size, "epochs": config.sft_epochs,
-        "seed": config.seed, "eval_every": steps_per_epoch, "progress": True,
+        "seed": config.seed, "eval_every": steps_per_epoch, "progress": config.progress,
         "early_stopping_metric": f"valid_ndcg@{config.k}", "patience": 3,
         "checkpoint_path": checkpoint, "checkpoint_every": steps_per_epoch if checkpoint else 0,
     }
@@ -324,24 +350,24 @@ def train_policy(
 ) -> TrainedPolicy:
     """Post-train a copy of the SFT policy with `algorithm` for `config.post_steps` steps.
 
-    The SFT policy is the reference (π_ref) of algorithms that take one; `reward_fn` is passed
-    to those whose Config says `uses_reward_model`. `train_data` replaces the training tensors
-    (e.g. with precomputed A-SFT advantages shared by every point of a sweep).
+    `reward_fn`, with the SFT policy as π_ref, goes to the algorithms whose Config declares a
+    use for one (`reward_model_use`). `train_data` replaces the training tensors (e.g. with
+    precomputed A-SFT advantages shared by every point of a sweep).
     """
     temperature = dict(temperature or {})
     settings = {
         "lr": config.post_lr, "batch_size": config.batch_size, "max_steps": config.post_steps,
-        "seed": config.seed, "progress": True, "checkpoint_path": checkpoint,
+        "seed": config.seed, "progress": config.progress, "checkpoint_path": checkpoint,
         "checkpoint_every": max(1, config.post_steps // 4) if checkpoint else 0, **temperature,
     }
     algorithm_config = _config_for(algorithm, settings)
     extra: dict[str, Any] = {}
-    if uses_reward_model(algorithm):
-        if reward_fn is None:
-            raise ValueError(f"{algorithm} needs a reward model; none was fitted (--no-audit?)")
-        extra["reward_fn"] = reward_fn
-    if _takes_reference(algorithm):
-        extra["reference"] = sft.model
+    use = reward_model_use(algorithm)
+    if use == "required" and reward_fn is None:
+        raise ValueError(f"{algorithm} needs a reward model; none was fitted (--no-audit?)")
+    if use != "none" and reward_fn is not None:
+        # the SFT policy is π_ref wherever a reward model is used (A-SFT's b(s), PPO's KL)
+        extra |= {"reward_fn": reward_fn, "reference": sft.model}
     model = copy.deepcopy(sft.model)
     resume = checkpoint if checkpoint and _exists(checkpoint) else None
     tick = time.perf_counter()
@@ -352,11 +378,6 @@ def train_policy(
     assert isinstance(result.model, SequentialRecommender)
     return TrainedPolicy(name or algorithm, algorithm, temperature, result.model,
                          time.perf_counter() - tick, result.steps)
-
-
-def _takes_reference(algorithm: str) -> bool:
-    config_class, _ = trainers.ALGORITHMS[algorithm]
-    return bool(getattr(config_class, "uses_reference", uses_reward_model(algorithm)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,27 +495,28 @@ def sweep_temperature(
     reward_fn: RewardFn | None = None,
     true_reward: RewardFn | None = None,
     train_data: TensorData | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> tuple[dict[str, Any], TrainedPolicy]:
+    fixed: Mapping[str, float] | None = None,
+) -> tuple[dict[str, Any], list[TrainedPolicy]]:
     """Train `algorithm` at each temperature of `grid`; score each on the validation events.
 
-    The sweep's metric is NDCG@k on high-reward validation targets (targets at or above the
-    high-reward threshold): what a reward-seeking policy should raise without drifting from
-    what users choose. Returns the curve (each point with its interval, and the true reward
-    on a simulated world) and the best point's policy.
+    The sweep's metric is NDCG@k on high-reward validation targets (at or above the high-reward
+    threshold): what a reward-seeking policy should raise without drifting from what users
+    choose. Returns the curve (`summary.json["sweep"][algorithm]`: each point with its interval,
+    and the true reward of its validation slate on a simulated world) and the policies, one per
+    point; which one wins is `rmdiag.select.choose_temperature`'s call. `fixed` holds settings
+    that are not swept (PPO's KL coefficient).
     """
     parameter = TEMPERATURES[algorithm][0]
     threshold = high_reward_threshold(data, config)
     high = data.valid.target_rewards >= threshold
+    targets = f"reward >= {threshold:g}"
     if high.sum() < 2:
-        high = np.ones(len(data.valid), dtype=bool)
+        high, targets = np.ones(len(data.valid), dtype=bool), "any reward"
     metric = f"ndcg@{config.k}"
     points, policies = [], []
     for value in grid:
-        if progress is not None:
-            progress(f"{algorithm} {parameter}={value:g}")
-        policy = train_policy(algorithm, data, sft, config, {parameter: value}, reward_fn,
-                              train_data, name=algorithm)
+        policy = train_policy(algorithm, data, sft, config, {parameter: value, **(fixed or {})},
+                              reward_fn, train_data, name=algorithm)
         scores = _ranking(policy.model, data.valid, config.k)[metric]
         point: dict[str, Any] = {"value": value, metric: _figure(scores[high], config)}
         if true_reward is not None:
@@ -502,11 +524,9 @@ def sweep_temperature(
                 slate_value(policy.model, data.valid.context, true_reward, config.k), config)
         points.append(point)
         policies.append(policy)
-    best = int(np.argmax([p[metric]["value"] for p in points]))
-    curve = {"parameter": parameter, "metric": metric, "split": "valid",
-             "targets": f"reward >= {threshold:g}", "best": points[best]["value"],
+    curve = {"parameter": parameter, "metric": metric, "split": "valid", "targets": targets,
              "points": points}
-    return curve, policies[best]
+    return curve, policies
 
 
 def per_user_table(

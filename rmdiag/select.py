@@ -32,6 +32,7 @@ This rule is a hypothesis until the simulation study calibrates it (DESIGN.md, S
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -303,3 +304,102 @@ def _evidence(
             "p_adjusted": entry["p_adjusted"],
         }
     return evidence
+
+
+# ---------------------------------------------------------------------------------------------
+# The decision: which post-training algorithm follows from the verdict, at which temperature
+
+# DESIGN.md, Selection: online RL (PPO, with pessimism) when the reward model generalizes;
+# A-SFT when it is noisy but directional; exp-weighted SFT on observed rewards otherwise.
+ALGORITHM_FOR_VERDICT: dict[str, str] = {
+    "generalizes": "ppo",
+    "directional": "a-sft",
+    "unreliable": "exp-sft",
+}
+_WHY = {
+    "ppo": "it generalizes, so optimizing it online should transfer: PPO with pessimism "
+    "(ensemble mean − κ·spread) and a KL leash to the SFT policy",
+    "a-sft": "it orders a user's items but its level is not trustworthy: A-SFT uses only its "
+    "directional signal (the advantage r − b(s)) to reweight logged events",
+    "exp-sft": "it is not trustworthy: exp-weighted SFT learns from the observed rewards alone "
+    "(weights exp(r/λ)), no reward model",
+}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """``decision.json``: the algorithm, its temperature (config field -> value; λ for exp-SFT,
+    β for A-SFT, κ and the KL coefficient for PPO), the verdict, the reasons (sentences citing
+    the figures) and the evidence (name -> JSON figure)."""
+
+    algorithm: str
+    verdict: str
+    reasons: tuple[str, ...]
+    evidence: dict[str, dict[str, Any]]
+    temperature: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "algorithm": self.algorithm,
+            "temperature": dict(self.temperature),
+            "verdict": self.verdict,
+            "reasons": list(self.reasons),
+            "evidence": self.evidence,
+        }
+
+
+def decide(judgement: Judgement | None) -> Decision:
+    """The algorithm the verdict calls for. Without an audit (``None``) no reward model is
+    trusted: exp-weighted SFT, verdict ``unreliable``."""
+    if judgement is None:
+        return Decision(
+            "exp-sft", "unreliable",
+            ("No reward model was audited (--no-audit), so none is trusted: " + _WHY["exp-sft"]
+             + ".",),
+            {},
+        )
+    algorithm = ALGORITHM_FOR_VERDICT[judgement.verdict]
+    reasons = (*judgement.reasons,
+               f"Verdict {judgement.verdict}: {_WHY[algorithm]}.")
+    return Decision(algorithm, judgement.verdict, reasons, dict(judgement.evidence))
+
+
+def _format(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def choose_temperature(decision: Decision, sweep: Mapping[str, Any],
+                       fixed: Mapping[str, float] | None = None) -> Decision:
+    """The decision at the sweep's best temperature (the highest validation figure; ties go to
+    the larger temperature, the one closer to SFT), with the sentence that justifies it and the
+    winner's figure as evidence. ``fixed`` adds settings that were not swept (PPO's KL
+    coefficient)."""
+    metric, parameter = sweep["metric"], sweep["parameter"]
+    points = sweep["points"]
+    best = max(range(len(points)), key=lambda i: (points[i][metric]["value"], points[i]["value"]))
+    winner = points[best]
+    figure = winner[metric]
+    grid = ", ".join(_format(p["value"]) for p in points)
+    reason = (
+        f"{parameter} = {_format(winner['value'])} won the validation sweep over {{{grid}}}: "
+        f"{metric.upper()} on the validation targets with {sweep['targets']} is "
+        f"{figure['value']:.4f} [{figure['low']:.4f}, {figure['high']:.4f}]."
+    )
+    return dataclasses.replace(
+        decision,
+        temperature={parameter: winner["value"], **(fixed or {})},
+        reasons=(*decision.reasons, reason),
+        evidence={**decision.evidence, f"sweep.{metric}.{parameter}={_format(winner['value'])}":
+                  dict(figure)},
+    )
+
+
+def default_temperature(decision: Decision, temperature: Mapping[str, float]) -> Decision:
+    """The decision at a documented default temperature (``--no-sweep``)."""
+    if not temperature:
+        return decision
+    settings = ", ".join(f"{k} = {_format(v)}" for k, v in temperature.items())
+    return dataclasses.replace(
+        decision, temperature=dict(temperature),
+        reasons=(*decision.reasons, f"{settings}: the documented default (no validation sweep)."),
+    )

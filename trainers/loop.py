@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.distributed as dist
@@ -39,6 +40,10 @@ CHECKPOINT_VERSION = 1
 @dataclass
 class TrainConfig:
     """Optimization settings shared by every algorithm (each algorithm's Config extends it)."""
+
+    # How the algorithm uses a reward model: "none" (observed rewards only), "optional" or
+    # "required"; a pipeline passes `reward_fn` (and the SFT policy as `reference`) accordingly.
+    reward_model: ClassVar[str] = "none"
 
     # AdamW step size; 1e-3 is SASRec's (Kang & McAuley 2018) and Adam's default.
     lr: float = 1e-3

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -35,6 +36,8 @@ _MASKED = -1e9
 class PPOConfig(TrainConfig):
     """One-step PPO. `batch_size` is the number of histories per rollout; one loop step is one
     rollout batch, i.e. ppo_epochs × minibatches optimizer updates."""
+
+    reward_model: ClassVar[str] = "required"
 
     # RL fine-tuning moves a pre-trained policy: a smaller step than SFT's 1e-3.
     lr: float = 3e-4

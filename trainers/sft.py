@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -67,12 +68,18 @@ class ExpSFTConfig(SFTConfig):
 class ASFTConfig(SFTConfig):
     """A-SFT (Netflix 2025): weight min(exp(A/β), w_max), A = r − b(s)."""
 
+    # b(s) from a reward model when one is given, else the user's mean observed reward.
+    reward_model: ClassVar[str] = "optional"
+
     # β controls how far the policy may move from the logging policy; β → ∞ is SFT.
     beta: float = 1.0
     # w_max caps the weight of rare high-advantage events (20 as in AWR, Peng et al. 2019).
     max_weight: float = 20.0
-    # Users per chunk when computing b(s) = Σ_a π_ref(a|s) R̂(s, a) over the whole catalog.
+    # Users per chunk when computing b(s) = Σ_a π_ref(a|s) R̂(s, a).
     baseline_batch_size: int = 256
+    # b(s) over π_ref's top items only (renormalized), None = the whole catalog; a reward model
+    # costlier than a table lookup makes the whole catalog per training event too slow.
+    baseline_top_k: int | None = None
 
 
 def _sample_weight(targets: NextItemTargets) -> torch.Tensor | float:
@@ -188,18 +195,56 @@ def train_exp_sft(
 
 @torch.no_grad()
 def reward_model_baseline(
-    reward_fn: RewardFn, reference: Scorer, data: TensorData, batch_size: int = 256
+    reward_fn: RewardFn,
+    reference: Scorer,
+    data: TensorData,
+    batch_size: int = 256,
+    top_k: int | None = None,
 ) -> torch.Tensor:
-    """b(s) = Σ_a π_ref(a|s) R̂(s, a) over the whole catalog, one value per event row [N]."""
+    """b(s) = Σ_a π_ref(a|s) R̂(s, a), one value per event row [N].
+
+    Over the whole catalog, or with ``top_k`` over π_ref's top_k items renormalized (the
+    policy's likely actions): the reward model is then called k times per event, not n_items.
+    """
     baselines = []
     n_rows = int(data["users"].shape[0])
     for start in range(0, n_rows, batch_size):
         rows = slice(start, start + batch_size)
         context = batch_context({key: value[rows] for key, value in data.items()})
-        probs = torch.softmax(reference(context).float(), dim=1)[:, 1:]  # drop padding column
-        catalog = torch.arange(1, probs.shape[1] + 1).expand(len(context), -1)
-        baselines.append((probs * reward_fn(context, catalog).float()).sum(1))
-    return torch.cat(baselines)
+        logits = reference(context).float()
+        logits[:, 0] = float("-inf")  # the padding column is no action
+        if top_k is None or top_k >= logits.shape[1] - 1:
+            probs = torch.softmax(logits, dim=1)[:, 1:]
+            items = torch.arange(1, probs.shape[1] + 1).expand(len(context), -1)
+        else:
+            top = logits.topk(top_k, dim=1)
+            probs, items = torch.softmax(top.values, dim=1), top.indices
+        baselines.append((probs * reward_fn(context, items).float()).sum(1))
+    return torch.cat(baselines) if baselines else torch.zeros(0)
+
+
+def a_sft_advantages(
+    data: TensorData,
+    reward_fn: RewardFn,
+    reference: Scorer,
+    top_k: int | None = None,
+    batch_size: int = 256,
+) -> TensorData:
+    """``data`` with A-SFT's advantages A = r − b(s) added (`reward_model_baseline`).
+
+    b(s) is computed on each target's history as its own event, as it would be served.
+    Precompute once to share between runs (e.g. a β sweep): A does not depend on β.
+    """
+    data = check_data(data)
+    events = sequences_to_events(data) if is_sequence_data(data) else data
+    baseline = reward_model_baseline(reward_fn, reference, events, batch_size, top_k)
+    advantage = events["target_rewards"] - baseline
+    if is_sequence_data(data):
+        # Back onto the sequence grid, so training still runs every position at once.
+        grid = torch.zeros_like(data["rewards"])
+        grid[:, 1:][data["items"][:, 1:] != 0] = advantage
+        advantage = grid
+    return {**data, "advantages": advantage}
 
 
 def train_a_sft(
@@ -223,57 +268,9 @@ def train_a_sft(
     data = check_data(data)
     if reward_fn is not None and "advantages" not in data:
         reference = frozen_copy(model if reference is None else reference, "cpu")
-        # b(s) is computed on each target's history as its own event, as it would be served.
-        events = sequences_to_events(data) if is_sequence_data(data) else data
-        baseline = reward_model_baseline(reward_fn, reference, events, config.baseline_batch_size)
-        advantage = events["target_rewards"] - baseline
-        if is_sequence_data(data):
-            # Back onto the sequence grid, so training still runs every position at once.
-            grid = torch.zeros_like(data["rewards"])
-            grid[:, 1:][data["items"][:, 1:] != 0] = advantage
-            advantage = grid
-        data = {**data, "advantages": advantage}
-    elif reference is not None:
+        data = a_sft_advantages(data, reward_fn, reference, config.baseline_top_k,
+                                config.baseline_batch_size)
+    elif reference is not None and reward_fn is None:
         raise ValueError("a reference policy is only used with a reward_fn")
     return _train_weighted(model, data, config, a_sft_loss, eval_fn, resume_from)  # type: ignore[arg-type]
 
-
-@torch.no_grad()
-def a_sft_advantages(
-    data: TensorData,
-    reward_fn: RewardFn,
-    reference: Scorer,
-    top_k: int | None = None,
-    batch_size: int = 256,
-) -> TensorData:
-    """``data`` with A-SFT's advantages A = r − b(s) added, b(s) = E_{a∼π_ref}[R̂(s, a)].
-
-    Computed on each target's history as its own event, as it would be served. With ``top_k``,
-    the expectation runs over π_ref's top_k items renormalized (the policy's likely actions)
-    instead of the whole catalog: the reward model is called k times per event, not n_items
-    times. Precompute once to share between runs (e.g. a β sweep): A does not depend on β.
-    """
-    data = check_data(data)
-    events = sequences_to_events(data) if is_sequence_data(data) else data
-    baselines = []
-    n_rows = int(events["users"].shape[0])
-    for start in range(0, n_rows, batch_size):
-        rows = slice(start, start + batch_size)
-        context = batch_context({key: value[rows] for key, value in events.items()})
-        logits = reference(context).float()
-        logits[:, 0] = float("-inf")  # the padding column is no action
-        if top_k is None or top_k >= logits.shape[1] - 1:
-            probs = torch.softmax(logits, dim=1)[:, 1:]
-            items = torch.arange(1, probs.shape[1] + 1).expand(len(context), -1)
-        else:
-            top = logits.topk(top_k, dim=1)
-            probs, items = torch.softmax(top.values, dim=1), top.indices
-        baselines.append((probs * reward_fn(context, items).float()).sum(1))
-    advantage = events["target_rewards"] - torch.cat(baselines) if baselines else events[
-        "target_rewards"][:0]
-    if is_sequence_data(data):
-        # Back onto the sequence grid, so training still runs every position at once.
-        grid = torch.zeros_like(data["rewards"])
-        grid[:, 1:][data["items"][:, 1:] != 0] = advantage
-        advantage = grid
-    return {**data, "advantages": advantage}

@@ -10,6 +10,7 @@ import numpy as np
 
 from rmdiag.audit.config import AuditConfig
 from rmdiag.audit.figures import Figure
+from rmdiag.rewards import RewardEnsemble
 
 
 @dataclass
@@ -30,6 +31,9 @@ class AuditResult:
     # per held-out event, for the plots (not in the JSON)
     events: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     predictions: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    # the fitted reward-model ensemble (a RewardFn with members), for the stages after the audit
+    # to optimize and judge with (not in the JSON)
+    ensemble: RewardEnsemble | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -184,6 +184,7 @@ def _audit(
 
     popularity = np.bincount(train.items, minlength=train.n_items + 1)[heldout.items]
     return AuditResult(
+        ensemble=ensemble,
         models=models,
         comparisons=comparisons,
         spread_error=spread_error,
