@@ -5,9 +5,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from rmdiag.audit import AuditResult
-from rmdiag.report.html import STYLE, escape, figure_cell, new_plot, png
+from rmdiag.audit import METRICS, SLICES, AuditResult, Figure
+from rmdiag.report.html import (
+    escape,
+    figure_cell,
+    new_plot,
+    p_cell,
+    page,
+    plain,
+    plot_text,
+    png,
+    table,
+)
 from rmdiag.select import Judgement
+
+
+def _cell(fig: Figure, key: str, inline: bool = True) -> str:
+    return figure_cell(fig.as_dict(), key, inline=inline)
 
 
 def _plot_error_by_slice(result: AuditResult) -> str:
@@ -19,14 +33,14 @@ def _plot_error_by_slice(result: AuditResult) -> str:
         lows = [f.value - f.low if f.value is not None else 0 for f in figs]
         highs = [f.high - f.value if f.value is not None else 0 for f in figs]
         ax.bar(range(len(names)), values, yerr=[lows, highs], capsize=3, color="#4c72b0")
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_xticks(range(len(names)), [plot_text(n) for n in names], rotation=30, ha="right")
         ax.set_title(f"RMSE, {slice_name} slice")
         bounds = [b for f in figs if f.value is not None for b in (f.low, f.high)]
         if bounds:
             ax.set_ylim(0.95 * min(bounds), 1.03 * max(bounds))
         else:
             ax.text(0.5, 0.5, "too few events", ha="center", transform=ax.transAxes)
-    return png(figure)
+    return png(figure, "RMSE of every model on each slice")
 
 
 def _binned(x: np.ndarray, y: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +66,7 @@ def _plot_error_vs_spread(result: AuditResult) -> str:
     ax.set_xlabel("ensemble member spread (std)")
     ax.set_ylabel("|error| of the ensemble mean")
     ax.legend(fontsize=8)
-    return png(figure)
+    return png(figure, "ensemble error against member spread")
 
 
 def _plot_error_vs_popularity(result: AuditResult) -> str:
@@ -61,75 +75,88 @@ def _plot_error_vs_popularity(result: AuditResult) -> str:
     figure, ax = new_plot(figsize=(5.5, 3.6))
     for name, pred in result.predictions.items():
         bx, by = _binned(popularity, (pred - reward) ** 2, 8)
-        ax.plot(bx, np.sqrt(by), "o-", label=name, lw=2 if name == "ensemble" else 1)
+        ax.plot(bx, np.sqrt(by), "o-", label=plot_text(name), lw=2 if name == "ensemble" else 1)
     ax.set_xlabel("log10(1 + training events of the item)")
     ax.set_ylabel("RMSE")
     ax.legend(fontsize=7)
-    return png(figure)
+    return png(figure, "RMSE of every model against item popularity")
+
+
+def _intro(result: AuditResult, judgement: Judgement) -> list[str]:
+    """The data and how the audit ran, then the verdict and its reasons."""
+    data = result.data
+    return [
+        f"<p>Data: <code>{escape(data['source'])}</code>; {plain(data['train_events'])} "
+        f"training events, {plain(data['heldout_events'])} held-out events, "
+        f"{plain(data['users'])} users, {plain(data['items'])} items. Ensemble members: "
+        f"{escape(', '.join(data['ensemble_members']))}. Intervals at "
+        f"{result.config.confidence:.0%}, users resampled; audit took {result.seconds:.1f} s.</p>",
+        f"<p class='verdict v-{escape(judgement.verdict)}'>Verdict: "
+        f"<strong>{escape(judgement.verdict)}</strong></p><ul>",
+        *(f"<li>{escape(reason)}</li>" for reason in judgement.reasons),
+        "</ul>",
+    ]
+
+
+def _models_table(result: AuditResult) -> str:
+    """Every model's figures on both slices, its training RMSE and its generalization gap
+    (intervals under the values, so that the nine columns fit the page)."""
+    header = []
+    for slice_name in SLICES:
+        info = result.slices[slice_name]
+        header += [
+            f"{escape(metric)}<br><small>{escape(slice_name)} ({plain(info['events'])} events, "
+            f"{plain(info['users'])} users)</small>"
+            for metric in METRICS
+        ]
+    rows = []
+    for name, slices in result.models.items():
+        cells = [_cell(slices[s][m], m, inline=False) for s in SLICES for m in METRICS]
+        gap = result.gap.get(name, {})
+        cells += [_cell(gap[k], k, inline=False) for k in ("train_rmse", "gap")]
+        rows.append(f"<tr><td class='name'>{escape(name)}</td>{''.join(cells)}</tr>")
+    return table("models", ["model", *header, "train RMSE", "held-out − train"], rows)
+
+
+def _comparisons_table(result: AuditResult, alpha: float) -> str:
+    rows = [
+        "<tr>"
+        + "".join(f"<td class='name'>{escape(c[k])}</td>"
+                  for k in ("model", "baseline", "slice", "metric"))
+        + _cell(c["difference"], "difference")
+        + p_cell(c["p_value"], "p_value")
+        + p_cell(c["p_adjusted"], "p_adjusted", alpha)
+        + "</tr>"
+        for c in result.comparisons
+    ]
+    header = ["model", "baseline", "slice", "metric", "difference", "p", "p (Holm)"]
+    return table("comparisons", header, rows)
+
+
+def _spread_table(result: AuditResult) -> str:
+    row = "".join(_cell(fig, k) for k, fig in result.spread_error.items())
+    return table("spread-error", [escape(k) for k in result.spread_error], [f"<tr>{row}</tr>"])
 
 
 def render_audit_html(result: AuditResult, judgement: Judgement) -> str:
     """audit.html: the verdict and its reasons, every model's figures, every comparison, the
     spread/error correlation and three plots."""
-    metrics = ("rmse", "mae", "pairwise_accuracy")
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>rmdiag audit</title>",
-        f"<style>{STYLE}</style></head><body><h1>Reward-model audit</h1>",
-        f"<p>Data: <code>{escape(result.data['source'])}</code>; {result.data['train_events']} "
-        f"training events, {result.data['heldout_events']} held-out events, "
-        f"{result.data['users']} users, {result.data['items']} items. Ensemble members: "
-        f"{escape(', '.join(result.data['ensemble_members']))}. Intervals at "
-        f"{result.config.confidence:.0%}, users resampled; audit took {result.seconds:.1f} s.</p>",
-        f"<p class='verdict'>Verdict: {escape(judgement.verdict)}</p><ul>",
-        *(f"<li>{escape(reason)}</li>" for reason in judgement.reasons),
-        "</ul><h2>Models</h2><table><tr><th>model</th>",
-    ]
-    for slice_name in ("all", "unexplored"):
-        info = result.slices[slice_name]
-        for metric in metrics:
-            parts.append(
-                f"<th>{escape(metric)}<br><small>{escape(slice_name)} ({info['events']} events, "
-                f"{info['users']} users)</small></th>"
-            )
-    parts.append("<th>train RMSE</th><th>held-out − train</th></tr>")
-    for name, slices in result.models.items():
-        parts.append(f"<tr><td class='name'>{escape(name)}</td>")
-        for slice_name in ("all", "unexplored"):
-            parts.extend(figure_cell(slices[slice_name][m]) for m in metrics)
-        gap = result.gap.get(name, {})
-        parts.extend(figure_cell(gap[k]) for k in ("train_rmse", "gap"))
-        parts.append("</tr>")
-    parts.append(
-        "</table><h2>Reward models against baselines</h2><p>Difference = model − baseline "
+    return page("rmdiag audit", [
+        "<h1>Reward-model audit</h1>",
+        *_intro(result, judgement),
+        "<h2>Models</h2>",
+        _models_table(result),
+        "<h2>Reward models against baselines</h2><p>Difference = model − baseline "
         "(negative is better for RMSE/MAE, positive for pairwise accuracy); p-values from a "
-        "paired test across users, Holm-adjusted over all comparisons.</p><table><tr>"
-        "<th>model</th><th>baseline</th><th>slice</th><th>metric</th><th>difference</th>"
-        "<th>p</th><th>p (Holm)</th></tr>"
-    )
-    alpha = judgement.config.alpha
-    for c in result.comparisons:
-        p = "n/a" if c["p_value"] is None else f"{c['p_value']:.3g}"
-        adjusted = c["p_adjusted"]
-        marker = " class='sig'" if adjusted is not None and adjusted < alpha else ""
-        q = "n/a" if adjusted is None else f"{adjusted:.3g}"
-        parts.append(
-            f"<tr><td class='name'>{escape(c['model'])}</td>"
-            f"<td class='name'>{escape(c['baseline'])}</td>"
-            f"<td class='name'>{escape(c['slice'])}</td>"
-            f"<td class='name'>{escape(c['metric'])}</td>"
-            f"{figure_cell(c['difference'])}<td>{p}</td><td{marker}>{q}</td></tr>"
-        )
-    parts.append("</table><h2>Does ensemble spread track error?</h2><table><tr>")
-    parts.extend(f"<th>{escape(k)}</th>" for k in result.spread_error)
-    parts.append("</tr><tr>")
-    parts.extend(figure_cell(fig) for fig in result.spread_error.values())
-    parts.append(
-        "</tr></table><p>Spearman rank correlation of member spread with the ensemble's "
+        "paired test across users, Holm-adjusted over all comparisons.</p>",
+        _comparisons_table(result, judgement.config.alpha),
+        "<h2>Does ensemble spread track error?</h2>",
+        _spread_table(result),
+        "<p>Spearman rank correlation of member spread with the ensemble's "
         "absolute error per slice; mean_spread is the average member standard deviation.</p>"
-        "<h2>Plots</h2>"
-    )
-    parts.append(_plot_error_by_slice(result))
-    parts.append(_plot_error_vs_spread(result))
-    parts.append(_plot_error_vs_popularity(result))
-    parts.append("</body></html>\n")
-    return "".join(parts)
+        "<h2>Plots</h2><div class='plots'>",
+        _plot_error_by_slice(result),
+        _plot_error_vs_spread(result),
+        _plot_error_vs_popularity(result),
+        "</div>",
+    ])
