@@ -18,7 +18,7 @@ import io
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -125,6 +125,7 @@ class RunSummary:
     conclusion: list[str] = field(default_factory=list)
     examples: list[dict[str, Any]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)  # the configs used, as JSON
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     per_user: pa.Table | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -139,7 +140,7 @@ class RunSummary:
         if self.policies:
             payload |= {"policies": self.policies, "evaluation": self.evaluation,
                         "conclusion": self.conclusion, "examples": self.examples}
-        return payload | self.settings
+        return payload | self.settings | ({"timings": self.timings} if self.timings else {})
 
     def files(self) -> dict[str, str | bytes]:
         """Every output file, rendered in memory (publish them together)."""
@@ -216,14 +217,23 @@ def split_log(log: Interactions, config: RunConfig) -> Split:
     return leave_last_out(log)
 
 
-def _stage_printer(enabled: bool) -> Callable[[str], None]:
-    started = time.perf_counter()
+class _Stages:
+    """Names each stage on stderr as it starts and keeps the seconds each took."""
 
-    def stage(name: str) -> None:
-        if enabled:
-            print(f"rmdiag run [{time.perf_counter() - started:6.1f} s] {name}", file=sys.stderr,
+    def __init__(self) -> None:
+        self.started = self.mark = time.perf_counter()
+        self.current: str | None = None
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str | None, detail: str = "") -> None:
+        now = time.perf_counter()
+        if self.current is not None:
+            self.seconds[self.current] = round(self.seconds.get(self.current, 0.0)
+                                               + now - self.mark, 3)
+        self.current, self.mark = name, now
+        if name is not None:
+            print(f"rmdiag run [{now - self.started:6.1f} s] {name}{detail}", file=sys.stderr,
                   flush=True)
-    return stage
 
 
 def run(
@@ -245,7 +255,7 @@ def run(
     audit_config = audit_config or AuditConfig()
     select_config = select_config or SelectConfig()
     policy_config = policy_config or policies.PolicyConfig()
-    stage = _stage_printer(policy_config.progress)
+    stage = _Stages()
     stage("load")
     log, world = load_or_simulate(data, columns, simulation)
     stage("split")
@@ -256,7 +266,7 @@ def run(
         sequences=_sequence_summary(split, config),
     )
     if config.audit:
-        stage("audit: baselines and the reward-model ensemble")
+        stage("audit", ": baselines and the reward-model ensemble")
         # the held-out events are the split's valid and test events, as `rmdiag audit` holds out
         result = audit(split.train, split.valid.concat(split.test), config=audit_config)
         summary.audit, summary.judgement = result, judge(result, select_config)
@@ -273,8 +283,10 @@ def run(
         "config": asdict(config), "audit_config": asdict(audit_config),
         "select_config": asdict(select_config), "policy_config": asdict(policy_config),
     } | ({"simulation": asdict(simulation)} if world is not None else {})
-    stage("report")
+    stage(None)
+    summary.timings = stage.seconds
     if out is not None:
+        stage("report", f": writing {out}")
         publish(out, summary.files())
     return summary
 
@@ -320,7 +332,7 @@ def _policies_stage(
     config: RunConfig,
     policy_config: policies.PolicyConfig,
     alpha: float,
-    stage: Callable[[str], None],
+    stage: _Stages,
 ) -> None:
     """Train SFT and the chosen algorithm (swept or at its default temperature) and whatever
     `--compare` adds; score them all on the test events; fill the summary's policy figures."""
@@ -328,7 +340,7 @@ def _policies_stage(
     ensemble = summary.audit.ensemble if summary.audit is not None else None
     true_reward = (policies.EncodedReward(world.true_reward, data.log.user_ids,
                                           data.log.item_ids) if world is not None else None)
-    stage("policies: sft")
+    stage("policies.sft", ": behaviour cloning, early-stopped on validation NDCG")
     trained = {"sft": policies.train_sft(data, config.max_len, policy_config)}
     names = list(dict.fromkeys([decision.algorithm, *config.compare_list]))
     names = [n for n in names if n != "sft"]
@@ -341,12 +353,12 @@ def _policies_stage(
             continue
         train_data = None
         if algorithm == "a-sft" and ensemble is not None:
-            stage("policies: a-sft advantages from the ensemble and SFT")
+            stage("policies.a-sft.advantages", ": b(s) from the ensemble and SFT")
             train_data = policies.a_sft_data(data, trained["sft"], ensemble)
         swept = config.sweep and algorithm in policies.TEMPERATURES
         if swept:
             parameter, grid = policies.temperature_grid(algorithm, data.reward_std)
-            stage(f"policies: {algorithm} sweep of {parameter} over {grid}")
+            stage(f"policies.{algorithm}", f": sweep of {parameter} over {grid}")
             curve, candidates = policies.sweep_temperature(
                 algorithm, data, trained["sft"], policy_config, grid, ensemble, true_reward,
                 train_data, policies.fixed_settings(algorithm))
@@ -359,14 +371,14 @@ def _policies_stage(
                 decision = chosen
         else:
             temperature = policies.default_temperature(algorithm, data.reward_std)
-            stage(f"policies: {algorithm}")
+            stage(f"policies.{algorithm}")
             trained[algorithm] = policies.train_policy(
                 algorithm, data, trained["sft"], policy_config, temperature, ensemble,
                 train_data)
             if algorithm == decision.algorithm:
                 decision = default_temperature(decision, temperature)
     summary.decision = decision
-    stage("policies: scoring on the test events")
+    stage("policies.scoring", ": every policy on the test events")
     judge_ = policies.make_judge(ensemble, policy_config)
     per_user = {name: policies.score_policy(policy.model, data.test, policy_config.k, judge_,
                                             true_reward)
@@ -418,10 +430,15 @@ def conclusion(
             verdict = "raises" if fig["value"] > 0 else "lowers"
         sentences.append(
             f"{name} {verdict} {what} against SFT: {fig['value']:+.4f} "
-            f"[{fig['low']:+.4f}, {fig['high']:+.4f}] (paired over users, Holm p = "
-            f"{d['p_adjusted']:.3g})."
+            f"[{fig['low']:+.4f}, {fig['high']:+.4f}] (paired over users, Holm p "
+            f"{_p_text(d['p_adjusted'])})."
         )
     return sentences
+
+
+def _p_text(p: float) -> str:
+    # a paired t-test over thousands of users underflows to 0 for large effects
+    return "< 1e-300" if p < 1e-300 else f"= {p:.3g}"
 
 
 def audit_files(

@@ -136,7 +136,7 @@ def temperature_grid(algorithm: str, reward_std: float) -> tuple[str, list[float
     """(config field, candidate values) of an algorithm's temperature."""
     name, grid, scaled = TEMPERATURES[algorithm]
     scale = reward_std if scaled and reward_std > 0 else 1.0
-    return name, [float(np.round(v * scale, 6)) for v in grid]
+    return name, [float(f"{v * scale:.3g}") for v in grid]
 
 
 def fixed_settings(algorithm: str) -> dict[str, float]:
