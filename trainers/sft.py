@@ -9,9 +9,10 @@ multiplies the algorithm's weight (e.g. a 0/1 filter or an importance weight).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ from trainers.data import (
     next_item_targets,
     sequences_to_events,
 )
-from trainers.loop import EvalFn, TrainConfig, TrainResult, train_loop
+from trainers.loop import EvalFn, TrainConfig, TrainResult, describe, train_loop
 from trainers.model import SequentialRecommender, frozen_copy
 from trainers.protocols import RewardFn, Scorer
 
@@ -37,42 +38,72 @@ Loss = tuple[torch.Tensor, torch.Tensor]
 class SFTConfig(TrainConfig):
     """Behaviour cloning: minimize −log π(a|s) on every logged event."""
 
-    # Sampled softmax negatives per batch, shared by its rows (0 = full softmax over the
-    # catalog). Full softmax is exact and cheap below ~100k items; sampled softmax with log-Q
-    # correction (Yi et al., RecSys 2019) is for larger catalogs.
-    n_negatives: int = 0
+    n_negatives: int = field(default=0, metadata=describe(
+        "sampled-softmax negatives per batch, shared by its rows (0 = full softmax over the "
+        "catalog); full softmax is exact and cheap below ~100k items, sampled softmax with log-Q "
+        "correction (Yi et al., RecSys 2019) is for larger catalogs"))
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if self.n_negatives < 0:
+            problems.append(f"n_negatives must be >= 0, got {self.n_negatives}")
+        return problems
 
 
 @dataclass
 class RewardWeightedConfig(SFTConfig):
     """Reward-weighted BC (Netflix's baseline): weight r − min_reward, self-normalized."""
 
-    # Rewards are shifted by this so weights are ≥ 0 (0 suits 1–5 star ratings); rewards below
-    # it get weight 0.
-    min_reward: float = 0.0
+    min_reward: float = field(default=0.0, metadata=describe(
+        "rewards are shifted by this so weights are >= 0 (0 suits 1-5 star ratings); rewards "
+        "below it get weight 0"))
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if not math.isfinite(self.min_reward):
+            problems.append(f"min_reward must be finite, got {self.min_reward}")
+        return problems
 
 
 @dataclass
 class ExpSFTConfig(SFTConfig):
     """Exp-weighted SFT (arXiv 2603.10279): weight exp(r/λ), self-normalized over the batch."""
 
-    # λ, the temperature: small λ concentrates on the best logged events, λ → ∞ is SFT. The
-    # paper finds an inverted U in λ; 1.0 on a 1–5 scale is a moderate default to tune.
-    lam: float = 1.0
-    # Optional cap on a self-normalized weight w / mean(w) (per rank's batch), for robustness.
-    max_weight: float | None = None
+    lam: float = field(default=1.0, metadata=describe(
+        "λ, the temperature: small λ concentrates on the best logged events, λ → ∞ (inf) is SFT; "
+        "the paper finds an inverted U in λ, 1.0 on a 1-5 scale is a moderate default to tune"))
+    max_weight: float | None = field(default=None, metadata=describe(
+        "optional cap on a self-normalized weight w / mean(w) (per rank's batch), for robustness"))
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if not self.lam > 0:
+            problems.append(f"lam must be > 0, got {self.lam}")
+        if self.max_weight is not None and not self.max_weight > 0:
+            problems.append(f"max_weight must be > 0 or None, got {self.max_weight}")
+        return problems
 
 
 @dataclass
 class ASFTConfig(SFTConfig):
     """A-SFT (Netflix 2025): weight min(exp(A/β), w_max), A = r − b(s)."""
 
-    # β controls how far the policy may move from the logging policy; β → ∞ is SFT.
-    beta: float = 1.0
-    # w_max caps the weight of rare high-advantage events (20 as in AWR, Peng et al. 2019).
-    max_weight: float = 20.0
-    # Users per chunk when computing b(s) = Σ_a π_ref(a|s) R̂(s, a) over the whole catalog.
-    baseline_batch_size: int = 256
+    beta: float = field(default=1.0, metadata=describe(
+        "β controls how far the policy may move from the logging policy; β → ∞ (inf) is SFT"))
+    max_weight: float = field(default=20.0, metadata=describe(
+        "w_max caps the weight of rare high-advantage events (20 as in AWR, Peng et al. 2019)"))
+    baseline_batch_size: int = field(default=256, metadata=describe(
+        "users per chunk when computing b(s) = Σ_a π_ref(a|s) R̂(s, a) over the whole catalog"))
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if not self.beta > 0:
+            problems.append(f"beta must be > 0, got {self.beta}")
+        if not self.max_weight > 0:
+            problems.append(f"max_weight must be > 0, got {self.max_weight}")
+        if self.baseline_batch_size < 1:
+            problems.append(f"baseline_batch_size must be >= 1, got {self.baseline_batch_size}")
+        return problems
 
 
 def _sample_weight(targets: NextItemTargets) -> torch.Tensor | float:
@@ -181,8 +212,6 @@ def train_exp_sft(
     """Exp-weighted SFT on observed rewards: no reward model, no propensities."""
     _refuse_reward_model("exp-sft", reward_fn, reference)
     config = config or ExpSFTConfig()
-    if not config.lam > 0:
-        raise ValueError(f"lam must be > 0, got {config.lam}")
     return _train_weighted(model, data, config, exp_sft_loss, eval_fn, resume_from)  # type: ignore[arg-type]
 
 
@@ -218,8 +247,6 @@ def train_a_sft(
     Precomputed ``advantages`` in the data take precedence over both.
     """
     config = config or ASFTConfig()
-    if not config.beta > 0:
-        raise ValueError(f"beta must be > 0, got {config.beta}")
     data = check_data(data)
     if reward_fn is not None and "advantages" not in data:
         reference = frozen_copy(model if reference is None else reference, "cpu")

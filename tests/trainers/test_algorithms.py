@@ -163,8 +163,19 @@ def test_pessimism_uses_ensemble_members() -> None:
     items = torch.tensor([[3, 5]])
     assert torch.allclose(pessimistic_reward(Ensemble(), context, items, 0.0),
                           torch.tensor([[5.0, 7.0]]))
+    # population std over the members (as rmdiag's RewardEnsemble.spread): sqrt(8/3), not 2
+    spread = (8 / 3) ** 0.5
     assert torch.allclose(pessimistic_reward(Ensemble(), context, items, 1.0),
-                          torch.tensor([[3.0, 5.0]]))
+                          torch.tensor([[5.0 - spread, 7.0 - spread]]))
+    assert torch.allclose(pessimistic_reward(Ensemble(), context, items, 2.0),
+                          torch.tensor([[5.0 - 2 * spread, 7.0 - 2 * spread]]))
+
+    def plain(context: Context, items: torch.Tensor) -> torch.Tensor:
+        return items.float()
+
+    assert torch.equal(pessimistic_reward(plain, context, items, 0.0), items.float())
+    with pytest.raises(ValueError, match="no members"):
+        pessimistic_reward(plain, context, items, 0.5)
 
 
 @pytest.fixture(scope="module")
