@@ -30,7 +30,7 @@ from trainers.protocols import Context, RewardFn, Scorer
 
 # A large finite score for masked items: exp() of it is 0, and unlike -inf it gives no NaN in
 # π·(log π − log π_ref) or its gradient.
-_MASKED = -1e9
+MASKED_SCORE = -1e9
 
 
 @dataclass
@@ -83,7 +83,7 @@ def masked_log_policy(scorer: Scorer, context: Context, exclude_history: bool) -
     mask[:, 0] = True
     if exclude_history:
         mask.scatter_(1, context.history_items, True)
-    return torch.log_softmax(scores.masked_fill(mask, _MASKED), dim=1)
+    return torch.log_softmax(scores.masked_fill(mask, MASKED_SCORE), dim=1)
 
 
 def pessimistic_reward(
