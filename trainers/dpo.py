@@ -37,7 +37,7 @@ from trainers.data import (
 )
 from trainers.ensemble import require_members, reward_interval
 from trainers.loop import EvalFn, TrainConfig, TrainResult, describe, train_loop
-from trainers.model import SequentialRecommender, frozen_copy
+from trainers.model import SequentialRecommender, reference_policy
 from trainers.ppo import MASKED_SCORE, exact_kl, masked_log_policy
 from trainers.protocols import RewardFn, Scorer
 
@@ -157,7 +157,7 @@ def _train_preference(
     if is_sequence_data(data):
         data = sequences_to_events(data)
     data = {key: data[key] for key in ("users", "history_items", "history_rewards")}
-    reference = frozen_copy(model if reference is None else reference, config.device)
+    reference = reference_policy(model, reference, resume_from, config.device)
 
     @torch.no_grad()
     def rollout(module: nn.Module, batch: TensorData, generator: torch.Generator):
@@ -200,7 +200,8 @@ def train_dpo(
 ) -> TrainResult:
     """DPO from the histories in ``data`` (contexts, events, or sequences unrolled to events),
     pairs from ``reward_fn`` (an ensemble with ``.members`` when interval_z > 0). ``reference``
-    (π_ref) defaults to a frozen copy of ``model`` as given, normally the SFT policy."""
+    (π_ref) defaults to a frozen copy of ``model`` as given, normally the SFT policy (a
+    resumed run must pass it)."""
     config = config or DPOConfig()
     return _train_preference("dpo", model, data, config, dpo_loss, reward_fn, reference,
                              eval_fn, resume_from)

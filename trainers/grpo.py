@@ -37,7 +37,7 @@ from trainers.data import (
     sequences_to_events,
 )
 from trainers.loop import EvalFn, TrainConfig, TrainResult, describe, train_loop
-from trainers.model import SequentialRecommender, frozen_copy
+from trainers.model import SequentialRecommender, reference_policy
 from trainers.ppo import MASKED_SCORE, clipped_policy_loss, masked_log_policy
 from trainers.protocols import RewardFn, Scorer
 from trainers.semantic_ids import PrefixTrie, constrained_beam_search, policy_step_log_probs
@@ -135,9 +135,9 @@ def train_grpo(
 ) -> TrainResult:
     """GRPO on the logged events of ``data`` (sequences are unrolled to events). The reward is
     ReRe's rule on the logged target, so no ``reward_fn`` is taken. ``reference`` (π_ref of the
-    KL) defaults to a frozen copy of ``model`` as given, normally the SFT policy. ``item_codes``
-    (LongTensor[n_items, D], row i the code of item i + 1, or a built `PrefixTrie`) switches the
-    candidates to constrained beam search over semantic ids."""
+    KL) defaults to a frozen copy of ``model`` as given, normally the SFT policy (a resumed run
+    must pass it). ``item_codes`` (LongTensor[n_items, D], row i the code of item i + 1, or a
+    built `PrefixTrie`) switches the candidates to constrained beam search over semantic ids."""
     if reward_fn is not None:
         raise ValueError("grpo's reward is ReRe's rule on the logged next item; it takes no "
                          "reward model")
@@ -158,7 +158,7 @@ def train_grpo(
         trie = PrefixTrie(trie)
     if trie is not None and trie.n_items != model.config.n_items:
         raise ValueError(f"item_codes has {trie.n_items} codes for {model.config.n_items} items")
-    reference = frozen_copy(model if reference is None else reference, config.device)
+    reference = reference_policy(model, reference, resume_from, config.device)
 
     @torch.no_grad()
     def rollout(module: nn.Module, batch: TensorData, generator: torch.Generator):

@@ -186,3 +186,18 @@ def frozen_copy(scorer: Scorer, device: str | torch.device = "cpu") -> Scorer:
     frozen = copy.deepcopy(scorer).to(device).eval()
     frozen.requires_grad_(False)
     return frozen
+
+
+def reference_policy(
+    model: Scorer, reference: Scorer | None, resume_from: object, device: str | torch.device
+) -> Scorer:
+    """π_ref for a trainer: a frozen copy of ``reference``, or of ``model`` as given when there
+    is none (normally the SFT policy the run starts from). A resumed run must name it: the model
+    handed to a resumed run is overwritten by the checkpoint, and its weights as given are not
+    the original run's starting point, so defaulting to them would silently change π_ref."""
+    if reference is None and resume_from is not None:
+        raise ValueError(
+            "resuming a run that uses a reference policy needs reference=... (the policy the "
+            "original run started from); the model given to a resumed run is not it"
+        )
+    return frozen_copy(model if reference is None else reference, device)

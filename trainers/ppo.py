@@ -25,7 +25,7 @@ from trainers.data import (
 )
 from trainers.ensemble import require_members, reward_interval
 from trainers.loop import EvalFn, TrainConfig, TrainResult, describe, train_loop
-from trainers.model import SequentialRecommender, frozen_copy
+from trainers.model import SequentialRecommender, reference_policy
 from trainers.protocols import Context, RewardFn, Scorer
 
 # A large finite score for masked items: exp() of it is 0, and unlike -inf it gives no NaN in
@@ -151,8 +151,8 @@ def train_ppo(
     """PPO from the histories in ``data`` (contexts, events, or sequences unrolled to events).
 
     ``reference`` (π_ref of the KL term) defaults to a frozen copy of ``model`` as given, normally
-    the SFT policy PPO starts from. Dropout is off during PPO so that π_old and π agree exactly
-    before the first update (ratio 1), as in RLHF practice.
+    the SFT policy PPO starts from (a resumed run must pass it). Dropout is off during PPO so
+    that π_old and π agree exactly before the first update (ratio 1), as in RLHF practice.
     """
     if reward_fn is None:
         raise ValueError("ppo needs a reward_fn to optimize")
@@ -163,7 +163,7 @@ def train_ppo(
     if is_sequence_data(data):
         data = sequences_to_events(data)
     data = {key: data[key] for key in ("users", "history_items", "history_rewards")}
-    reference = frozen_copy(model if reference is None else reference, config.device)
+    reference = reference_policy(model, reference, resume_from, config.device)
 
     @torch.no_grad()
     def rollout(module: nn.Module, batch: TensorData, generator: torch.Generator):

@@ -28,7 +28,7 @@ from trainers.data import (
     sequences_to_events,
 )
 from trainers.loop import EvalFn, TrainConfig, TrainResult, describe, train_loop
-from trainers.model import SequentialRecommender, frozen_copy
+from trainers.model import SequentialRecommender, reference_policy
 from trainers.protocols import RewardFn, Scorer
 
 Loss = tuple[torch.Tensor, torch.Tensor]
@@ -242,14 +242,15 @@ def train_a_sft(
     resume_from: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """A-SFT. With ``reward_fn``, b(s) comes from it and ``reference`` (default: a frozen copy of
-    ``model`` as given, normally the SFT policy), on each target's history as an event.
+    ``model`` as given, normally the SFT policy; a resumed run must pass it), on each target's
+    history as an event.
     Without it, b(s) is the mean observed reward of the history (the user-mean fallback).
     Precomputed ``advantages`` in the data take precedence over both.
     """
     config = config or ASFTConfig()
     data = check_data(data)
     if reward_fn is not None and "advantages" not in data:
-        reference = frozen_copy(model if reference is None else reference, "cpu")
+        reference = reference_policy(model, reference, resume_from, "cpu")
         # b(s) is computed on each target's history as its own event, as it would be served.
         events = sequences_to_events(data) if is_sequence_data(data) else data
         baseline = reward_model_baseline(reward_fn, reference, events, config.baseline_batch_size)
