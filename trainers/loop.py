@@ -363,8 +363,10 @@ def train_loop(
     )
     try:
         if summary_writer is not None and rank == 0:
-            # A resumed run purges what the interrupted one logged after its checkpoint.
-            writer = summary_writer(config.log_dir, purge_step=step if resume_from else None)
+            # A resumed run purges what the interrupted one logged after its checkpoint (a step's
+            # scalars are logged under its 1-based number, so the checkpoint holds 1..step).
+            purge_step = step + 1 if resume_from is not None else None
+            writer = summary_writer(config.log_dir, purge_step=purge_step)
         while step < total_steps:
             tick = time.perf_counter()
             epoch, position = divmod(step, steps_per_epoch)
