@@ -10,6 +10,7 @@ from trainers import (
     ExpSFTConfig,
     GRPOConfig,
     IPOConfig,
+    ModelConfig,
     PPOConfig,
     RewardWeightedConfig,
     SFTConfig,
@@ -17,9 +18,10 @@ from trainers import (
 )
 
 
-@pytest.mark.parametrize("config_class", [TrainConfig, *(c for c, _ in ALGORITHMS.values())])
+@pytest.mark.parametrize("config_class",
+                         [ModelConfig, TrainConfig, *(c for c, _ in ALGORITHMS.values())])
 def test_every_field_documents_itself_for_the_command_line(config_class: type) -> None:
-    config_class()  # the defaults are valid
+    config_class(**({"n_items": 10} if config_class is ModelConfig else {}))  # defaults valid
     for field in dataclasses.fields(config_class):
         text = field.metadata.get("help", "")
         assert len(text) > 10, f"{config_class.__name__}.{field.name} has no help text"
@@ -62,6 +64,11 @@ def test_configs_reject_bad_values(config_class: type, name: str, value: object)
     # every subclass inherits the check, and dataclasses.replace (the CLI's path) runs it too
     with pytest.raises(ValueError, match=name):
         dataclasses.replace(config_class(), **{name: value})
+
+
+def test_model_config_rejects_a_shape_it_cannot_build() -> None:
+    with pytest.raises(ValueError, match="n_heads"):
+        ModelConfig(n_items=10, n_heads=0)
 
 
 def test_infinite_temperatures_are_the_sft_limits() -> None:
