@@ -6,7 +6,8 @@ on its *quality*, drawn independently of appeal, plus a bonus for matching the u
 So behaviour cloning learns "appealing in my cluster", while reward-aware training can learn
 "good in my cluster": the gap between them is what exp-SFT, A-SFT and PPO should close. The
 true reward is available as a `RewardFn`, and a deliberately mis-specified one rewards the
-worst items, to show reward hacking.
+worst items, to show reward hacking. `NoisyEnsemble` wraps any reward function into a reward
+ensemble whose members share per-item errors (an over-fitted ensemble, for DPO/IPO and PPO).
 """
 
 from __future__ import annotations
