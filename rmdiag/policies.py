@@ -269,7 +269,7 @@ def reward_model_use(algorithm: str) -> str:
     """How `trainers.ALGORITHMS[algorithm]` uses a reward model, as its Config declares:
     "none", "optional" (A-SFT: the user's mean reward without one) or "required"."""
     config_class, _ = trainers.ALGORITHMS[algorithm]
-    return str(getattr(config_class, "reward_model", "none"))
+    return str(config_class.reward_model)
 
 
 # π_ref's top items over which A-SFT's baseline b(s) = E_π_ref[R̂(s, a)] is taken (renormalized):
@@ -366,8 +366,12 @@ def train_policy(
     if use == "required" and reward_fn is None:
         raise ValueError(f"{algorithm} needs a reward model; none was fitted (--no-audit?)")
     if use != "none" and reward_fn is not None:
-        # the SFT policy is π_ref wherever a reward model is used (A-SFT's b(s), PPO's KL)
-        extra |= {"reward_fn": reward_fn, "reference": sft.model}
+        extra["reward_fn"] = reward_fn
+    config_class, _ = trainers.ALGORITHMS[algorithm]
+    # The SFT policy is π_ref (PPO's and GRPO's KL, DPO's ratios, A-SFT's b(s) -- the last only
+    # with a reward model).
+    if config_class.uses_reference and (use == "none" or "reward_fn" in extra):
+        extra["reference"] = sft.model
     model = copy.deepcopy(sft.model)
     resume = checkpoint if checkpoint and _exists(checkpoint) else None
     tick = time.perf_counter()

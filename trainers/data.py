@@ -196,21 +196,24 @@ class NextItemTargets:
     advantage: torch.Tensor | None = None
 
 
-def next_item_targets(
-    model: SequentialRecommender,
-    batch: TensorData,
-    n_negatives: int = 0,
-    log_q: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> NextItemTargets:
-    """log π(target | history) for every target in the batch, plus its reward and baselines.
+@dataclass
+class TargetStates:
+    """The policy's hidden state before every target in a batch (flattened over valid targets).
 
-    With ``n_negatives > 0`` the softmax runs over the target and K = ``n_negatives`` items drawn
-    with replacement (shared by the batch) from the proposal Q = ``exp(log_q)`` over items
-    1..n_items, each negative's logit corrected by −log(K·Q) (sampled softmax with log-Q
-    correction, Bengio & Senécal 2008; Yi et al. 2019); negatives equal to the target are
-    masked. Otherwise it is the full softmax.
+    hidden: [T, H], whose dot product with item embeddings scores the next item; targets: [T]
+    item ids; reward / history_mean / weight / advantage as in `NextItemTargets`.
     """
+
+    hidden: torch.Tensor
+    targets: torch.Tensor
+    reward: torch.Tensor
+    history_mean: torch.Tensor
+    weight: torch.Tensor | None = None
+    advantage: torch.Tensor | None = None
+
+
+def target_states(model: SequentialRecommender, batch: TensorData) -> TargetStates:
+    """Hidden state, target, reward and baselines of every target in a sequence or event batch."""
     if is_sequence_data(batch):
         items = batch["items"]
         hidden = model.hidden_states(items[:, :-1])
@@ -234,6 +237,28 @@ def next_item_targets(
         weight = batch.get("weights")
         advantage = batch.get("advantages")
     history_mean = torch.where(counts > 0, sums / counts.clamp(min=1), reward)
+    return TargetStates(hidden, target_ids, reward, history_mean, weight, advantage)
+
+
+def next_item_targets(
+    model: SequentialRecommender,
+    batch: TensorData,
+    n_negatives: int = 0,
+    log_q: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> NextItemTargets:
+    """log π(target | history) for every target in the batch, plus its reward and baselines.
+
+    With ``n_negatives > 0`` the softmax runs over the target and K = ``n_negatives`` items drawn
+    with replacement (shared by the batch) from the proposal Q = ``exp(log_q)`` over items
+    1..n_items, each negative's logit corrected by −log(K·Q) (sampled softmax with log-Q
+    correction, Bengio & Senécal 2008; Yi et al. 2019); negatives equal to the target are
+    masked. Otherwise it is the full softmax.
+    """
+    states = target_states(model, batch)
+    hidden, target_ids = states.hidden, states.targets
+    reward, history_mean = states.reward, states.history_mean
+    weight, advantage = states.weight, states.advantage
 
     if n_negatives > 0:
         if log_q is None:

@@ -2,14 +2,21 @@
 
 AdamW with linear warm-up then a cosine (or constant) schedule, gradient clipping, an evaluation
 hook with early stopping, a tqdm progress bar, atomic checkpoints that `torch.load(...,
-weights_only=True)` reads, exact resume, and DistributedDataParallel when launched with torchrun.
+weights_only=True)` reads, exact resume, DistributedDataParallel when launched with torchrun, and
+TensorBoard scalars when ``TrainConfig.log_dir`` is set.
 
 An algorithm gives the loop a loss function ``loss_fn(model, batch, generator) -> (total,
-normalizer)``: the batch's summed (weighted) loss and what to divide it by (a count, or the sum of
-weights for self-normalized losses). The loop divides by the normalizer summed over *all* ranks, so
-a k-process run takes the same step as a 1-process run on the same global batch. Algorithms that
-collect data from the policy first (PPO) also give ``prepare(model, batch, generator) ->
-[minibatch, ...]``; the loop takes one optimizer step per minibatch.
+normalizer)`` or ``(total, normalizer, scalars)``: the batch's summed (weighted) loss, what to
+divide it by (a count, or the sum of weights for self-normalized losses), and optionally a dict of
+diagnostics to log (e.g. ``{"kl": ...}``, plain numbers or 0-d tensors, no gradient). The loop
+divides by the normalizer summed over *all* ranks, so a k-process run takes the same step as a
+1-process run on the same global batch. Algorithms that collect data from the policy first (PPO,
+DPO, GRPO) also give ``prepare(model, batch, generator) -> [minibatch, ...]``; the loop takes one
+optimizer step per minibatch.
+
+Every config field carries its documentation as ``field(metadata={"help": ...})``, which a command
+line turns into flags; ``__post_init__`` validates the whole config (``problems()`` lists what is
+wrong, and each algorithm's config extends it).
 """
 
 from __future__ import annotations
@@ -18,10 +25,10 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -30,61 +37,109 @@ from tqdm.auto import tqdm
 
 from trainers.data import TensorData, check_data
 
-LossFn = Callable[[nn.Module, TensorData, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+Scalars = Mapping[str, "torch.Tensor | float"]
+LossFn = Callable[[nn.Module, TensorData, torch.Generator], tuple[Any, ...]]
 PrepareFn = Callable[[nn.Module, TensorData, torch.Generator], list[TensorData]]
 EvalFn = Callable[[nn.Module], dict[str, float]]
 
 CHECKPOINT_VERSION = 1
 
 
+def describe(text: str) -> dict[str, str]:
+    """A config field's metadata: its help text (what a command-line flag shows)."""
+    return {"help": text}
+
+
 @dataclass
 class TrainConfig:
     """Optimization settings shared by every algorithm (each algorithm's Config extends it)."""
 
-    # How the algorithm uses a reward model: "none" (observed rewards only), "optional" or
-    # "required"; a pipeline passes `reward_fn` (and the SFT policy as `reference`) accordingly.
+    # How the algorithm uses a reward model -- "none" (observed rewards only), "optional" or
+    # "required" -- and whether it takes a reference policy π_ref: what a pipeline passes it.
     reward_model: ClassVar[str] = "none"
+    uses_reference: ClassVar[bool] = False
 
-    # AdamW step size; 1e-3 is SASRec's (Kang & McAuley 2018) and Adam's default.
-    lr: float = 1e-3
-    # Decoupled weight decay (Loshchilov & Hutter 2019); 0 as in SASRec, which relies on dropout.
-    weight_decay: float = 0.0
-    # Adam's β2 = 0.98 as in SASRec / the original transformer, steadier for sparse embeddings.
-    beta2: float = 0.98
-    # Rows per optimizer step, summed over all DDP ranks (each rank takes every world-th row).
-    batch_size: int = 128
-    # Passes over the data; ignored when max_steps is set.
-    epochs: float = 1.0
-    # Data batches to train on; None = epochs * (rows // batch_size).
-    max_steps: int | None = None
-    # Linear warm-up from 0 to lr over this many steps (transformer practice, Vaswani et al.).
-    warmup_steps: int = 0
-    # After warm-up: "cosine" decays to min_lr_ratio * lr at the last step; "constant" keeps lr.
-    schedule: str = "constant"
-    min_lr_ratio: float = 0.1
-    # Clip the global gradient norm (None = no clipping); 1.0 is the common transformer setting.
-    grad_clip: float | None = 1.0
-    seed: int = 0
-    # Call the evaluation hook every this many steps (0 = only after the last step).
-    eval_every: int = 0
-    # Early stopping: the hook's metric to maximize, and evaluations without improvement allowed.
-    early_stopping_metric: str | None = None
-    patience: int = 5
-    # Stop once this much training time (seconds, evaluation excluded) has passed.
-    max_seconds: float | None = None
-    # Atomic checkpoint written every checkpoint_every steps and at the end (None = none).
-    checkpoint_path: str | None = None
-    checkpoint_every: int = 0
-    progress: bool = True
-    device: str = "cpu"
+    lr: float = field(default=1e-3, metadata=describe(
+        "AdamW step size; 1e-3 is SASRec's (Kang & McAuley 2018) and Adam's default"))
+    weight_decay: float = field(default=0.0, metadata=describe(
+        "decoupled weight decay (Loshchilov & Hutter 2019); 0 as in SASRec, which relies on "
+        "dropout"))
+    beta2: float = field(default=0.98, metadata=describe(
+        "Adam's beta2; 0.98 as in SASRec / the original transformer, steadier for sparse "
+        "embeddings"))
+    batch_size: int = field(default=128, metadata=describe(
+        "rows per optimizer step, summed over all DDP ranks (each rank takes every world-th row)"))
+    epochs: float = field(default=1.0, metadata=describe(
+        "passes over the data; ignored when max_steps is set"))
+    max_steps: int | None = field(default=None, metadata=describe(
+        "data batches to train on; None = epochs * (rows // batch_size)"))
+    warmup_steps: int = field(default=0, metadata=describe(
+        "linear warm-up from 0 to lr over this many steps (transformer practice, Vaswani et al.)"))
+    schedule: str = field(default="constant", metadata=describe(
+        "after warm-up: 'cosine' decays to min_lr_ratio * lr at the last step; 'constant' keeps "
+        "lr"))
+    min_lr_ratio: float = field(default=0.1, metadata=describe(
+        "final learning rate of the cosine schedule, as a fraction of lr"))
+    grad_clip: float | None = field(default=1.0, metadata=describe(
+        "clip the global gradient norm (None = no clipping); 1.0 is the common transformer "
+        "setting"))
+    seed: int = field(default=0, metadata=describe(
+        "random seed of the data order, dropout and the algorithm's sampling"))
+    eval_every: int = field(default=0, metadata=describe(
+        "call the evaluation hook every this many steps (0 = only after the last step)"))
+    early_stopping_metric: str | None = field(default=None, metadata=describe(
+        "early stopping: the evaluation hook's metric to maximize (None = no early stopping)"))
+    patience: int = field(default=5, metadata=describe(
+        "early stopping: evaluations without improvement allowed"))
+    max_seconds: float | None = field(default=None, metadata=describe(
+        "stop once this much training time (seconds, evaluation excluded) has passed"))
+    checkpoint_path: str | None = field(default=None, metadata=describe(
+        "atomic checkpoint written every checkpoint_every steps and at the end (None = none)"))
+    checkpoint_every: int = field(default=0, metadata=describe(
+        "steps between checkpoints (0 = only at the end)"))
+    log_dir: str | None = field(default=None, metadata=describe(
+        "write TensorBoard scalars here (loss, learning rate, evaluation figures, KL and the "
+        "algorithm's other diagnostics), from rank 0; needs the tensorboard package "
+        "(extra 'tensorboard'); None = write nothing"))
+    progress: bool = field(default=True, metadata=describe("show a tqdm progress bar"))
+    device: str = field(default="cpu", metadata=describe(
+        "torch device ('cpu', 'cuda'); under torchrun each rank takes its LOCAL_RANK GPU"))
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.batch_size < 1:
-            raise ValueError("lr must be > 0 and batch_size >= 1")
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        problems = self.problems()
+        if problems:
+            raise ValueError(f"invalid {type(self).__name__}: " + "; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings (empty when valid); each Config extends it."""
+        problems = []
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if not self.weight_decay >= 0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.beta2 < 1:
+            problems.append(f"beta2 must be in [0, 1), got {self.beta2}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.epochs > 0:
+            problems.append(f"epochs must be > 0, got {self.epochs}")
         if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+            problems.append(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.warmup_steps < 0:
+            problems.append(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.schedule not in ("constant", "cosine"):
+            problems.append(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            problems.append(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            problems.append(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        if self.eval_every < 0 or self.checkpoint_every < 0:
+            problems.append("eval_every and checkpoint_every must be >= 0")
+        if self.patience < 1:
+            problems.append(f"patience must be >= 1, got {self.patience}")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            problems.append(f"max_seconds must be > 0 or None, got {self.max_seconds}")
+        return problems
 
 
 @dataclass
@@ -110,7 +165,9 @@ class _LossModule(nn.Module):
         self.loss_fn = loss_fn
 
     def forward(self, batch: TensorData, generator: torch.Generator) -> torch.Tensor:
-        total, normalizer = self.loss_fn(self.model, batch, generator)
+        total, normalizer, *extra = self.loss_fn(self.model, batch, generator)
+        # The loss function's diagnostics, read by the loop after the step (never differentiated).
+        self.scalars: Scalars = extra[0] if extra else {}
         normalizer = normalizer.detach().to(total.dtype)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             normalizer = normalizer.clone()
@@ -171,6 +228,18 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, object]:
     return state
 
 
+def _summary_writer_class() -> Any:
+    """TensorBoard's SummaryWriter, or an ImportError that says how to get it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        raise ImportError(
+            "TrainConfig.log_dir writes TensorBoard scalars, which needs the tensorboard package: "
+            "pip install 'rmdiag[tensorboard]' (or pip install tensorboard), or leave log_dir unset"
+        ) from error
+    return SummaryWriter
+
+
 def _epoch_order(n_rows: int, seed: int, epoch: int) -> torch.Tensor:
     # The order of each epoch is a function of (seed, epoch) alone, so a resumed run replays it.
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -196,6 +265,8 @@ def train_loop(
     (same data and config): the result equals the uninterrupted run's.
     """
     data = check_data(data)
+    # Refuse a log_dir without tensorboard before any work; only rank 0 writes.
+    summary_writer = _summary_writer_class() if config.log_dir is not None else None
     rank, world, device, started_group = _distributed_setup(config.device)
     n_rows = int(next(iter(data.values())).shape[0])
     if config.batch_size < world:
@@ -206,9 +277,10 @@ def train_loop(
 
     model.to(device)
     model.train()
-    loss_module: nn.Module = _LossModule(model, loss_fn)
+    inner = _LossModule(model, loss_fn)
+    loss_module: nn.Module = inner
     if world > 1:
-        loss_module = nn.parallel.DistributedDataParallel(loss_module)
+        loss_module = nn.parallel.DistributedDataParallel(inner)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=(0.9, config.beta2),
         weight_decay=config.weight_decay,
@@ -254,7 +326,8 @@ def train_loop(
             "best_score": best_score,
             "best_step": best_step,
             "evals_since_best": evals_since_best,
-            "config": {k: v for k, v in asdict(config).items() if k != "checkpoint_path"},
+            "config": {k: v for k, v in asdict(config).items()
+                       if k not in ("checkpoint_path", "log_dir")},
         }
 
     def evaluate() -> bool:
@@ -267,6 +340,9 @@ def train_loop(
             metrics = {k: float(v) for k, v in eval_fn(model).items()}
         model.train()
         history.append({"step": float(step), "train_seconds": train_seconds, **metrics})
+        if writer is not None:
+            for name, value in metrics.items():
+                writer.add_scalar(f"eval/{name}", value, step)
         if config.early_stopping_metric is None:
             return False
         if config.early_stopping_metric not in metrics:
@@ -285,11 +361,17 @@ def train_loop(
     order_epoch, order = -1, torch.empty(0, dtype=torch.long)
     stopped_early = False
     last_loss = float("nan")
+    writer = None
     progress = tqdm(
         total=total_steps, initial=step, disable=not config.progress or rank != 0,
         desc="train", dynamic_ncols=True,
     )
     try:
+        if summary_writer is not None and rank == 0:
+            # A resumed run purges what the interrupted one logged after its checkpoint (a step's
+            # scalars are logged under its 1-based number, so the checkpoint holds 1..step).
+            purge_step = step + 1 if resume_from is not None else None
+            writer = summary_writer(config.log_dir, purge_step=purge_step)
         while step < total_steps:
             tick = time.perf_counter()
             epoch, position = divmod(step, steps_per_epoch)
@@ -298,8 +380,11 @@ def train_loop(
             rows = order[position * batch_size : (position + 1) * batch_size][rank::world]
             batch = {key: value[rows].to(device) for key, value in data.items()}
             minibatches = prepare(model, batch, generator) if prepare is not None else [batch]
+            lr = learning_rate(config, step, total_steps)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, step, total_steps)
+                group["lr"] = lr
+            losses: list[float] = []
+            scalars: dict[str, float] = {}
             for minibatch in minibatches:
                 loss = loss_module(minibatch, generator)
                 optimizer.zero_grad(set_to_none=True)
@@ -307,12 +392,21 @@ def train_loop(
                 if config.grad_clip is not None:
                     nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
-                last_loss = float(loss.detach())
+                losses.append(float(loss.detach()))
+                if writer is not None:
+                    for name, value in inner.scalars.items():
+                        scalars[name] = scalars.get(name, 0.0) + float(value) / len(minibatches)
+            last_loss = sum(losses) / len(losses)
             step += 1
             rows_seen += batch_size
             train_seconds += time.perf_counter() - tick
             progress.update(1)
             progress.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
+            if writer is not None:  # the step's mean over its minibatches, on rank 0's rows
+                writer.add_scalar("train/loss", last_loss, step)
+                writer.add_scalar("train/lr", lr, step)
+                for name, value in scalars.items():
+                    writer.add_scalar(f"train/{name}", value, step)
             out_of_time = config.max_seconds is not None and train_seconds >= config.max_seconds
             last = step >= total_steps or out_of_time
             if (config.eval_every and step % config.eval_every == 0) or last:
@@ -324,6 +418,8 @@ def train_loop(
                 break
     finally:
         progress.close()
+        if writer is not None:
+            writer.close()
         if started_group:
             dist.destroy_process_group()
     if best_state is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -24,18 +24,22 @@ class ModelConfig:
     """Shape of the policy. Defaults are SASRec's ML-1M settings (Kang & McAuley, 2018), with
     hidden 64 instead of 50 so heads divide it evenly."""
 
-    n_items: int
-    hidden: int = 64
-    n_blocks: int = 2
-    n_heads: int = 2
-    max_len: int = 50
-    dropout: float = 0.2
-    # Feed-forward width as a multiple of `hidden` (4x is the transformer default).
-    ffn_multiplier: int = 4
+    n_items: int = field(metadata={"help": "catalog size: item ids 1..n_items, 0 = padding"})
+    hidden: int = field(default=64, metadata={"help": "width of embeddings and hidden states"})
+    n_blocks: int = field(default=2, metadata={"help": "transformer blocks"})
+    n_heads: int = field(default=2, metadata={"help": "attention heads per block"})
+    max_len: int = field(default=50, metadata={
+        "help": "positions: longer histories keep their latest max_len items"})
+    dropout: float = field(default=0.2, metadata={
+        "help": "dropout on embeddings, attention and feed-forward outputs"})
+    ffn_multiplier: int = field(default=4, metadata={
+        "help": "feed-forward width as a multiple of hidden (4x is the transformer default)"})
 
     def __post_init__(self) -> None:
         if self.n_items < 1:
             raise ValueError(f"n_items must be >= 1, got {self.n_items}")
+        if self.hidden < 1 or self.n_heads < 1 or self.ffn_multiplier < 1:
+            raise ValueError("hidden, n_heads and ffn_multiplier must be >= 1")
         if self.hidden % self.n_heads != 0:
             raise ValueError(
                 f"hidden ({self.hidden}) must be divisible by n_heads ({self.n_heads})"
@@ -186,3 +190,18 @@ def frozen_copy(scorer: Scorer, device: str | torch.device = "cpu") -> Scorer:
     frozen = copy.deepcopy(scorer).to(device).eval()
     frozen.requires_grad_(False)
     return frozen
+
+
+def reference_policy(
+    model: Scorer, reference: Scorer | None, resume_from: object, device: str | torch.device
+) -> Scorer:
+    """π_ref for a trainer: a frozen copy of ``reference``, or of ``model`` as given when there
+    is none (normally the SFT policy the run starts from). A resumed run must name it: the model
+    handed to a resumed run is overwritten by the checkpoint, and its weights as given are not
+    the original run's starting point, so defaulting to them would silently change π_ref."""
+    if reference is None and resume_from is not None:
+        raise ValueError(
+            "resuming a run that uses a reference policy needs reference=... (the policy the "
+            "original run started from); the model given to a resumed run is not it"
+        )
+    return frozen_copy(model if reference is None else reference, device)

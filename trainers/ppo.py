@@ -1,16 +1,17 @@
 """PPO as a one-step contextual bandit against a reward model (DESIGN.md, Algorithms).
 
 Each rollout batch: sample G items per history from π_old (the current policy, history items
-excluded), score them with the reward model (ensemble mean − κ·std when it exposes members),
-normalize within each group (the group baseline of GRPO, Shao et al. 2024), then take several
-epochs of clipped-ratio updates (Schulman et al. 2017) with an exact KL(π ‖ π_ref) penalty: the
-full softmax over the catalog is available, so the KL needs no sampling.
+excluded), score them with the reward model (with κ > 0, ensemble mean − κ·std over its members,
+the population std of `trainers.ensemble`), normalize within each group (the group baseline of
+GRPO, Shao et al. 2024), then take several epochs of clipped-ratio updates (Schulman et al. 2017)
+with an exact KL(π ‖ π_ref) penalty: the full softmax over the catalog is available, so the KL
+needs no sampling.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -23,13 +24,14 @@ from trainers.data import (
     is_sequence_data,
     sequences_to_events,
 )
-from trainers.loop import EvalFn, TrainConfig, TrainResult, train_loop
-from trainers.model import SequentialRecommender, frozen_copy
+from trainers.ensemble import require_members, reward_interval
+from trainers.loop import EvalFn, TrainConfig, TrainResult, describe, train_loop
+from trainers.model import SequentialRecommender, reference_policy
 from trainers.protocols import Context, RewardFn, Scorer
 
 # A large finite score for masked items: exp() of it is 0, and unlike -inf it gives no NaN in
 # π·(log π − log π_ref) or its gradient.
-_MASKED = -1e9
+MASKED_SCORE = -1e9
 
 
 @dataclass
@@ -38,32 +40,44 @@ class PPOConfig(TrainConfig):
     rollout batch, i.e. ppo_epochs × minibatches optimizer updates."""
 
     reward_model: ClassVar[str] = "required"
+    uses_reference: ClassVar[bool] = True
 
-    # RL fine-tuning moves a pre-trained policy: a smaller step than SFT's 1e-3.
-    lr: float = 3e-4
-    # G: items sampled per history (with replacement); GRPO/ReRe use groups of 4–16.
-    group_size: int = 8
-    # κ: reward = ensemble mean − κ·std over members (0 = mean only); pessimism against an RM's
-    # errors off the logged data.
-    pessimism: float = 0.0
-    # β: weight of KL(π ‖ π_ref); 0.05 is within the 0.01–0.1 range common in RLHF.
-    kl_coef: float = 0.05
-    # ε of the clipped ratio (Schulman et al. 2017).
-    clip_eps: float = 0.2
-    # Passes over each rollout batch and minibatches per pass (PPO's K epochs, M minibatches).
-    ppo_epochs: int = 4
-    minibatches: int = 2
-    # Divide each group's centred rewards by their std (GRPO); else only centre them.
-    normalize_advantage: bool = True
-    # Sample and score only items outside the user's history (what a recommender would show).
-    exclude_history: bool = True
+    lr: float = field(default=3e-4, metadata=describe(
+        "AdamW step size; RL fine-tuning moves a pre-trained policy: a smaller step than SFT's "
+        "1e-3"))
+    group_size: int = field(default=8, metadata=describe(
+        "G: items sampled per history (with replacement); GRPO/ReRe use groups of 4-16"))
+    pessimism: float = field(default=0.0, metadata=describe(
+        "κ: reward = ensemble mean − κ·std over members (population std, as the audit's "
+        "spread; 0 = the reward function's prediction); pessimism against an RM's errors off the "
+        "logged data; κ > 0 needs a reward ensemble with members"))
+    kl_coef: float = field(default=0.05, metadata=describe(
+        "β: weight of KL(π ‖ π_ref); 0.05 is within the 0.01-0.1 range common in RLHF"))
+    clip_eps: float = field(default=0.2, metadata=describe(
+        "ε of the clipped ratio (Schulman et al. 2017)"))
+    ppo_epochs: int = field(default=4, metadata=describe(
+        "passes over each rollout batch (PPO's K epochs)"))
+    minibatches: int = field(default=2, metadata=describe(
+        "minibatches per pass over a rollout batch (PPO's M minibatches)"))
+    normalize_advantage: bool = field(default=True, metadata=describe(
+        "divide each group's centred rewards by their std (GRPO); else only centre them"))
+    exclude_history: bool = field(default=True, metadata=describe(
+        "sample and score only items outside the user's history (what a recommender would "
+        "show)"))
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def problems(self) -> list[str]:
+        problems = super().problems()
         if self.group_size < 2:
-            raise ValueError("group_size must be >= 2 for a group baseline")
+            problems.append(f"group_size must be >= 2 for a group baseline, got {self.group_size}")
+        if not self.pessimism >= 0:
+            problems.append(f"pessimism must be >= 0, got {self.pessimism}")
+        if not self.kl_coef >= 0:
+            problems.append(f"kl_coef must be >= 0, got {self.kl_coef}")
+        if not self.clip_eps > 0:
+            problems.append(f"clip_eps must be > 0, got {self.clip_eps}")
         if self.ppo_epochs < 1 or self.minibatches < 1:
-            raise ValueError("ppo_epochs and minibatches must be >= 1")
+            problems.append("ppo_epochs and minibatches must be >= 1")
+        return problems
 
 
 def masked_log_policy(scorer: Scorer, context: Context, exclude_history: bool) -> torch.Tensor:
@@ -73,33 +87,59 @@ def masked_log_policy(scorer: Scorer, context: Context, exclude_history: bool) -
     mask[:, 0] = True
     if exclude_history:
         mask.scatter_(1, context.history_items, True)
-    return torch.log_softmax(scores.masked_fill(mask, _MASKED), dim=1)
+    return torch.log_softmax(scores.masked_fill(mask, MASKED_SCORE), dim=1)
 
 
 def pessimistic_reward(
     reward_fn: RewardFn, context: Context, items: torch.Tensor, pessimism: float
 ) -> torch.Tensor:
-    """R̂ for each sampled item: ensemble mean − κ·std if the model has `.members`, else R̂."""
-    members = getattr(reward_fn, "members", None)
-    if pessimism > 0 and members is not None:
-        predictions = members(context, items).float()
-        return predictions.mean(0) - pessimism * predictions.std(0)
+    """R̂ for each item: ensemble mean − κ·spread (population std over members) when κ > 0,
+    which needs ``.members`` (a ValueError without); R̂ itself when κ = 0."""
+    if pessimism > 0:
+        return reward_interval(reward_fn, context, items, pessimism)[1]
     return reward_fn(context, items).float()
+
+
+def exact_kl(log_policy: torch.Tensor, reference_log_policy: torch.Tensor) -> torch.Tensor:
+    """KL(π ‖ π_ref) per history from full log-policies over the catalog [B, n_items + 1] -> [B]."""
+    return (log_policy.exp() * (log_policy - reference_log_policy)).sum(1)
+
+
+def clipped_policy_loss(
+    log_policy: torch.Tensor,
+    actions: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    reference_log_policy: torch.Tensor,
+    clip_eps: float,
+    kl_coef: float,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO/GRPO's objective on G actions per history: −min(ρA, clip(ρ, 1±ε)A) + β·KL(π ‖ π_ref).
+
+    log_policy / reference_log_policy: [B, n_items + 1]; actions, old_log_probs, advantages:
+    [B, G]; ρ = π(a|s) / π_old(a|s). The KL is exact over the catalog, counted once per action so
+    that the mean over the B·G actions (the normalizer) is mean surrogate + β·mean KL.
+    """
+    log_prob = log_policy.gather(1, actions)
+    ratio = torch.exp(log_prob - old_log_probs)
+    surrogate = torch.minimum(
+        ratio * advantages, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages
+    )
+    kl = exact_kl(log_policy, reference_log_policy)
+    total = -surrogate.sum() + kl_coef * actions.shape[1] * kl.sum()
+    clipped = ((ratio - 1).abs() > clip_eps).float().mean()
+    scalars = {"kl": kl.mean().detach(), "clip_fraction": clipped.detach()}
+    return total, log_prob.new_tensor(float(log_prob.numel())), scalars
 
 
 def ppo_loss(model: SequentialRecommender, batch: TensorData, config: PPOConfig):
     """Clipped surrogate on the sampled items plus β·KL(π ‖ π_ref), summed; normalizer = B·G."""
     log_policy = masked_log_policy(model, batch_context(batch), config.exclude_history)
-    log_prob = log_policy.gather(1, batch["samples"])
-    ratio = torch.exp(log_prob - batch["old_log_probs"])
-    advantage = batch["advantages"]
-    surrogate = torch.minimum(
-        ratio * advantage, ratio.clamp(1 - config.clip_eps, 1 + config.clip_eps) * advantage
+    total, normalizer, scalars = clipped_policy_loss(
+        log_policy, batch["samples"], batch["old_log_probs"], batch["advantages"],
+        batch["reference_log_policy"], config.clip_eps, config.kl_coef,
     )
-    kl = (log_policy.exp() * (log_policy - batch["reference_log_policy"])).sum(1)
-    group = batch["samples"].shape[1]
-    total = -surrogate.sum() + config.kl_coef * group * kl.sum()
-    return total, log_prob.new_tensor(float(log_prob.numel()))
+    return total, normalizer, {**scalars, "reward": batch["rewards"].mean()}
 
 
 def train_ppo(
@@ -115,17 +155,19 @@ def train_ppo(
     """PPO from the histories in ``data`` (contexts, events, or sequences unrolled to events).
 
     ``reference`` (π_ref of the KL term) defaults to a frozen copy of ``model`` as given, normally
-    the SFT policy PPO starts from. Dropout is off during PPO so that π_old and π agree exactly
-    before the first update (ratio 1), as in RLHF practice.
+    the SFT policy PPO starts from (a resumed run must pass it). Dropout is off during PPO so
+    that π_old and π agree exactly before the first update (ratio 1), as in RLHF practice.
     """
     if reward_fn is None:
         raise ValueError("ppo needs a reward_fn to optimize")
     config = config or PPOConfig()
+    if config.pessimism > 0:
+        require_members(reward_fn, f"ppo with pessimism {config.pessimism} > 0")
     data = check_data(data)
     if is_sequence_data(data):
         data = sequences_to_events(data)
     data = {key: data[key] for key in ("users", "history_items", "history_rewards")}
-    reference = frozen_copy(model if reference is None else reference, config.device)
+    reference = reference_policy(model, reference, resume_from, config.device)
 
     @torch.no_grad()
     def rollout(module: nn.Module, batch: TensorData, generator: torch.Generator):
@@ -146,6 +188,7 @@ def train_ppo(
             "samples": samples,
             "old_log_probs": old_log_policy.gather(1, samples),
             "advantages": advantage,
+            "rewards": reward,
             "reference_log_policy": reference_log_policy,
         }
         n_rows = len(context)

@@ -9,9 +9,10 @@ multiplies the algorithm's weight (e.g. a 0/1 filter or an importance weight).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -27,8 +28,8 @@ from trainers.data import (
     next_item_targets,
     sequences_to_events,
 )
-from trainers.loop import EvalFn, TrainConfig, TrainResult, train_loop
-from trainers.model import SequentialRecommender, frozen_copy
+from trainers.loop import EvalFn, TrainConfig, TrainResult, describe, train_loop
+from trainers.model import SequentialRecommender, reference_policy
 from trainers.protocols import RewardFn, Scorer
 
 Loss = tuple[torch.Tensor, torch.Tensor]
@@ -38,48 +39,80 @@ Loss = tuple[torch.Tensor, torch.Tensor]
 class SFTConfig(TrainConfig):
     """Behaviour cloning: minimize −log π(a|s) on every logged event."""
 
-    # Sampled softmax negatives per batch, shared by its rows (0 = full softmax over the
-    # catalog). Full softmax is exact and cheap below ~100k items; sampled softmax with log-Q
-    # correction (Yi et al., RecSys 2019) is for larger catalogs.
-    n_negatives: int = 0
+    n_negatives: int = field(default=0, metadata=describe(
+        "sampled-softmax negatives per batch, shared by its rows (0 = full softmax over the "
+        "catalog); full softmax is exact and cheap below ~100k items, sampled softmax with log-Q "
+        "correction (Yi et al., RecSys 2019) is for larger catalogs"))
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if self.n_negatives < 0:
+            problems.append(f"n_negatives must be >= 0, got {self.n_negatives}")
+        return problems
 
 
 @dataclass
 class RewardWeightedConfig(SFTConfig):
     """Reward-weighted BC (Netflix's baseline): weight r − min_reward, self-normalized."""
 
-    # Rewards are shifted by this so weights are ≥ 0 (0 suits 1–5 star ratings); rewards below
-    # it get weight 0.
-    min_reward: float = 0.0
+    min_reward: float = field(default=0.0, metadata=describe(
+        "rewards are shifted by this so weights are >= 0 (0 suits 1-5 star ratings); rewards "
+        "below it get weight 0"))
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if not math.isfinite(self.min_reward):
+            problems.append(f"min_reward must be finite, got {self.min_reward}")
+        return problems
 
 
 @dataclass
 class ExpSFTConfig(SFTConfig):
     """Exp-weighted SFT (arXiv 2603.10279): weight exp(r/λ), self-normalized over the batch."""
 
-    # λ, the temperature: small λ concentrates on the best logged events, λ → ∞ is SFT. The
-    # paper finds an inverted U in λ; 1.0 on a 1–5 scale is a moderate default to tune.
-    lam: float = 1.0
-    # Optional cap on a self-normalized weight w / mean(w) (per rank's batch), for robustness.
-    max_weight: float | None = None
+    lam: float = field(default=1.0, metadata=describe(
+        "λ, the temperature: small λ concentrates on the best logged events, λ → ∞ (inf) is SFT; "
+        "the paper finds an inverted U in λ, 1.0 on a 1-5 scale is a moderate default to tune"))
+    max_weight: float | None = field(default=None, metadata=describe(
+        "optional cap on a self-normalized weight w / mean(w) (per rank's batch), for robustness"))
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if not self.lam > 0:
+            problems.append(f"lam must be > 0, got {self.lam}")
+        if self.max_weight is not None and not self.max_weight > 0:
+            problems.append(f"max_weight must be > 0 or None, got {self.max_weight}")
+        return problems
 
 
 @dataclass
 class ASFTConfig(SFTConfig):
     """A-SFT (Netflix 2025): weight min(exp(A/β), w_max), A = r − b(s)."""
 
-    # b(s) from a reward model when one is given, else the user's mean observed reward.
+    beta: float = field(default=1.0, metadata=describe(
+        "β controls how far the policy may move from the logging policy; β → ∞ (inf) is SFT"))
+    max_weight: float = field(default=20.0, metadata=describe(
+        "w_max caps the weight of rare high-advantage events (20 as in AWR, Peng et al. 2019)"))
+    baseline_batch_size: int = field(default=256, metadata=describe(
+        "users per chunk when computing b(s) = Σ_a π_ref(a|s) R̂(s, a)"))
+    baseline_top_k: int | None = field(default=None, metadata=describe(
+        "b(s) over π_ref's top k items only, renormalized (None = the whole catalog): a reward "
+        "model costlier than a table lookup makes the whole catalog per event too slow"))
+    # b(s) from a reward model and π_ref when one is given, else the user's mean observed reward.
     reward_model: ClassVar[str] = "optional"
+    uses_reference: ClassVar[bool] = True
 
-    # β controls how far the policy may move from the logging policy; β → ∞ is SFT.
-    beta: float = 1.0
-    # w_max caps the weight of rare high-advantage events (20 as in AWR, Peng et al. 2019).
-    max_weight: float = 20.0
-    # Users per chunk when computing b(s) = Σ_a π_ref(a|s) R̂(s, a).
-    baseline_batch_size: int = 256
-    # b(s) over π_ref's top items only (renormalized), None = the whole catalog; a reward model
-    # costlier than a table lookup makes the whole catalog per training event too slow.
-    baseline_top_k: int | None = None
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if not self.beta > 0:
+            problems.append(f"beta must be > 0, got {self.beta}")
+        if not self.max_weight > 0:
+            problems.append(f"max_weight must be > 0, got {self.max_weight}")
+        if self.baseline_top_k is not None and self.baseline_top_k < 1:
+            problems.append(f"baseline_top_k must be >= 1 or None, got {self.baseline_top_k}")
+        if self.baseline_batch_size < 1:
+            problems.append(f"baseline_batch_size must be >= 1, got {self.baseline_batch_size}")
+        return problems
 
 
 def _sample_weight(targets: NextItemTargets) -> torch.Tensor | float:
@@ -188,8 +221,6 @@ def train_exp_sft(
     """Exp-weighted SFT on observed rewards: no reward model, no propensities."""
     _refuse_reward_model("exp-sft", reward_fn, reference)
     config = config or ExpSFTConfig()
-    if not config.lam > 0:
-        raise ValueError(f"lam must be > 0, got {config.lam}")
     return _train_weighted(model, data, config, exp_sft_loss, eval_fn, resume_from)  # type: ignore[arg-type]
 
 
@@ -258,19 +289,17 @@ def train_a_sft(
     resume_from: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """A-SFT. With ``reward_fn``, b(s) comes from it and ``reference`` (default: a frozen copy of
-    ``model`` as given, normally the SFT policy), on each target's history as an event.
+    ``model`` as given, normally the SFT policy; a resumed run must pass it), on each target's
+    history as an event.
     Without it, b(s) is the mean observed reward of the history (the user-mean fallback).
     Precomputed ``advantages`` in the data take precedence over both.
     """
     config = config or ASFTConfig()
-    if not config.beta > 0:
-        raise ValueError(f"beta must be > 0, got {config.beta}")
     data = check_data(data)
     if reward_fn is not None and "advantages" not in data:
-        reference = frozen_copy(model if reference is None else reference, "cpu")
+        reference = reference_policy(model, reference, resume_from, "cpu")
         data = a_sft_advantages(data, reward_fn, reference, config.baseline_top_k,
                                 config.baseline_batch_size)
     elif reference is not None and reward_fn is None:
         raise ValueError("a reference policy is only used with a reward_fn")
     return _train_weighted(model, data, config, a_sft_loss, eval_fn, resume_from)  # type: ignore[arg-type]
-

@@ -6,7 +6,8 @@ on its *quality*, drawn independently of appeal, plus a bonus for matching the u
 So behaviour cloning learns "appealing in my cluster", while reward-aware training can learn
 "good in my cluster": the gap between them is what exp-SFT, A-SFT and PPO should close. The
 true reward is available as a `RewardFn`, and a deliberately mis-specified one rewards the
-worst items, to show reward hacking.
+worst items, to show reward hacking. `NoisyEnsemble` wraps any reward function into a reward
+ensemble whose members share per-item errors (an over-fitted ensemble, for DPO/IPO and PPO).
 """
 
 from __future__ import annotations
@@ -127,3 +128,35 @@ def expected_reward(
     catalog = torch.arange(1, log_policy.shape[1]).expand(log_policy.shape[0], -1)
     rewards = reward_fn(context, catalog)  # type: ignore[operator]
     return (log_policy[:, 1:].exp() * rewards).sum(1)
+
+
+class NoisyEnsemble:
+    """A reward ensemble around a reward function, with per-item errors shared by its members.
+
+    Member m predicts ``reward_fn(context, items) + error[m, item]`` with
+    ``error[m] = noise · (sqrt(shared) · c + sqrt(1 − shared) · u_m)``, c and u_m standard normal
+    per item: each member is off by ``noise`` on every item, and two members' errors correlate by
+    ``shared``. That is how an ensemble fitted on one small log goes wrong: every member saw the
+    same few noisy events per item, so they agree on most of their mistakes (Eisenstein et al.
+    2023, "Helping or herding?"), and their spread — sqrt(1 − shared) of the error's scale —
+    understates the error. An `EnsembleRewardFn`: ``members(context, items) -> [M, B, K]``,
+    ``__call__`` their mean.
+    """
+
+    def __init__(self, reward_fn: object, n_items: int, n_members: int = 5,
+                 noise: float = 1.0, shared: float = 0.8, seed: int = 0) -> None:
+        if n_members < 1 or not 0 <= shared <= 1 or noise < 0:
+            raise ValueError("need n_members >= 1, shared in [0, 1] and noise >= 0")
+        generator = torch.Generator().manual_seed(seed)
+        common = torch.randn(1, n_items + 1, generator=generator)
+        own = torch.randn(n_members, n_items + 1, generator=generator)
+        self.errors = noise * (shared ** 0.5 * common + (1 - shared) ** 0.5 * own)
+        self.errors[:, 0] = 0.0  # padding
+        self.reward_fn = reward_fn
+
+    def members(self, context: Context, items: torch.Tensor) -> torch.Tensor:
+        truth = self.reward_fn(context, items).float()  # type: ignore[operator]
+        return truth[None] + self.errors[:, items]
+
+    def __call__(self, context: Context, items: torch.Tensor) -> torch.Tensor:
+        return self.members(context, items).mean(0)

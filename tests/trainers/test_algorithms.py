@@ -1,4 +1,5 @@
 import copy
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -27,9 +28,9 @@ from trainers import (
     train_sft,
 )
 from trainers.data import NextItemTargets, TensorData
-from trainers.ppo import masked_log_policy, pessimistic_reward
+from trainers.ppo import clipped_policy_loss, masked_log_policy, pessimistic_reward
 from trainers.sft import a_sft_loss, exp_sft_loss, reward_model_baseline, reward_weighted_loss
-from trainers.testing import ToyWorld, expected_reward, top_k_true_reward
+from trainers.testing import NoisyEnsemble, ToyWorld, expected_reward, top_k_true_reward
 
 Make = Callable[..., SequentialRecommender]
 
@@ -53,7 +54,8 @@ def _probabilities(model: SequentialRecommender, items: list[int]) -> list[float
 
 
 def test_registry_names_every_algorithm() -> None:
-    assert set(ALGORITHMS) == {"sft", "rw-bc", "exp-sft", "a-sft", "ppo"}
+    assert set(ALGORITHMS) == {"sft", "rw-bc", "exp-sft", "a-sft", "ppo", "dpo", "ipo", "cql",
+                               "grpo"}
     for config_class, train in ALGORITHMS.values():
         assert issubclass(config_class, TrainConfig) and callable(train)
 
@@ -163,8 +165,67 @@ def test_pessimism_uses_ensemble_members() -> None:
     items = torch.tensor([[3, 5]])
     assert torch.allclose(pessimistic_reward(Ensemble(), context, items, 0.0),
                           torch.tensor([[5.0, 7.0]]))
+    # population std over the members (as rmdiag's RewardEnsemble.spread): sqrt(8/3), not 2
+    spread = (8 / 3) ** 0.5
     assert torch.allclose(pessimistic_reward(Ensemble(), context, items, 1.0),
-                          torch.tensor([[3.0, 5.0]]))
+                          torch.tensor([[5.0 - spread, 7.0 - spread]]))
+    assert torch.allclose(pessimistic_reward(Ensemble(), context, items, 2.0),
+                          torch.tensor([[5.0 - 2 * spread, 7.0 - 2 * spread]]))
+
+    def plain(context: Context, items: torch.Tensor) -> torch.Tensor:
+        return items.float()
+
+    assert torch.equal(pessimistic_reward(plain, context, items, 0.0), items.float())
+    with pytest.raises(ValueError, match="no members"):
+        pessimistic_reward(plain, context, items, 0.5)
+
+
+def test_pessimism_without_members_is_refused_before_training(make_model: Make,
+                                                             world: ToyWorld,
+                                                             world_data: TensorData) -> None:
+    config = PPOConfig(pessimism=1.0, batch_size=32, max_steps=2, progress=False)
+    with pytest.raises(ValueError, match="no members"):
+        train_ppo(make_model(), world_data, config, reward_fn=world.true_reward)
+    ensemble = NoisyEnsemble(world.true_reward, 60, noise=0.5)
+    result = train_ppo(make_model(), world_data, config, reward_fn=ensemble)
+    assert result.steps == 2
+
+
+def test_ppo_clipped_surrogate_and_kl_match_a_hand_computation() -> None:
+    """One history, catalog of 3 items (+ padding), G = 3 sampled actions."""
+    pi = [0.5, 0.3, 0.2]
+    pi_ref = [0.2, 0.3, 0.5]
+    pi_old = [0.4, 0.4, 0.2]  # ratios 1.25 (clipped above for A > 0), 0.75 (clipped), 1.0
+    actions = [1, 2, 3]
+    advantages = [1.0, -2.0, 0.5]
+    eps, beta = 0.2, 0.1
+    log_policy = torch.log(torch.tensor([[1e-30, *pi]], dtype=torch.float64)).requires_grad_()
+    reference = torch.log(torch.tensor([[1e-30, *pi_ref]], dtype=torch.float64))
+    old = torch.log(torch.tensor([[pi_old[a - 1] for a in actions]], dtype=torch.float64))
+    total, normalizer, scalars = clipped_policy_loss(
+        log_policy, torch.tensor([actions]), old, torch.tensor([advantages], dtype=torch.float64),
+        reference, eps, beta,
+    )
+    surrogate = []
+    for a, advantage in zip(actions, advantages, strict=True):
+        ratio = pi[a - 1] / pi_old[a - 1]
+        clipped = min(max(ratio, 1 - eps), 1 + eps)
+        surrogate.append(min(ratio * advantage, clipped * advantage))
+    assert surrogate == pytest.approx([1.2, -1.6, 0.5])
+    kl = sum(p * math.log(p / q) for p, q in zip(pi, pi_ref, strict=True))
+    assert float(scalars["kl"]) == pytest.approx(kl, rel=1e-9)
+    assert float(normalizer) == 3
+    assert float((total / normalizer).detach()) == pytest.approx(-sum(surrogate) / 3 + beta * kl,
+                                                                 rel=1e-9)
+    assert float(scalars["clip_fraction"]) == pytest.approx(2 / 3)
+    # Clipped actions give no gradient through their ratio: only the KL term reaches them.
+    (total / normalizer).backward()
+    kl_only = log_policy.detach().clone().requires_grad_()
+    (beta * (kl_only.exp() * (kl_only - reference)).sum()).backward()
+    grad, kl_grad = log_policy.grad[0], kl_only.grad[0]
+    assert float(grad[1]) == pytest.approx(float(kl_grad[1]))  # ratio 1.25 > 1 + ε, A > 0
+    assert float(grad[2]) == pytest.approx(float(kl_grad[2]))  # ratio 0.75 < 1 − ε, A < 0
+    assert float(grad[3]) == pytest.approx(float(kl_grad[3]) - 0.5 / 3)  # unclipped: −A·ρ / BG
 
 
 @pytest.fixture(scope="module")
