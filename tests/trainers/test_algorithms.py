@@ -139,6 +139,19 @@ def test_reward_model_baseline_is_the_reference_expectation(make_model: Make,
     log_policy = torch.log_softmax(reference(context), dim=1)
     expected = expected_reward(log_policy, context, world.true_reward)
     assert torch.allclose(baseline, expected, atol=1e-5)
+    # top-k: the whole catalog again when k covers it; with k = 1, R̂ of π_ref's argmax
+    n_items = log_policy.shape[1] - 1
+    full = reward_model_baseline(world.true_reward, reference, events, top_k=n_items)
+    assert torch.allclose(full, expected, atol=1e-5)
+    argmax = log_policy[:, 1:].argmax(1, keepdim=True) + 1
+    top1 = reward_model_baseline(world.true_reward, reference, events, top_k=1)
+    assert torch.allclose(top1, world.true_reward(context, argmax)[:, 0], atol=1e-6)
+    # in between: a renormalized expectation, so within the range of the top-k rewards
+    top5 = reward_model_baseline(world.true_reward, reference, events, top_k=5)
+    items = log_policy[:, 1:].topk(5, dim=1).indices + 1
+    rewards = world.true_reward(context, items)
+    low, high = rewards.min(1).values - 1e-6, rewards.max(1).values + 1e-6
+    assert bool(((top5 >= low) & (top5 <= high)).all())
 
 
 def test_algorithms_refuse_inputs_they_cannot_use(make_model: Make,
