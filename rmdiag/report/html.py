@@ -132,7 +132,10 @@ def plain(value: Any) -> str:
 
 
 def p_text(value: Any) -> str:
-    return f"{value:.3g}" if finite(value) else "n/a"
+    if not finite(value):
+        return "n/a"
+    # a paired t-test over thousands of users underflows to 0 for large effects
+    return "< 1e-300" if value < 1e-300 else f"{value:.3g}"
 
 
 # ---- figures and their cells ------------------------------------------------------------------
