@@ -26,6 +26,7 @@ import json
 import math
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import zipfile
@@ -95,6 +96,7 @@ _SPECS: dict[str, _Spec] = {
     "ensemble": _Spec(scalars=("history_len",)),
 }
 _INT_SCALARS = frozenset({"n_items_", "history_len"})
+_ARRAY_NDIM = {"item_embeddings_": 2}  # every other array is a vector indexed by encoded id
 
 
 def _classes() -> dict[str, type[RewardModel]]:
@@ -102,6 +104,12 @@ def _classes() -> dict[str, type[RewardModel]]:
 
 
 # -- atomic directories ----------------------------------------------------------------------
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*")):
         if path.is_file():
@@ -121,6 +129,8 @@ def _atomic_directory(directory: str | os.PathLike[str]) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        # mkdtemp's private 0700 would hide the saved model from the rest of a team's group.
+        os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
         _fsync_tree(tmp)
         old = None
@@ -386,6 +396,15 @@ def _read_arrays(path: Path, names: Sequence[str]) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _unpickler_reason(error: Exception) -> str:
+    """The one line of torch's weights-only refusal that says why (its message also suggests
+    ``weights_only=False``, which rmdiag never does)."""
+    text = str(error)
+    found = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\s+Please use|\n\n|$)", text, re.S)
+    reason = found.group(1) if found else text.splitlines()[0] if text else type(error).__name__
+    return " ".join(reason.split())
+
+
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise _refuse(path, "missing file")
@@ -394,8 +413,8 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as error:  # a pickled object (or garbage) that is not tensors
         raise _refuse(
             path,
-            f"refused: not a tensors-only torch file (torch.load(weights_only=True) failed: "
-            f"{error})",
+            "refused: not a tensors-only torch file, torch.load(weights_only=True) failed: "
+            f"{_unpickler_reason(error)}",
         ) from error
     except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
         raise _refuse(path, f"not a readable torch state_dict ({error})") from error
@@ -451,6 +470,11 @@ def _read_reward_model(directory: Path) -> RewardModel:
     names = [*spec.arrays, *spec.tensors]
     if names:
         arrays = _read_arrays(directory / ARRAYS_FILE, names)
+        for name, array in arrays.items():
+            ndim = _ARRAY_NDIM.get(name, 1)
+            if array.ndim != ndim:
+                why = f"array {name!r} has {array.ndim} dimensions, expected {ndim}"
+                raise _refuse(directory / ARRAYS_FILE, why)
         for name in spec.arrays:
             setattr(model, name, arrays[name])
         for name in spec.tensors:
@@ -458,9 +482,12 @@ def _read_reward_model(directory: Path) -> RewardModel:
     if spec.booster:
         model.booster_ = _read_booster(directory / BOOSTER_FILE)
     if spec.network:
-        network = _RewardTransformer(
-            model.n_items_, model.dim, model.n_layers, model.n_heads, model.dropout
-        )
+        try:
+            network = _RewardTransformer(
+                model.n_items_, model.dim, model.n_layers, model.n_heads, model.dropout
+            )
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise _refuse(path, f"parameters do not build the network ({error})") from error
         weights = directory / WEIGHTS_FILE
         _load_state_dict(network, _read_weights(weights), weights)
         network.eval()
@@ -510,8 +537,9 @@ def load_policy(
     directory: str | os.PathLike[str],
 ) -> tuple[SequentialRecommender, dict[str, Any]]:
     """A policy saved by ``save_policy``, in eval mode on the CPU, and its metadata:
-    ``algorithm``, ``temperature``, ``config`` (the ``ModelConfig`` as a dict), ``format``,
-    ``version``. ``DataError`` if unreadable."""
+    ``algorithm``, ``temperature``, ``config`` (the ``ModelConfig`` as a dict), ``ids`` (as
+    ``load_ids`` returns them, None when none were saved), ``format``, ``version``.
+    ``DataError`` if unreadable."""
     directory = Path(directory)
     header = _read_header(directory, POLICY_FORMAT)
     path = directory / MODEL_FILE
@@ -533,5 +561,6 @@ def load_policy(
         "algorithm": algorithm,
         "temperature": None if temperature is None else float(temperature),
         "config": dataclasses.asdict(config),
+        "ids": load_ids(directory),
     }
     return model, metadata

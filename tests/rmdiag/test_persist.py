@@ -24,7 +24,7 @@ from rmdiag.persist import (
     save_policy,
     save_reward_model,
 )
-from rmdiag.rewards import REWARD_MODELS, RewardEnsemble, make_reward_model
+from rmdiag.rewards import REWARD_MODELS, RewardEnsemble, last_event_split, make_reward_model
 from rmdiag.sequences import event_sequences
 from rmdiag.simulate import SimulationConfig, World
 from trainers.model import ModelConfig, SequentialRecommender
@@ -80,6 +80,13 @@ def saved(log: Interactions, probe, tmp_path_factory) -> dict[str, tuple[Path, o
     for kind in REWARD_MODELS:
         model = make_reward_model(kind, **SMALL[kind]).fit(log)
         out[kind] = (save_reward_model(model, root / kind), model)
+    # early stopping on a validation part: the booster keeps its best iteration
+    fit, tune = last_event_split(log)
+    early = {"early_stopping_rounds": 2, "learning_rate": 0.3, "min_data_in_leaf": 5}
+    early = make_reward_model("lightgbm", **{**SMALL["lightgbm"], **early, "n_rounds": 30})
+    early.fit(fit, tune)
+    assert 0 < early.booster_.best_iteration < 30
+    out["lightgbm_early"] = (save_reward_model(early, root / "lightgbm_early"), early)
     ensemble = RewardEnsemble(
         kinds=("bias", "sequence"), n_members=2, params={"sequence": SMALL["sequence"]}
     ).fit(log)
@@ -163,6 +170,12 @@ def test_loaded_models_carry_their_parameters_and_fitted_state(saved) -> None:
     assert not model.training
     assert meta["algorithm"] == "exp-sft" and meta["temperature"] == 0.5
     assert meta["config"]["hidden"] == 16 and meta["version"] == persist.FORMAT_VERSION
+    assert meta["ids"] is not None and len(meta["ids"][1]) == model.config.n_items + 1
+    # the directory gets the mode an ordinary mkdir would give it, not mkdtemp's 0700
+    mode = saved["policy"][0].stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o777 & ~umask
 
 
 def test_ids_round_trip_as_ints_or_strings(saved, log: Interactions, tmp_path) -> None:
@@ -213,7 +226,7 @@ def test_a_weights_file_holding_a_pickled_object_is_refused(saved, tmp_path, nam
     directory = _copy(saved, name, tmp_path)
     torch.save({"x": Smuggled()}, directory / "weights.pt")
     loader = load_policy if name == "policy" else load_reward_model
-    _refused(directory, "weights.pt", "refused", loader)
+    _refused(directory, "weights.pt", "Smuggled", loader)
 
 
 def test_an_npz_holding_pickled_object_arrays_is_refused(saved, tmp_path) -> None:
@@ -241,6 +254,12 @@ def test_missing_or_garbled_files_are_refused(saved, tmp_path, name, file, conte
     else:
         (directory / file).write_text(content)
     _refused(directory, file, why)
+
+
+def test_arrays_of_the_wrong_shape_are_refused(saved, tmp_path) -> None:
+    directory = _copy(saved, "user_mean", tmp_path)
+    np.savez(directory / "arrays.npz", means_=np.zeros((3, 2), dtype=np.float32))
+    _refused(directory, "arrays.npz", "dimensions")
 
 
 def test_weights_of_another_shape_are_refused(saved, tmp_path) -> None:
