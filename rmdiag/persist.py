@@ -123,7 +123,8 @@ def _atomic_directory(directory: str | os.PathLike[str]) -> Iterator[Path]:
 
     On any failure the temp directory is removed and ``directory`` is left as it was. An
     existing target is moved aside first (``os.replace`` cannot rename onto a non-empty
-    directory), then removed once the new one is in place.
+    directory), then removed once the new one is in place; only a crash between those two
+    renames can leave the target missing, with the old model in a ``.<name>.*.old`` sibling.
     """
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +141,11 @@ def _atomic_directory(directory: str | os.PathLike[str]) -> Iterator[Path]:
             old = Path(
                 tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
             )
-            os.replace(target, old)
+            try:
+                os.replace(target, old)  # a directory renames onto an empty one
+            except BaseException:
+                old.rmdir()
+                raise
         try:
             os.replace(tmp, target)
         except BaseException:
@@ -523,8 +528,13 @@ def load_ids(directory: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]
         values = _field(payload, key, list, path)
         rest = values[1:]
         if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            out.append(np.asarray(values, dtype=np.int64))
-        elif all(isinstance(v, str) for v in rest) and values[:1] in ([None], []):
+            try:
+                out.append(np.asarray(values, dtype=np.int64))
+            except OverflowError as error:
+                raise _refuse(path, f"{key!r} holds ints beyond int64 ({error})") from error
+        elif all(isinstance(v, str) for v in rest) and (
+            not values or values[0] is None or isinstance(values[0], str)
+        ):
             array = np.empty(len(values), dtype=object)
             array[:] = values
             out.append(array)

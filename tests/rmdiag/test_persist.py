@@ -188,6 +188,8 @@ def test_ids_round_trip_as_ints_or_strings(saved, log: Interactions, tmp_path) -
     users, items = load_ids(tmp_path / "m")
     assert list(users) == [None, "alice", "bob"] and list(items) == [0, 7, 9]
     assert json.loads((tmp_path / "m" / "ids.json").read_text())["user_ids"][1] == "alice"
+    (tmp_path / "m" / "ids.json").write_text('{"user_ids": [null, 3], "item_ids": [0]}')
+    _refused(tmp_path / "m", "ids.json", "ints or of strings", load_ids)
 
 
 def _copy(saved, name: str, tmp_path: Path) -> Path:
