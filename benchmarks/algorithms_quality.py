@@ -11,12 +11,14 @@ the true reward falls -- reward hacking.
 
 With `--world rmdiag` the same study runs on the project's own simulator (`rmdiag.simulate.World`,
 1,000 users x 250 items, MovieLens-like defaults otherwise), through the data layer: the generated
-log is validated and encoded (`rmdiag.data`), split leave-last-out (`rmdiag.split`), the policies
-train on each user's last training events (`rmdiag.sequences.user_sequences`) and are scored at
-each user's held-out last event, from the history before it (`event_sequences`). The world's
-exact oracle (`World.true_reward`) and its tail-wrong reward model (`World.misspecified_reward`)
-take world ids, so both are seen through the log's id encoding (`EncodedReward`); the catalog is
-the items the log contains. That reward model is right off the tail and the truth + 1.5 on it, so
+log is validated and encoded (`rmdiag.data`), split leave-last-out (`rmdiag.split`) and turned
+into trainer tensors by `rmdiag.policies.policy_data`, as `rmdiag run` does: the policies train on
+each user's last training events and are scored at each user's held-out last event, from the
+whole history before it. The world's exact oracle (`World.true_reward`) and its tail-wrong reward
+model (`World.misspecified_reward`) take world ids, so both are seen through the log's id encoding
+(`rmdiag.policies.EncodedReward`); the catalog is the items the log contains. In both worlds a
+policy's figure is `rmdiag.policies.slate_value` of its top-10 undiscounted (gamma = 1): the plain
+mean reward of the ten items. That reward model is right off the tail and the truth + 1.5 on it, so
 the share of tail items in each top-10 is reported too (benchmarks/RESULTS.md: there the true
 reward of PPO against it does not fall below SFT's; it falls short of PPO on the truth).
 
@@ -42,15 +44,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluators.intervals import mean_interval  # noqa: E402
+from rmdiag.policies import (  # noqa: E402
+    EncodedReward,
+    PolicyConfig,
+    new_policy,
+    policy_data,
+    slate_value,
+)
 from trainers import (  # noqa: E402
     ALGORITHMS,
     Context,
-    ModelConfig,
     RewardFn,
     SequentialRecommender,
     context_data,
     policy_scores,
-    sequence_data,
 )
 from trainers.data import TensorData  # noqa: E402
 from trainers.testing import ToyWorld, ToyWorldConfig  # noqa: E402
@@ -100,46 +107,16 @@ def toy_study(seed: int) -> Study:
     )
 
 
-class EncodedReward:
-    """A reward function in a world's ids, called with the ids of an encoded log.
-
-    `user_ids[u]` / `item_ids[i]` are the world ids of encoded user u / item i (index 0 = padding,
-    which stays 0), as `rmdiag.data.Interactions` keeps them. Context users, history items and
-    candidate items are translated; history rewards pass through.
-    """
-
-    def __init__(self, reward_fn: Callable[..., torch.Tensor], user_ids: np.ndarray,
-                 item_ids: np.ndarray) -> None:
-        self.reward_fn = reward_fn
-        self.user_ids = torch.from_numpy(np.asarray(user_ids, dtype=np.int64))
-        self.item_ids = torch.from_numpy(np.asarray(item_ids, dtype=np.int64))
-
-    def translate(self, context: Context, items: torch.Tensor) -> tuple[Context, torch.Tensor]:
-        world_context = Context(self.user_ids[context.users], self.item_ids[context.history_items],
-                                context.history_rewards)
-        return world_context, self.item_ids[items]
-
-    def __call__(self, context: Context, items: torch.Tensor) -> torch.Tensor:
-        return self.reward_fn(*self.translate(context, items))
-
-
-class EncodedEnsembleReward(EncodedReward):
-    """`EncodedReward` of an ensemble: also translates `members` (an `EnsembleRewardFn`)."""
-
-    def members(self, context: Context, items: torch.Tensor) -> torch.Tensor:
-        return self.reward_fn.members(*self.translate(context, items))  # type: ignore[attr-defined]
-
-
 def rmdiag_study(seed: int) -> Study:
-    """`rmdiag.simulate.World` through the data layer: encode, leave-last-out, sequences.
+    """`rmdiag.simulate.World` through the data layer: encode, leave-last-out, `policy_data`.
 
     Every user's training sequence is their last MAX_LEN + 1 training events (users with more
-    lose the earliest); PPO rolls out from each user's whole training history and the policies
-    are scored at the held-out last event from the whole history before it, so every item the
-    user consumed is excluded from the top-10 (the model itself reads the last MAX_LEN).
+    lose the earliest); PPO rolls out from each user's whole training history (the contexts of
+    the validation events, each user's second-last) and the policies are scored at the held-out
+    last event from the whole history before it, so every item the user consumed is excluded
+    from the top-10 (the model itself reads the last MAX_LEN).
     """
     from rmdiag.data import encode, validate
-    from rmdiag.sequences import event_sequences, user_sequences
     from rmdiag.simulate import SimulationConfig, World
     from rmdiag.split import leave_last_out
 
@@ -152,16 +129,13 @@ def rmdiag_study(seed: int) -> Study:
     source = "<simulated world>"
     log = encode(validate(world.generate(), source), source=source)
     split = leave_last_out(log)
-    longest = int(np.bincount(log.users).max())
-
-    train = user_sequences(split.train, MAX_LEN + 1)
-    users = torch.arange(1, log.n_users + 1)
-    train_data = {**sequence_data(torch.from_numpy(train.items[1:]),
-                                  torch.from_numpy(train.rewards[1:])), "users": users}
-    whole_train = user_sequences(split.train, longest)
-    train_context = Context(users, torch.from_numpy(whole_train.items[1:]),
-                            torch.from_numpy(whole_train.rewards[1:]))
-    eval_context = event_sequences(split.train.concat(split.valid), split.test, longest).context()
+    data = policy_data(split, MAX_LEN)
+    # policy_data trains on users with >= 2 training events and leave_last_out holds out events
+    # only of users with >= 3 (the world gives each at least 5): the study uses every user.
+    if {len(data.train["items"]), len(data.valid), len(data.test)} != {log.n_users}:
+        raise ValueError("some user has fewer than 3 events: not every user is trained and scored")
+    train_data = data.train
+    train_context = data.valid.context  # each user's whole training history
 
     tail_items = world.rarely_exposed()[log.item_ids]  # over encoded ids; padding maps to 0
     n_tail_events = int(tail_items[log.items].sum())
@@ -179,10 +153,10 @@ def rmdiag_study(seed: int) -> Study:
         n_items=log.n_items,
         train_data=train_data,
         train_context=train_context,
-        eval_context=eval_context,
+        eval_context=data.test.context,
         true_reward=EncodedReward(world.true_reward, log.user_ids, log.item_ids),
-        misspecified_reward=EncodedEnsembleReward(world.misspecified_reward(), log.user_ids,
-                                                  log.item_ids),
+        misspecified_reward=EncodedReward(world.misspecified_reward(), log.user_ids,
+                                          log.item_ids),
         tail=tail,
         facts={"world": "rmdiag", "users": log.n_users, "items": log.n_items,
                "world_items": world.n_items, "events": len(log),
@@ -224,11 +198,12 @@ def main(argv: list[str] | None = None) -> None:
     if bool((study.n_items - seen < 10).any()):
         raise ValueError("some evaluation user has fewer than 10 unseen items to recommend")
 
-    def new_policy() -> SequentialRecommender:
-        torch.manual_seed(args.seed)
-        return SequentialRecommender(ModelConfig(n_items=study.n_items, hidden=64,
-                                                 n_blocks=2, n_heads=2, max_len=MAX_LEN,
-                                                 dropout=0.1))
+    # hidden 64, 2 blocks, 2 heads (PolicyConfig's defaults), dropout 0.1, seeded by --seed
+    policy_config = PolicyConfig(dropout=0.1, seed=args.seed)
+
+    def fresh_policy() -> SequentialRecommender:
+        return new_policy(study.n_items, MAX_LEN, policy_config)
+
     sft_settings = {"lr": 3e-3, "batch_size": 128, "epochs": args.epochs, "seed": args.seed,
                     "progress": False}
     runs = {
@@ -242,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, (algorithm, settings, extra) in runs.items():
         config_class, train = ALGORITHMS[algorithm]
         tick = time.perf_counter()
-        policies[name] = new_policy()
+        policies[name] = fresh_policy()
         train(policies[name], train_data, config_class(**settings), **extra)
         seconds[name] = time.perf_counter() - tick
         print(f"trained {name} in {seconds[name]:.1f}s", flush=True)
@@ -251,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     # A-SFT with a reward model: here the true reward as R̂ and the SFT policy as π_ref.
     config_class, train = ALGORITHMS["a-sft"]
     tick = time.perf_counter()
-    policies["a-sft (true RM, β=0.5)"] = new_policy()
+    policies["a-sft (true RM, β=0.5)"] = fresh_policy()
     train(policies["a-sft (true RM, β=0.5)"], train_data, config_class(**sft_settings, beta=0.5),
           reward_fn=study.true_reward, reference=sft)
     seconds["a-sft (true RM, β=0.5)"] = time.perf_counter() - tick
@@ -269,11 +244,12 @@ def main(argv: list[str] | None = None) -> None:
         seconds[name] = time.perf_counter() - tick
         print(f"trained {name} in {seconds[name]:.1f}s", flush=True)
 
-    tops = {name: top10(policy, eval_context) for name, policy in policies.items()}
-    true = {name: study.true_reward(eval_context, top).mean(1).numpy()
-            for name, top in tops.items()}
-    misspecified = {name: study.misspecified_reward(eval_context, top).mean(1).numpy()
-                    for name, top in tops.items()}
+    # The plain mean reward of each top-10 (slate_value undiscounted), per evaluation user.
+    true = {name: slate_value(policy, eval_context, study.true_reward, 10, gamma=1.0)
+            for name, policy in policies.items()}
+    misspecified = {name: slate_value(policy, eval_context, study.misspecified_reward, 10,
+                                      gamma=1.0)
+                    for name, policy in policies.items()}
     catalog = torch.arange(1, study.n_items + 1).expand(len(eval_context), -1)
     unseen_reward = torch.cat([torch.full((len(eval_context), 1), float("-inf")),
                                study.true_reward(eval_context, catalog)], dim=1)
@@ -294,7 +270,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'oracle (best 10 unseen items)':28s} {oracle.mean():.3f}")
     if study.tail is not None:
         # Where the mis-specified model is wrong: how much of each top-10 sits there.
-        tail_share = {name: float(study.tail[top].float().mean()) for name, top in tops.items()}
+        tail_share = {name: float(study.tail[top10(policy, eval_context)].float().mean())
+                      for name, policy in policies.items()}
         print("share of tail items in the top-10: " + ", ".join(
             f"{name} {share:.3f}" for name, share in tail_share.items()))
         for name, share in tail_share.items():
