@@ -39,6 +39,15 @@ def test_run_on_a_file_writes_summary_json(tmp_path: Path, capsys) -> None:
         "20",
         "--audit-threads",
         "1",
+        # small policies: this test is about the command, tests/rmdiag/test_pipeline.py the job
+        "--no-sweep",
+        "--policy-hidden",
+        "16",
+        "--policy-sft-epochs",
+        "2",
+        "--policy-post-steps",
+        "3",
+        "--no-policy-progress",
     ]
     assert (
         main(["run", "--data", str(data), "--out", str(out), "--max-len", "20", *fast_audit]) == 0
