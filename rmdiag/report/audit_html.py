@@ -148,7 +148,8 @@ def render_audit_html(result: AuditResult, judgement: Judgement) -> str:
         _models_table(result),
         "<h2>Reward models against baselines</h2><p>Difference = model − baseline "
         "(negative is better for RMSE/MAE, positive for pairwise accuracy); p-values from a "
-        "paired test across users, Holm-adjusted over all comparisons.</p>",
+        "paired test across users, Holm-adjusted within each slice and metric (every reward "
+        "model against every baseline).</p>",
         _comparisons_table(result, judgement.config.alpha),
         "<h2>Does ensemble spread track error?</h2>",
         _spread_table(result),
