@@ -76,6 +76,13 @@ def context_data(context: Context) -> TensorData:
     )
 
 
+def rollout_histories(data: TensorData) -> TensorData:
+    """The histories a policy rolls out from (PPO, DPO/IPO): every event's context, sequences
+    unrolled so that each training position's history is one state."""
+    events = sequences_to_events(data)
+    return {key: events[key] for key in CONTEXT_KEYS}
+
+
 def is_sequence_data(data: TensorData) -> bool:
     return "items" in data
 

@@ -32,9 +32,7 @@ from torch import nn
 from trainers.data import (
     TensorData,
     batch_context,
-    check_data,
-    is_sequence_data,
-    sequences_to_events,
+    rollout_histories,
 )
 from trainers.ensemble import require_members, reward_interval
 from trainers.loop import EvalFn, TrainConfig, TrainResult, describe, train_loop
@@ -157,10 +155,7 @@ def _train_preference(
         raise ValueError(f"{name} needs a reward_fn (a reward ensemble) to choose its pairs")
     if config.interval_z > 0:
         require_members(reward_fn, f"{name} with interval_z {config.interval_z} > 0")
-    data = check_data(data)
-    if is_sequence_data(data):
-        data = sequences_to_events(data)
-    data = {key: data[key] for key in ("users", "history_items", "history_rewards")}
+    data = rollout_histories(data)
     reference = reference_policy(model, reference, resume_from, config.device)
 
     @torch.no_grad()
