@@ -292,7 +292,8 @@ def run(
         data=log.summary(), split=_split_summary(split, config, audit_config),
         sequences=_sequence_summary(split, config),
     )
-    # Created only now, once the input is known good: bad input leaves nothing behind.
+    # Only now, once the input is known good (and written only once a stage is done, so input
+    # the audit refuses leaves nothing behind either).
     work = WorkDir(out, resume=config.resume) if out is not None else None
     keys = _Keys(data, columns, simulation, config, audit_config, policy_config, work)
     if config.audit:
@@ -303,8 +304,6 @@ def run(
             work.record("audit", keys.audit_inputs, done=True, status="reused")
         else:
             stage("audit", ": baselines and the reward-model ensemble")
-            if work is not None:
-                work.record("audit", keys.audit_inputs, done=False)
             # the held-out events are the split's valid and test events, as `rmdiag audit` does
             result = audit(split.train, split.valid.concat(split.test), config=audit_config)
             if work is not None:

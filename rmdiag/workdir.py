@@ -72,13 +72,14 @@ def _remove(path: Path) -> None:
 
 
 class WorkDir:
-    """`OUT/.work/`: read on `resume`, else removed and started afresh (module docstring)."""
+    """`OUT/.work/`: read on `resume`, else removed and started afresh (module docstring);
+    created when the first stage is recorded."""
 
     def __init__(self, out: str | os.PathLike[str], resume: bool) -> None:
         self.root = Path(out) / WORK_DIR
         if not resume and self.root.exists():
             _remove(self.root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        # created by the first stage that finishes: input refused by the audit leaves nothing
         for leftover in [*self.root.glob(f"{_STAGING}*"),
                          *self.root.glob(f"policies/{_STAGING}*")]:
             _remove(leftover)  # a stage killed (not interrupted) while being assembled

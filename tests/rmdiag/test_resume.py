@@ -137,9 +137,10 @@ def test_a_fresh_run_replaces_the_work_directory(tmp_path: Path) -> None:
     assert WorkDir(tmp_path, resume=True).stages == {"x": {}}
     assert stale.exists()
     work = WorkDir(tmp_path, resume=False)
-    assert work.stages == {} and not stale.exists() and work.root.is_dir()
+    assert work.stages == {} and not stale.exists() and not work.root.exists()
     # an unreadable record is no record: every stage recomputes
-    (tmp_path / WORK_DIR / RECORD_FILE).write_text("{not json")
+    work.root.mkdir()
+    (work.root / RECORD_FILE).write_text("{not json")
     assert WorkDir(tmp_path, resume=True).stages == {}
 
 
@@ -148,3 +149,14 @@ def test_resume_needs_an_output_directory() -> None:
 
     with pytest.raises(ValueError, match="resume"):
         run(RunConfig(resume=True))
+
+
+def test_input_the_audit_refuses_leaves_nothing(tmp_path: Path) -> None:
+    constant = tmp_path / "constant.csv"
+    constant.write_text(
+        "user_id,item_id,timestamp,reward\n"
+        + "".join(f"{u},{i},{t},3\n" for u in range(1, 30) for t, i in enumerate(range(1, 6)))
+    )
+    refused = tmp_path / "refused"
+    assert main(["run", "--data", str(constant), "--out", str(refused), *FAST]) == 2
+    assert not refused.exists()
