@@ -351,7 +351,7 @@ class _Keys:
         split = {"split": config.split} | (
             {"test_quantile": config.test_quantile, "valid_quantile": config.valid_quantile}
             if config.split == "temporal" else {})
-        self.data = fingerprint(source)
+        self.data = source  # in the record as it is: the file's path, size, mtime and sha256
         self.audit_inputs = {"data": self.data, "split": split,
                              "audit_config": asdict(audit_config)}
         self.audit = fingerprint(self.audit_inputs) if config.audit else None
