@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         default="runs/default",
         help="directory for summary.json, decision.json, audit.json, audit.html, report.html "
-        "and per_user.parquet (default: runs/default)",
+        "and per_user.parquet, and the hidden .work/ that --resume continues from (default: "
+        "runs/default)",
     )
     run.add_argument(
         "--json", action="store_true", help="print summary.json on stdout instead of the text"

@@ -9,6 +9,15 @@ train whatever `--compare` adds, score every policy on the test events (`rmdiag.
 per_user.parquet, published together at the end, each file atomically -- a failure or an
 interrupt leaves no file half-written and, before the last stage, none at all.
 
+With `out`, each finished stage also keeps its outputs in the hidden work directory
+`out/.work/` (`rmdiag.workdir`: the audit, every trained policy, the checkpoint of the one in
+training, and `stages.json`, the record of each stage's input fingerprint). `--resume` reuses
+every stage whose inputs are unchanged and recomputes the rest: a changed input changes the
+fingerprint of its stage and of every stage after it. Load, split, the selection, A-SFT's
+advantages and the scoring are recomputed each time (deterministic). Without `--resume` a run
+starts a fresh `.work`; it stays after a successful run, so a later `--resume` with changed
+policy settings reuses the audit.
+
 `audit_files` is `rmdiag audit`: read, audit, judge, write.
 """
 
@@ -43,6 +52,7 @@ from rmdiag.select import (
 )
 from rmdiag.sequences import event_sequences, user_sequences
 from rmdiag.split import Split, leave_last_out, temporal_split, time_quantile, unexplored_mask
+from rmdiag.workdir import WorkDir, file_identity, fingerprint
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,15 @@ class RunConfig:
         metadata={
             "help": "policies to train beside SFT and the chosen one: 'all' (every algorithm in "
             "trainers.ALGORITHMS) or a comma-separated list of names"
+        },
+    )
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "continue the run in --out after its last finished stage: reuse each stage "
+            "kept in OUT/.work whose inputs (settings, data file, earlier stages) are unchanged, "
+            "resume an interrupted training from its checkpoint, recompute the rest; without "
+            "it a run starts a fresh OUT/.work (exact with the same --policy-threads)"
         },
     )
 
@@ -235,6 +254,11 @@ class _Stages:
             print(f"rmdiag run [{now - self.started:6.1f} s] {name}{detail}", file=sys.stderr,
                   flush=True)
 
+    def note(self, text: str) -> None:
+        """A line about the current stage, without starting another."""
+        print(f"rmdiag run [{time.perf_counter() - self.started:6.1f} s] {self.current}{text}",
+              file=sys.stderr, flush=True)
+
 
 def run(
     config: RunConfig,
@@ -247,7 +271,10 @@ def run(
     policy_config: policies.PolicyConfig | None = None,
 ) -> RunSummary:
     """Run the job (module docstring); with `out`, write every file there, only once everything
-    succeeded. Bad input raises `rmdiag.data.DataError` before any work."""
+    succeeded, and keep each finished stage in `out/.work` (`config.resume` reuses them). Bad
+    input raises `rmdiag.data.DataError` before any work."""
+    if config.resume and out is None:
+        raise ValueError("resume needs the output directory (out) whose .work it continues")
     if data is None and simulation is None:
         from rmdiag.simulate import SimulationConfig
 
@@ -265,10 +292,23 @@ def run(
         data=log.summary(), split=_split_summary(split, config, audit_config),
         sequences=_sequence_summary(split, config),
     )
+    # Only now, once the input is known good (and written only once a stage is done, so input
+    # the audit refuses leaves nothing behind either).
+    work = WorkDir(out, resume=config.resume) if out is not None else None
+    keys = _Keys(data, columns, simulation, config, audit_config, policy_config, work)
     if config.audit:
-        stage("audit", ": baselines and the reward-model ensemble")
-        # the held-out events are the split's valid and test events, as `rmdiag audit` holds out
-        result = audit(split.train, split.valid.concat(split.test), config=audit_config)
+        result = None
+        if work is not None and work.has_audit(keys.audit):
+            stage("audit", ": reused from .work (inputs unchanged)")
+            result = work.load_audit()
+            work.record("audit", keys.audit_inputs, done=True, status="reused")
+        else:
+            stage("audit", ": baselines and the reward-model ensemble")
+            # the held-out events are the split's valid and test events, as `rmdiag audit` does
+            result = audit(split.train, split.valid.concat(split.test), config=audit_config)
+            if work is not None:
+                work.save_audit(result, keys.audit)
+                work.record("audit", keys.audit_inputs, done=True, status="computed")
         summary.audit, summary.judgement = result, judge(result, select_config)
     stage("select")
     decision = decide(summary.judgement)
@@ -276,11 +316,12 @@ def run(
     torch.set_num_threads(policy_config.threads)
     try:
         _policies_stage(summary, decision, split, world, config, policy_config,
-                        select_config.alpha, stage)
+                        select_config.alpha, stage, _Trainer(work, keys, stage))
     finally:
         torch.set_num_threads(previous_threads)
+    run_settings = {k: v for k, v in asdict(config).items() if k != "resume"}  # not a result's
     summary.settings = {
-        "config": asdict(config), "audit_config": asdict(audit_config),
+        "config": run_settings, "audit_config": asdict(audit_config),
         "select_config": asdict(select_config), "policy_config": asdict(policy_config),
     } | ({"simulation": asdict(simulation)} if world is not None else {})
     stage(None)
@@ -289,6 +330,90 @@ def run(
         stage("report", f": writing {out}")
         publish(out, summary.files())
     return summary
+
+
+# PolicyConfig fields that do not change how a policy trains (only how it is scored or shown),
+# and those that change only post-training: left out of the fingerprints they do not affect.
+_SCORING_ONLY = ("high_reward", "confidence", "n_resamples", "progress")
+_POST_ONLY = ("post_steps", "post_lr")
+
+
+class _Keys:
+    """The inputs (and so the fingerprints) of the stages `rmdiag run` keeps in `.work`."""
+
+    def __init__(self, data: str | os.PathLike[str] | None, columns: Mapping[str, str] | None,
+                 simulation: Any | None, config: RunConfig, audit_config: AuditConfig,
+                 policy_config: policies.PolicyConfig, work: WorkDir | None) -> None:
+        source: dict[str, Any] = {}
+        if work is not None:  # hashing the file is only worth it when a resume may read it
+            source = ({"file": file_identity(data), "columns": dict(columns or {})}
+                      if data is not None else {"simulation": asdict(simulation)})
+        split = {"split": config.split} | (
+            {"test_quantile": config.test_quantile, "valid_quantile": config.valid_quantile}
+            if config.split == "temporal" else {})
+        self.data = source  # in the record as it is: the file's path, size, mtime and sha256
+        self.audit_inputs = {"data": self.data, "split": split,
+                             "audit_config": asdict(audit_config)}
+        self.audit = fingerprint(self.audit_inputs) if config.audit else None
+        training = {k: v for k, v in asdict(policy_config).items() if k not in _SCORING_ONLY}
+        self.sft_inputs = {"data": self.data, "split": split, "max_len": config.max_len,
+                           "policy_config": {k: v for k, v in training.items()
+                                             if k not in _POST_ONLY}}
+        self.sft = fingerprint(self.sft_inputs)
+        self.post_training = training
+
+    def post_inputs(self, algorithm: str, temperature: Mapping[str, float],
+                    uses_reward_model: bool) -> dict[str, Any]:
+        return {"sft": self.sft, "algorithm": algorithm, "temperature": dict(temperature),
+                "policy_config": self.post_training,
+                "reward_model": self.audit if uses_reward_model else None}
+
+
+class _Trainer:
+    """Trains policies through the work directory: each one saved once trained and reused on
+    `--resume` when its inputs are unchanged, its training checkpointed so an interrupted one
+    resumes. Without a work directory (no `out`), plain `rmdiag.policies` training."""
+
+    def __init__(self, work: WorkDir | None, keys: _Keys, stage: _Stages) -> None:
+        self.work, self.keys, self.stage = work, keys, stage
+
+    def sft(self, data: policies.PolicyData, max_len: int,
+            config: policies.PolicyConfig) -> policies.TrainedPolicy:
+        if self.work is None:
+            return policies.train_sft(data, max_len, config)
+        policy, reused = self.work.policy(
+            "sft", self.keys.sft_inputs,
+            lambda checkpoint: policies.train_sft(data, max_len, config, checkpoint))
+        if reused:
+            self.stage.note(": reused from .work (inputs unchanged)")
+        return policy
+
+    def post(self, algorithm: str, data: policies.PolicyData, sft: policies.TrainedPolicy,
+             config: policies.PolicyConfig, temperature: Mapping[str, float] | None = None,
+             reward_fn: Any | None = None, train_data: Any | None = None,
+             name: str | None = None, *, swept: str | None = None) -> policies.TrainedPolicy:
+        """`policies.train_policy`'s arguments; `swept` names the temperature a sweep varies
+        (its point is kept as `<algorithm>.<parameter>-<value>`)."""
+        temperature = dict(temperature or {})
+        if self.work is None:
+            return policies.train_policy(algorithm, data, sft, config, temperature, reward_fn,
+                                         train_data, name)
+        key = algorithm + (f".{swept}-{temperature[swept]:g}" if swept else "")
+        uses = (policies.reward_model_use(algorithm) != "none" and reward_fn is not None
+                or train_data is not None)  # train_data: A-SFT's advantages from the ensemble
+        inputs = self.keys.post_inputs(algorithm, temperature, uses)
+        policy, reused = self.work.policy(
+            key, inputs,
+            lambda checkpoint: policies.train_policy(algorithm, data, sft, config, temperature,
+                                                     reward_fn, train_data, name, checkpoint))
+        if reused:
+            self.stage.note(f": {key} reused from .work (inputs unchanged)")
+        return policy
+
+    def sweep_point(self, parameter: str) -> Any:
+        def train(*args: Any, **kwargs: Any) -> policies.TrainedPolicy:
+            return self.post(*args, **kwargs, swept=parameter)
+        return train
 
 
 def _check_runnable(split: Split, log: Interactions) -> None:
@@ -333,6 +458,7 @@ def _policies_stage(
     policy_config: policies.PolicyConfig,
     alpha: float,
     stage: _Stages,
+    trainer: _Trainer,
 ) -> None:
     """Train SFT and the chosen algorithm (swept or at its default temperature) and whatever
     `--compare` adds; score them all on the test events; fill the summary's policy figures."""
@@ -341,7 +467,7 @@ def _policies_stage(
     true_reward = (policies.EncodedReward(world.true_reward, data.log.user_ids,
                                           data.log.item_ids) if world is not None else None)
     stage("policies.sft", ": behaviour cloning, early-stopped on validation NDCG")
-    trained = {"sft": policies.train_sft(data, config.max_len, policy_config)}
+    trained = {"sft": trainer.sft(data, config.max_len, policy_config)}
     names = list(dict.fromkeys([decision.algorithm, *config.compare_list]))
     names = [n for n in names if n != "sft"]
     skipped: dict[str, str] = {}
@@ -361,7 +487,7 @@ def _policies_stage(
             stage(f"policies.{algorithm}", f": sweep of {parameter} over {grid}")
             curve, candidates = policies.sweep_temperature(
                 algorithm, data, trained["sft"], policy_config, grid, ensemble, true_reward,
-                train_data, policies.fixed_settings(algorithm))
+                train_data, policies.fixed_settings(algorithm), trainer.sweep_point(parameter))
             summary.sweep[algorithm] = curve
             chosen = choose_temperature(decision, curve, policies.fixed_settings(algorithm))
             curve["best"] = chosen.temperature[parameter]
@@ -372,7 +498,7 @@ def _policies_stage(
         else:
             temperature = policies.default_temperature(algorithm, data.reward_std)
             stage(f"policies.{algorithm}")
-            trained[algorithm] = policies.train_policy(
+            trained[algorithm] = trainer.post(
                 algorithm, data, trained["sft"], policy_config, temperature, ensemble,
                 train_data)
             if algorithm == decision.algorithm:

@@ -500,6 +500,7 @@ def sweep_temperature(
     true_reward: RewardFn | None = None,
     train_data: TensorData | None = None,
     fixed: Mapping[str, float] | None = None,
+    train: Callable[..., TrainedPolicy] | None = None,
 ) -> tuple[dict[str, Any], list[TrainedPolicy]]:
     """Train `algorithm` at each temperature of `grid`; score each on the validation events.
 
@@ -508,7 +509,8 @@ def sweep_temperature(
     choose. Returns the curve (`summary.json["sweep"][algorithm]`: each point with its interval,
     and the true reward of its validation slate on a simulated world) and the policies, one per
     point; which one wins is `rmdiag.select.choose_temperature`'s call. `fixed` holds settings
-    that are not swept (PPO's KL coefficient).
+    that are not swept (PPO's KL coefficient). `train` replaces `train_policy` (same
+    arguments; `rmdiag run` passes one that keeps and reuses each point's policy).
     """
     parameter = TEMPERATURES[algorithm][0]
     threshold = high_reward_threshold(data, config)
@@ -518,8 +520,9 @@ def sweep_temperature(
         high, targets = np.ones(len(data.valid), dtype=bool), "any reward"
     metric = f"ndcg@{config.k}"
     points, policies = [], []
+    train = train or train_policy
     for value in grid:
-        policy = train_policy(algorithm, data, sft, config, {parameter: value, **(fixed or {})},
+        policy = train(algorithm, data, sft, config, {parameter: value, **(fixed or {})},
                               reward_fn, train_data, name=algorithm)
         scores = _ranking(policy.model, data.valid, config.k)[metric]
         point: dict[str, Any] = {"value": value, metric: _figure(scores[high], config)}

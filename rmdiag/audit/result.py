@@ -59,3 +59,45 @@ class AuditResult:
             "seconds": round(self.seconds, 3),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
+
+    @classmethod
+    def from_json(
+        cls,
+        payload: dict[str, Any],
+        *,
+        events: dict[str, np.ndarray] | None = None,
+        predictions: dict[str, np.ndarray] | None = None,
+        ensemble: RewardEnsemble | None = None,
+    ) -> AuditResult:
+        """The inverse of ``to_json()`` (every figure back as a ``Figure``), with the parts the
+        JSON leaves out given back by the caller (``rmdiag run --resume`` keeps them beside it).
+        ``seconds`` and ``timings`` come back rounded as ``to_json()`` wrote them."""
+
+        def figure(value: dict[str, Any]) -> Figure:
+            return Figure(value["value"], value["low"], value["high"], value.get("reason"))
+
+        return cls(
+            models={
+                name: {
+                    slice_name: {metric: figure(fig) for metric, fig in metrics.items()}
+                    for slice_name, metrics in slices.items()
+                }
+                for name, slices in payload["models"].items()
+            },
+            comparisons=[
+                {**c, "difference": figure(c["difference"])} for c in payload["comparisons"]
+            ],
+            spread_error={k: figure(fig) for k, fig in payload["spread_error"].items()},
+            gap={
+                name: {k: figure(v) if isinstance(v, dict) else v for k, v in parts.items()}
+                for name, parts in payload["gap"].items()
+            },
+            slices=payload["slices"],
+            config=AuditConfig(**payload["config"]),
+            data=payload["data"],
+            seconds=float(payload["seconds"]),
+            timings={k: float(v) for k, v in payload["timings"].items()},
+            events=dict(events or {}),
+            predictions=dict(predictions or {}),
+            ensemble=ensemble,
+        )

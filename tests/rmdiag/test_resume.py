@@ -1,0 +1,162 @@
+"""`rmdiag run --resume`: an interrupted run (SIGINT while a policy trains) exits 1, leaves no
+partial file and no summary, and resuming it gives the summary of an uninterrupted run; a changed
+policy setting recomputes the policies it affects and reuses the audit (issue 11, point 3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rmdiag.cli import main
+from rmdiag.workdir import RECORD_FILE, WORK_DIR, WorkDir
+
+ROOT = Path(__file__).resolve().parents[2]
+# A tiny world and fast settings (as tests/rmdiag/test_pipeline.py); one torch thread, which
+# exact resume needs. exp-SFT post-trains long enough (checkpoints every 150 of 600 steps) for
+# the interrupt to land inside its training.
+FAST = ["--sim-users", "150", "--sim-items", "80", "--sim-mean-events", "20", "--sim-seed", "3",
+        "--audit-kinds", "lightgbm", "--audit-members", "2", "--audit-resamples", "200",
+        "--audit-lightgbm-rounds", "20", "--audit-threads", "1", "--max-len", "20",
+        "--policy-hidden", "16", "--policy-blocks", "1", "--policy-sft-epochs", "2",
+        "--policy-batch-size", "64", "--policy-resamples", "200", "--policy-threads", "1",
+        "--no-policy-progress", "--no-sweep", "--policy-post-steps", "600"]
+WALL_CLOCK = {"timings", "seconds", "train_seconds"}
+
+
+def comparable(value: Any) -> Any:
+    """summary.json without its wall-clock figures."""
+    if isinstance(value, dict):
+        return {k: comparable(v) for k, v in value.items() if k not in WALL_CLOCK}
+    if isinstance(value, list):
+        return [comparable(v) for v in value]
+    return value
+
+
+def summary_of(out: Path) -> Any:
+    return comparable(json.loads((out / "summary.json").read_text()))
+
+
+def stages_of(out: Path) -> dict[str, dict[str, Any]]:
+    return json.loads((out / WORK_DIR / RECORD_FILE).read_text())["stages"]
+
+
+def interrupt_while_training(out: Path, checkpoint: str, timeout: float = 120.0) -> int:
+    """Start `rmdiag run` in a subprocess, SIGINT it once `checkpoint` exists; its exit code."""
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rmdiag.cli", "run", "--out", str(out), *FAST],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    target = out / WORK_DIR / "checkpoints" / checkpoint
+    deadline = time.monotonic() + timeout
+    try:
+        while not target.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no {target} before the run ended: "
+                                     f"{process.communicate()[1][-2000:]}")
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "interrupted" in stderr, stderr[-2000:]
+    return process.returncode
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("whole") / "out"
+    assert main(["run", "--out", str(out), *FAST]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    out = tmp_path_factory.mktemp("interrupted") / "out"
+    return out, interrupt_while_training(out, "exp-sft.pt")
+
+
+def test_an_interrupt_exits_1_and_leaves_no_partial_file(interrupted: tuple[Path, int]) -> None:
+    out, code = interrupted
+    assert code == 1
+    everything = list(out.rglob("*"))
+    assert not [p for p in everything if p.name.endswith(".tmp") or ".staging-" in p.name]
+    assert not (out / "summary.json").exists()
+    assert not [p for p in out.iterdir() if p.name != WORK_DIR]  # nothing published
+    stages = stages_of(out)
+    assert stages["audit"]["done"] and stages["policy:sft"]["done"]
+    assert not stages["policy:exp-sft"]["done"]  # in training, with its checkpoint kept
+    assert (out / WORK_DIR / "checkpoints" / "exp-sft.pt").exists()
+
+
+def test_resume_gives_the_uninterrupted_summary_and_a_changed_input_recomputes(
+    interrupted: tuple[Path, int], uninterrupted: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = interrupted
+    capsys.readouterr()
+    assert main(["run", "--out", str(out), *FAST, "--resume"]) == 0
+    stderr = capsys.readouterr().err
+    assert "audit: reused" in stderr and "policies.sft: reused" in stderr
+    assert "exp-sft reused" not in stderr  # resumed from its checkpoint, then saved
+    assert summary_of(out) == summary_of(uninterrupted)
+    stages = stages_of(out)
+    assert {k: v["status"] for k, v in stages.items()} == {
+        "audit": "reused", "policy:sft": "reused", "policy:exp-sft": "computed"}
+    assert not list((out / WORK_DIR / "checkpoints").iterdir())  # saved policies supersede them
+    assert all(v["done"] for v in stages.values())
+
+    # a different post-training budget: the audit and SFT are reused, exp-SFT is retrained
+    assert main(["run", "--out", str(out), *FAST, "--resume", "--policy-post-steps", "100"]) == 0
+    stderr = capsys.readouterr().err
+    assert "audit: reused" in stderr and "policies.sft: reused" in stderr
+    assert "exp-sft reused" not in stderr
+    stages = stages_of(out)
+    assert {k: v["status"] for k, v in stages.items()} == {
+        "audit": "reused", "policy:sft": "reused", "policy:exp-sft": "computed"}
+    assert stages["policy:exp-sft"]["inputs"]["policy_config"]["post_steps"] == 100
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["policies"]["exp-sft"]["steps"] == 100
+    assert comparable(summary["audit"]) == summary_of(uninterrupted)["audit"]
+
+
+def test_a_fresh_run_replaces_the_work_directory(tmp_path: Path) -> None:
+    stale = tmp_path / WORK_DIR / "policies" / "sft"
+    stale.mkdir(parents=True)
+    (tmp_path / WORK_DIR / RECORD_FILE).write_text('{"version": 1, "stages": {"x": {}}}')
+    assert WorkDir(tmp_path, resume=True).stages == {"x": {}}
+    assert stale.exists()
+    work = WorkDir(tmp_path, resume=False)
+    assert work.stages == {} and not stale.exists() and not work.root.exists()
+    # an unreadable record is no record: every stage recomputes
+    work.root.mkdir()
+    (work.root / RECORD_FILE).write_text("{not json")
+    assert WorkDir(tmp_path, resume=True).stages == {}
+
+
+def test_resume_needs_an_output_directory() -> None:
+    from rmdiag.pipeline import RunConfig, run
+
+    with pytest.raises(ValueError, match="resume"):
+        run(RunConfig(resume=True))
+
+
+def test_input_the_audit_refuses_leaves_nothing(tmp_path: Path) -> None:
+    constant = tmp_path / "constant.csv"
+    constant.write_text(
+        "user_id,item_id,timestamp,reward\n"
+        + "".join(f"{u},{i},{t},3\n" for u in range(1, 30) for t, i in enumerate(range(1, 6)))
+    )
+    refused = tmp_path / "refused"
+    assert main(["run", "--data", str(constant), "--out", str(refused), *FAST]) == 2
+    assert not refused.exists()
