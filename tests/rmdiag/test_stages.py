@@ -59,7 +59,8 @@ def log_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def staged(log_file: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """audit -> select -> train sft -> train <chosen> -> evaluate both, and one run."""
     root = tmp_path_factory.mktemp("stages")
-    reference = run(RunConfig(max_len=MAX_LEN, sweep=False), data=log_file,
+    # a-sft beside the chosen one: the reward model read back from disk must train it exactly
+    reference = run(RunConfig(max_len=MAX_LEN, sweep=False, compare="a-sft"), data=log_file,
                     audit_config=FAST_AUDIT, policy_config=FAST_POLICY)
     data = ["--data", str(log_file)]
     assert main(["audit", *data, "--out", str(root / "audit"), *flags(FAST_AUDIT)]) == 0
@@ -77,10 +78,18 @@ def staged(log_file: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     assert main(["train", chosen, *data, "--out", str(root / chosen), "--reference",
                  str(root / "sft"), "--decision", str(root / "select" / "decision.json"),
                  *extra, *flags(FAST_POLICY, policies_fields(chosen), prefix="policy_")]) == 0
+    trained = [chosen]
+    if chosen != "a-sft":  # at the same default β as the run, given as the Config flag
+        beta = policies.default_temperature("a-sft", reference.audit.data["train_reward_std"])
+        assert main(["train", "a-sft", *data, "--out", str(root / "a-sft"), "--reference",
+                     str(root / "sft"), "--reward-model", reward_model, "--beta",
+                     repr(beta["beta"]), *flags(FAST_POLICY, policies_fields("a-sft"),
+                                                prefix="policy_")]) == 0
+        trained.append("a-sft")
     evaluate = flags(FAST_POLICY, ("k", "high_reward", "confidence", "n_resamples", "threads",
                                    "seed"))
     evaluations = {}
-    for name in ("sft", chosen):
+    for name in ("sft", *trained):
         out = root / f"eval-{name}"
         assert main(["evaluate", "--policy", str(root / name), *data, "--out", str(out),
                      "--reward-model", reward_model, *evaluate]) == 0
@@ -104,7 +113,8 @@ def test_stages_reproduce_one_run(staged: dict[str, Any]) -> None:
     assert staged["decision"]["verdict"] == summary.decision.verdict
     assert staged["decision"]["temperature"] == summary.decision.temperature
     assert any("no validation sweep" in r for r in staged["decision"]["reasons"])
-    for name in ("sft", staged["chosen"]):
+    assert set(staged["evaluations"]) == {"sft", staged["chosen"], "a-sft"}
+    for name in staged["evaluations"]:
         evaluation = staged["evaluations"][name]
         for metric in METRICS:
             for part in ("value", "low", "high"):
