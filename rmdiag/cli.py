@@ -179,6 +179,162 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_select(args: argparse.Namespace) -> int:
+    from rmdiag.select import SelectConfig
+    from rmdiag.stages.decision import select_files
+
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(SelectConfig)
+                 if hasattr(args, f.name)}
+    decision = select_files(args.audit, args.out, overrides)
+    temperature = ", ".join(f"{k} = {v:.3g}" for k, v in decision.temperature.items())
+    print(f"verdict: {decision.verdict} -> {decision.algorithm}"
+          + (f" ({temperature})" if temperature else ""))
+    for reason in decision.reasons:
+        print(f"  - {reason}")
+    print(f"wrote {args.out}/decision.json")
+    return EXIT_OK
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import trainers
+    from rmdiag.policies import PolicyConfig
+    from rmdiag.stages.training import train_files
+
+    config_class = trainers.ALGORITHMS[args.algorithm][0]
+    dataclass_from_args(config_class, args)  # the flags given must make a valid Config
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)
+                 if f.init and hasattr(args, f.name)}
+    trained = train_files(
+        args.algorithm,
+        args.data,
+        args.out,
+        columns=_column_mapping(args.column),
+        reward_model=args.reward_model,
+        reference=args.reference,
+        decision=args.decision,
+        policy_config=dataclass_from_args(PolicyConfig, args, prefix="policy_"),
+        overrides=overrides,
+        max_len=args.max_len,
+    )
+    temperature = ", ".join(f"{k} = {v:.3g}" for k, v in trained.temperature.items())
+    print(f"{args.algorithm}: {trained.steps} steps in {trained.train_seconds:.1f} s"
+          + (f" ({temperature})" if temperature else "") + f"; wrote {args.out}")
+    return EXIT_OK
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from rmdiag.policies import PolicyConfig
+
+    config = dataclass_from_args(PolicyConfig, args)
+    if args.recommendations is not None:
+        from rmdiag.stages.recommendations import evaluate_recommendations_files
+
+        if args.reward_model is not None:
+            raise UsageError("--reward-model judges a --policy; a list of recommendations is "
+                             "scored by the ranking metrics only")
+        payload = evaluate_recommendations_files(
+            args.recommendations, args.data, args.out, columns=_column_mapping(args.column),
+            config=config)
+    else:
+        from rmdiag.stages.evaluation import evaluate_policy_files
+
+        payload = evaluate_policy_files(
+            args.policy, args.data, args.out, columns=_column_mapping(args.column),
+            reward_model=args.reward_model, config=config)
+    for metric, figure in payload["metrics"].items():
+        if isinstance(figure, dict) and "value" in figure and figure["value"] is not None:
+            print(f"{metric:8s} {figure['value']:.4f} [{figure['low']:.4f}, {figure['high']:.4f}]")
+    print(f"wrote {args.out}/evaluation.json and per_user.parquet")
+    return EXIT_OK
+
+
+def _add_stage_commands(commands: Any) -> None:
+    """`rmdiag select`, `rmdiag train ALGORITHM` and `rmdiag evaluate` (rmdiag.stages)."""
+    import trainers
+    from rmdiag.select import SelectConfig
+    from rmdiag.stages.evaluation import EvaluationFlags
+    from rmdiag.stages.training import PostTrainingFlags, SFTFlags, optional_fields
+
+    select = commands.add_parser(
+        "select", help="decision.json from an audit.json (the documented default temperature)")
+    select.add_argument("--audit", required=True, help="audit.json as `rmdiag audit` writes it")
+    select.add_argument("--out", required=True, help="directory for decision.json")
+    add_dataclass_flags(select, SelectConfig)
+    select.set_defaults(handler=_cmd_select)
+
+    train = commands.add_parser(
+        "train",
+        help="train one policy: `rmdiag train ALGORITHM --data FILE --out DIR ...`",
+        description="Train one policy as `rmdiag run` does and save it to --out (model.json, "
+        "weights.pt, ids.json, training.json). `sft` trains from scratch on the log's "
+        "leave-last-out split; every other algorithm post-trains a copy of --reference (a "
+        "saved SFT policy) with --reward-model (a saved ensemble, e.g. `rmdiag audit`'s "
+        "OUT/reward_model) when its Config uses one. `rmdiag train ALGORITHM --help` lists "
+        "that algorithm's Config flags.",
+    )
+    algorithms = train.add_subparsers(dest="algorithm", required=True, metavar="ALGORITHM",
+                                      help=", ".join(trainers.ALGORITHMS))
+    for name, (config_class, _) in trainers.ALGORITHMS.items():
+        uses = config_class.reward_model
+        parser = algorithms.add_parser(
+            name,
+            help=f"{name} (reward model: {uses})",
+            description=f"Train {name} (reward model: {uses}). The trainer's Config is built as "
+            "`rmdiag run` builds it from the --policy-* flags (lr, batch size, epochs or post-"
+            "training steps, seed); a Config flag given here replaces that field (its "
+            "'default' below is the Config's own, used only for fields rmdiag run does not "
+            "set). The temperature comes from --decision when given, else from its flag.",
+        )
+        _add_data_flags(parser, required=True)
+        parser.add_argument("--out", required=True, help="directory of the saved policy")
+        if name != "sft":
+            parser.add_argument("--reference", required=True,
+                                help="saved SFT policy directory (`rmdiag train sft --out`)")
+        else:
+            parser.set_defaults(reference=None)
+        if uses != "none":
+            parser.add_argument(
+                "--reward-model", required=uses == "required",
+                help="saved reward ensemble directory (`rmdiag audit` writes OUT/reward_model)"
+                + ("" if uses == "required" else "; without it A-SFT's baseline is the user's "
+                   "mean reward"))
+        else:
+            parser.set_defaults(reward_model=None)
+        parser.add_argument("--decision", help="decision.json: its temperature (it must have "
+                            "chosen this algorithm)")
+        parser.add_argument("--max-len", type=int, default=None,
+                            help="history length L (sft; default 50 as rmdiag run; other "
+                            "algorithms take the reference's)")
+        add_dataclass_flags(parser, config_class)
+        for field_name, kind, help_text in optional_fields(config_class):
+            parser.add_argument("--" + field_name.replace("_", "-"), dest=field_name, type=kind,
+                                default=argparse.SUPPRESS, help=f"{help_text} (default: None)")
+        add_dataclass_flags(parser, SFTFlags if name == "sft" else PostTrainingFlags,
+                            prefix="policy_")
+        parser.set_defaults(handler=_cmd_train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a saved policy, or any model's ranked lists, on the held-out test events",
+        description="NDCG@k, HR@k and MRR of each user's held-out last event (leave-last-out, "
+        "history excluded, ties in expectation), with intervals over users, on all and on "
+        "high-reward targets; writes evaluation.json and per_user.parquet.",
+    )
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--policy", help="saved policy directory (`rmdiag train --out`)")
+    source.add_argument(
+        "--recommendations",
+        help="ranked lists (Parquet or CSV): user_id, item_id and rank (1 = first) or score "
+        "(higher first); metrics are truncated at each list's length")
+    _add_data_flags(evaluate, required=True)
+    evaluate.add_argument("--out", required=True,
+                          help="directory for evaluation.json and per_user.parquet")
+    evaluate.add_argument("--reward-model",
+                          help="saved reward ensemble: the judge's slate value (--policy only)")
+    add_dataclass_flags(evaluate, EvaluationFlags)
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rmdiag import __version__
     from rmdiag.audit import AuditConfig
@@ -231,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--out", required=True, help="Parquet file to write")
     _add_simulation_flags(simulate, prefix="")
     simulate.set_defaults(handler=_cmd_simulate)
+    _add_stage_commands(commands)
     return parser
 
 

@@ -40,7 +40,7 @@ from rmdiag import policies
 from rmdiag.audit import AuditConfig, AuditResult, audit, audit_inputs
 from rmdiag.data import DataError, Interactions, encode, load, validate
 from rmdiag.outputs import publish, to_json
-from rmdiag.report import audit_files_content, audit_json, render_run_report, write_audit
+from rmdiag.report import audit_files_content, audit_json, render_run_report
 from rmdiag.select import (
     Decision,
     Judgement,
@@ -577,14 +577,21 @@ def audit_files(
     select_config: SelectConfig | None = None,
 ) -> tuple[AuditResult, Judgement]:
     """``rmdiag audit --data FILE [--holdout FILE] --out DIR`` as a function: read, audit,
-    judge, write audit.json and audit.html.
+    judge, write audit.json, audit.html and the fitted ensemble in ``reward_model/``
+    (``rmdiag.persist``, with the log's ids, for ``rmdiag train`` and ``rmdiag evaluate``).
 
     Raises ``rmdiag.data.DataError`` (``InsufficientDataError`` included) before writing
     anything when the input is bad or cannot support an audit.
     """
+    from rmdiag.persist import save_reward_model
+
     train, heldout = audit_inputs(data, holdout, columns)
     result = audit(train, heldout, config=config)
     judgement = judge(result, select_config)
-    write_audit(result, judgement, out_dir)
+    files = audit_files_content(result, judgement)  # rendered before anything is written
+    if result.ensemble is not None:
+        save_reward_model(result.ensemble, os.path.join(out_dir, "reward_model"),
+                          ids=(train.user_ids, train.item_ids))
+    publish(out_dir, files)
     return result, judgement
 

@@ -309,8 +309,11 @@ def validation_hook(data: PolicyData, k: int) -> Callable[[torch.nn.Module], dic
 
 
 def train_sft(data: PolicyData, max_len: int, config: PolicyConfig,
-              checkpoint: str | None = None) -> TrainedPolicy:
-    """The reference policy: behaviour cloning from scratch, early-stopped on validation."""
+              checkpoint: str | None = None,
+              overrides: Mapping[str, Any] | None = None) -> TrainedPolicy:
+    """The reference policy: behaviour cloning from scratch, early-stopped on validation.
+    `overrides` replace fields of the trainer's Config set from `config` (`rmdiag train`'s
+    explicit Config flags)."""
     model = new_policy(data.log.n_items, max_len, config)
     rows = int(data.train["items"].shape[0])
     steps_per_epoch = max(1, rows // min(config.batch_size, rows))
@@ -319,7 +322,7 @@ def train_sft(data: PolicyData, max_len: int, config: PolicyConfig,
         "seed": config.seed, "eval_every": steps_per_epoch, "progress": config.progress,
         "early_stopping_metric": f"valid_ndcg@{config.k}", "patience": 3,
         "checkpoint_path": checkpoint, "checkpoint_every": steps_per_epoch if checkpoint else 0,
-    }
+    } | dict(overrides or {})
     sft_config = _config_for("sft", settings)
     resume = checkpoint if checkpoint and _exists(checkpoint) else None
     tick = time.perf_counter()
@@ -347,19 +350,21 @@ def train_policy(
     train_data: TensorData | None = None,
     name: str | None = None,
     checkpoint: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> TrainedPolicy:
     """Post-train a copy of the SFT policy with `algorithm` for `config.post_steps` steps.
 
     `reward_fn`, with the SFT policy as π_ref, goes to the algorithms whose Config declares a
     use for one (`reward_model_use`). `train_data` replaces the training tensors (e.g. with
-    precomputed A-SFT advantages shared by every point of a sweep).
+    precomputed A-SFT advantages shared by every point of a sweep). `overrides` replace fields
+    of the algorithm's Config set from `config` (`rmdiag train`'s explicit Config flags).
     """
     temperature = dict(temperature or {})
     settings = {
         "lr": config.post_lr, "batch_size": config.batch_size, "max_steps": config.post_steps,
         "seed": config.seed, "progress": config.progress, "checkpoint_path": checkpoint,
         "checkpoint_every": max(1, config.post_steps // 4) if checkpoint else 0, **temperature,
-    }
+    } | dict(overrides or {})
     algorithm_config = _config_for(algorithm, settings)
     extra: dict[str, Any] = {}
     use = reward_model_use(algorithm)

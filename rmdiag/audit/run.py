@@ -202,6 +202,8 @@ def _audit(
         data={
             "source": train.source,
             "train_events": len(train),
+            # the scale of the documented default temperatures (`rmdiag select`)
+            "train_reward_std": float(train.rewards.std()) if len(train) else 1.0,
             "heldout_events": len(heldout),
             "users": int(len(np.unique(np.r_[train.users, heldout.users]))),
             "items": int(len(np.unique(np.r_[train.items, heldout.items]))),
