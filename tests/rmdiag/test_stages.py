@@ -269,3 +269,40 @@ def test_select_refuses_a_corrupted_audit(staged: dict[str, Any], tmp_path: Path
     assert main(["select", "--audit", str(tmp_path / "junk.json"), "--out",
                  str(tmp_path / "o")]) == 2
     assert "JSON" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+# -- saved models from the command line: never unpickled, versions checked -------------------
+
+
+class Smuggled:
+    """What a hostile weights file would carry: an object whose unpickling runs code."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (print, ("unpickled!",))
+
+
+def test_evaluate_refuses_a_pickle_bearing_policy_and_a_newer_version(
+    staged: dict[str, Any], log_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    import shutil
+
+    import torch
+
+    source = staged["root"] / "sft"
+    hostile = tmp_path / "hostile"
+    shutil.copytree(source, hostile)
+    torch.save({"weights": Smuggled()}, hostile / "weights.pt")
+    out = tmp_path / "out"
+    assert main(["evaluate", "--policy", str(hostile), "--data", str(log_file),
+                 "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "unpickled!" not in captured.out + captured.err
+    assert "weights.pt" in captured.err and not out.exists()
+    newer = tmp_path / "newer"
+    shutil.copytree(source, newer)
+    meta = json.loads((newer / "model.json").read_text())
+    meta["version"] += 1
+    (newer / "model.json").write_text(json.dumps(meta))
+    assert main(["evaluate", "--policy", str(newer), "--data", str(log_file),
+                 "--out", str(out)]) == 2
+    assert "version" in capsys.readouterr().err and not out.exists()
