@@ -202,16 +202,18 @@ def _eval_set(history: Interactions, events: Interactions) -> EvalSet:
 
 
 def policy_data(split: Split, max_len: int) -> PolicyData:
-    """Trainer tensors from a split: sequences of each user's last `max_len` + 1 training
-    events (every position a target), validation events scored from the training history and
-    test events from training + validation history."""
+    """Trainer tensors from a split: each user's training events cut into windows of `max_len`
+    + 1 (every event a target once, `trainers.sequence_windows`), validation events scored from
+    the training history and test events from training + validation history."""
     train = split.train
-    sequences = user_sequences(train, max_len + 1)
-    keep = np.flatnonzero(sequences.lengths >= 2)  # a row needs a history and a target
-    data = trainers.sequence_data(
-        torch.from_numpy(sequences.items[keep]), torch.from_numpy(sequences.rewards[keep])
+    longest = int(np.bincount(train.users, minlength=train.n_users + 1).max()) if len(train) else 1
+    sequences = user_sequences(train, max(longest, 2))
+    # every training event is a target once: each user's history cut into windows of
+    # max_len + 1 (the most recent first), not only the user's last max_len + 1 events
+    data = trainers.sequence_windows(
+        torch.from_numpy(sequences.items[1:]), torch.from_numpy(sequences.rewards[1:]),
+        max_len, users=torch.arange(1, train.n_users + 1),
     )
-    data["users"] = torch.from_numpy(keep.astype(np.int64))
     rewards = train.rewards
     return PolicyData(
         log=train,

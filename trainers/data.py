@@ -160,18 +160,22 @@ def check_data(data: TensorData) -> TensorData:
     return data
 
 
-def sequence_windows(items: torch.Tensor, rewards: torch.Tensor, window: int) -> TensorData:
+def sequence_windows(
+    items: torch.Tensor, rewards: torch.Tensor, window: int, users: torch.Tensor | None = None
+) -> TensorData:
     """Cut long left-padded per-user sequences [U, T] into training rows [N, window + 1].
 
     Each user's events are cut into windows of up to ``window + 1`` items from the most recent
     backwards; consecutive windows share one item, so every event is a target exactly once (a
     user's first event only when its window has padding before it, as a prediction from an empty
-    history). Users with fewer than two events give no row.
+    history). Users with fewer than two events give no row. With ``users`` [U] (each row's user
+    id), every window keeps its user in ``users`` (reward models condition on who it is).
     """
     items = torch.as_tensor(items).long()
     rewards = torch.as_tensor(rewards).float()
-    rows_items, rows_rewards = [], []
-    for user_items, user_rewards in zip(items, rewards, strict=True):
+    row_users = torch.zeros(items.shape[0], dtype=torch.long) if users is None else users.long()
+    rows_items, rows_rewards, rows_users = [], [], []
+    for user, user_items, user_rewards in zip(row_users, items, rewards, strict=True):
         keep = user_items != 0
         seq_items, seq_rewards = user_items[keep], user_rewards[keep]
         end = seq_items.shape[0]
@@ -180,10 +184,14 @@ def sequence_windows(items: torch.Tensor, rewards: torch.Tensor, window: int) ->
             pad = window + 1 - (end - start)
             rows_items.append(F.pad(seq_items[start:end], (pad, 0)))
             rows_rewards.append(F.pad(seq_rewards[start:end], (pad, 0)))
+            rows_users.append(user)
             end = start + 1 if start > 0 else 0
     if not rows_items:
         raise ValueError("no user has two or more events to train on")
-    return sequence_data(torch.stack(rows_items), torch.stack(rows_rewards))
+    data = sequence_data(torch.stack(rows_items), torch.stack(rows_rewards))
+    if users is not None:
+        data["users"] = torch.stack(rows_users)
+    return data
 
 
 @dataclass
