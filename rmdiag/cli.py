@@ -172,6 +172,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         columns=_column_mapping(args.column),
         config=dataclass_from_args(AuditConfig, args),
         select_config=dataclass_from_args(SelectConfig, args),
+        predictions=args.predictions,
+        predictions_name=args.predictions_name,
     )
     print(f"verdict: {judgement.verdict}")
     for reason in judgement.reasons:
@@ -377,6 +379,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--holdout",
         help="held-out events from another file, e.g. ratings under randomized exposure "
         "(default: each user's last two events)",
+    )
+    audit.add_argument(
+        "--predictions",
+        help="your own reward model's predictions of the held-out events (Parquet or CSV: "
+        "user_id, item_id, timestamp, prediction, optional member), audited beside the "
+        "built-in models; the verdict is then on it",
+    )
+    audit.add_argument(
+        "--predictions-name",
+        default="external",
+        help="the name of the --predictions model in audit.json (default: external)",
     )
     audit.add_argument("--out", required=True, help="directory for audit.json and audit.html")
     add_dataclass_flags(audit, AuditConfig)

@@ -28,7 +28,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -575,19 +575,44 @@ def audit_files(
     columns: Mapping[str, str] | None = None,
     config: AuditConfig | None = None,
     select_config: SelectConfig | None = None,
+    predictions: str | os.PathLike[str] | None = None,
+    predictions_name: str = "external",
 ) -> tuple[AuditResult, Judgement]:
-    """``rmdiag audit --data FILE [--holdout FILE] --out DIR`` as a function: read, audit,
-    judge, write audit.json, audit.html and the fitted ensemble in ``reward_model/``
-    (``rmdiag.persist``, with the log's ids, for ``rmdiag train`` and ``rmdiag evaluate``).
+    """``rmdiag audit --data FILE [--holdout FILE] [--predictions FILE] --out DIR`` as a
+    function: read, audit, judge, write audit.json, audit.html and the fitted ensemble in
+    ``reward_model/`` (``rmdiag.persist``, with the log's ids, for ``rmdiag train`` and
+    ``rmdiag evaluate``).
+
+    With ``predictions`` (a file of your own model's predictions of the held-out events,
+    ``rmdiag.audit.external.read_predictions``), that model is audited too, under
+    ``predictions_name``, and the verdict is on it; ``data.external_predictions`` counts the
+    rows matched and ignored.
 
     Raises ``rmdiag.data.DataError`` (``InsufficientDataError`` included) before writing
     anything when the input is bad or cannot support an audit.
     """
+    from rmdiag.audit.external import check_name, read_predictions
     from rmdiag.persist import save_reward_model
 
+    external = None
+    if predictions is not None:
+        try:
+            check_name(predictions_name)
+        except ValueError as error:
+            raise DataError(str(error)) from error
     train, heldout = audit_inputs(data, holdout, columns)
-    result = audit(train, heldout, config=config)
-    judgement = judge(result, select_config)
+    if predictions is not None:
+        values, info = read_predictions(predictions, heldout)
+        external = {predictions_name: values}
+    result = audit(train, heldout, config=config, external_predictions=external)
+    if predictions is None:
+        judgement = judge(result, select_config)
+    else:
+        result.data["external_predictions"] = {**info, "name": predictions_name}
+        judgement = judge(result, select_config, model=predictions_name)
+        judgement = replace(judgement, reasons=(
+            f"The verdict is on the external model '{predictions_name}' (predictions from "
+            f"{info['source']}), not on rmdiag's own ensemble.", *judgement.reasons))
     files = audit_files_content(result, judgement)  # rendered before anything is written
     if result.ensemble is not None:
         save_reward_model(result.ensemble, os.path.join(out_dir, "reward_model"),

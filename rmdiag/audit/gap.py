@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
 from rmdiag.audit.config import AuditConfig
+from rmdiag.audit.external import reward_fn_events
 from rmdiag.audit.figures import Figure
 from rmdiag.audit.metrics import rmse_linearized
 from rmdiag.audit.models import reward_model_predictions
@@ -24,6 +25,8 @@ def train_gap(
     ensemble: RewardEnsemble,
     heldout_predictions: Mapping[str, np.ndarray],
     config: AuditConfig,
+    *,
+    external: Mapping[str, Callable[..., Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """RMSE on (a sample of) training events, each given its earlier training events, against
     held-out RMSE. The gap is held-out minus train (large gaps mean memorization); users are
@@ -36,6 +39,8 @@ def train_gap(
     sample = train.take(rows)
     predictions = {name: model.predict_events(train, sample) for name, model in baselines.items()}
     predictions.update(reward_model_predictions(ensemble, ensemble.member_events(train, sample)))
+    for name, fn in (external or {}).items():  # a RewardFn of the user's, scored as the rest
+        predictions[name] = reward_fn_events(fn, train, sample).mean(0)
     union = np.union1d(sample.users, heldout.users)
     train_index = np.searchsorted(union, sample.users)
     heldout_index = np.searchsorted(union, heldout.users)

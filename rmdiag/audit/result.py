@@ -31,6 +31,9 @@ class AuditResult:
     # per held-out event, for the plots (not in the JSON)
     events: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     predictions: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    # per member and held-out event, float64 [M, N], for "ensemble" and each external model
+    # (e.g. to export as a predictions file; not in the JSON, not kept by ``--resume``)
+    member_predictions: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     # the fitted reward-model ensemble (a RewardFn with members), for the stages after the audit
     # to optimize and judge with (not in the JSON)
     ensemble: RewardEnsemble | None = field(default=None, repr=False)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
 from rmdiag.audit.config import METRICS, SLICES, AuditConfig
+from rmdiag.audit.external import DEFAULT_NAME, check_name, reward_fn_events
 from rmdiag.audit.figures import Figure
 from rmdiag.audit.gap import train_gap
 from rmdiag.audit.inputs import InsufficientDataError, check_auditable
@@ -32,8 +34,21 @@ def audit(
     *,
     config: AuditConfig | None = None,
     history: Interactions | None = None,
+    reward_model: Callable[..., Any] | Mapping[str, Callable[..., Any]] | None = None,
+    external_predictions: Mapping[str, np.ndarray] | None = None,
 ) -> AuditResult:
     """Fit baselines and a reward-model ensemble on ``train``; measure them on ``heldout``.
+
+    A reward model of your own is audited beside them, against the same baselines on the same
+    held-out events (in ``models``, in ``comparisons`` and their Holm families, in spread-error
+    when it has two members or more, and in the gap when it can score training events):
+    ``reward_model`` is a ``RewardFn`` (``(context, items) -> [B, K]``, or an ensemble exposing
+    ``.members``), named ``external``, or a mapping name -> ``RewardFn``; it is scored on each
+    held-out event's context from ``history`` as the built-in models are.
+    ``external_predictions`` maps a name to precomputed predictions of the held-out events,
+    ``[N]`` or ``[M, N]`` for M members, in ``heldout``'s row order (``rmdiag.audit.external.
+    read_predictions`` reads them from a file); their train gap is not measured (no
+    predictions of training events). Names may not clash with the built-in models'.
 
     ``history`` supplies each held-out event's context (its user's events in ``history``
     strictly before it); by default ``train``, so all of a user's held-out events are scored
@@ -45,6 +60,25 @@ def audit(
     """
     config = config or AuditConfig()
     started = time.perf_counter()
+    if reward_model is not None and not isinstance(reward_model, Mapping):
+        reward_model = {DEFAULT_NAME: reward_model}
+    external_fns = dict(reward_model or {})
+    external = {}
+    for name, values in (external_predictions or {}).items():
+        values = np.asarray(values, dtype=np.float64)
+        values = values[None] if values.ndim == 1 else values
+        if values.ndim != 2 or values.shape[1] != len(heldout) or len(values) == 0:
+            raise ValueError(
+                f"external predictions {name!r} must have shape [N] or [M, N] with N = "
+                f"{len(heldout)} held-out events, not {values.shape}"
+            )
+        if not np.isfinite(values).all():
+            raise ValueError(f"external predictions {name!r} hold NaN or infinite values")
+        external[name] = values
+    for name in [*external_fns, *external]:
+        check_name(name)
+    if set(external_fns) & set(external):
+        raise ValueError(f"names given twice: {sorted(set(external_fns) & set(external))}")
     check_auditable(train, heldout)
     n_heldout_users = len(np.unique(heldout.users))
     if n_heldout_users < config.min_users:
@@ -57,7 +91,7 @@ def audit(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _audit(train, heldout, config, history, started)
+        return _audit(train, heldout, config, history, started, external_fns, external)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -68,6 +102,8 @@ def _audit(
     config: AuditConfig,
     history: Interactions | None,
     started: float,
+    external_fns: Mapping[str, Callable[..., Any]] | None = None,
+    external: Mapping[str, np.ndarray] | None = None,
 ) -> AuditResult:
     torch.manual_seed(config.seed)
     history = history if history is not None else train
@@ -80,6 +116,13 @@ def _audit(
     }
     members = ensemble.member_events(history, heldout)
     rm_predictions = reward_model_predictions(ensemble, members)
+    member_predictions = {"ensemble": members}
+    for name, fn in (external_fns or {}).items():
+        member_predictions[name] = reward_fn_events(fn, history, heldout)
+    member_predictions.update(external or {})
+    for name, values in member_predictions.items():
+        if name != "ensemble":
+            rm_predictions[name] = values.mean(0)
     predictions.update(rm_predictions)
     timings["predict"] = time.perf_counter() - started - timings["fit"]
     rewards = heldout.rewards.astype(np.float64)
@@ -175,10 +218,34 @@ def _audit(
         seed=seed,
         **stats,
     )
+    # an external ensemble's own: keys "<name>.all", "<name>.unexplored", "<name>.mean_spread"
+    for name, values in member_predictions.items():
+        if name == "ensemble" or len(values) < 2:
+            continue
+        own_spread = values.std(0)
+        own_error = np.abs(rm_predictions[name] - rewards)
+        for slice_name, piece in pieces.items():
+            spread_error[f"{name}.{slice_name}"] = spread_error_correlation(
+                own_spread, own_error, piece, config
+            )
+        spread_error[f"{name}.mean_spread"] = mean_figure(
+            np.bincount(all_users, weights=own_spread) / np.bincount(all_users),
+            seed=seed,
+            **stats,
+        )
 
     # ---- train versus held-out gap
     mark = time.perf_counter()
-    gap = train_gap(train, heldout, baselines, ensemble, predictions, config)
+    gap = train_gap(train, heldout, baselines, ensemble, predictions, config,
+                    external=external_fns or {})
+    for name in external or {}:
+        reason = "predictions given for held-out events only: no training events to compare"
+        gap[name] = {
+            "train_rmse": Figure.unavailable(reason),
+            "gap": Figure.unavailable(reason),
+            "p_value": None,
+            "reason": reason,
+        }
     timings["gap"] = time.perf_counter() - mark
     timings["statistics"] = mark - started - timings["fit"] - timings["predict"]
 
@@ -208,6 +275,11 @@ def _audit(
             "users": int(len(np.unique(np.r_[train.users, heldout.users]))),
             "items": int(len(np.unique(np.r_[train.items, heldout.items]))),
             "ensemble_members": list(ensemble.member_kinds),
+            "external_models": {
+                name: {"members": len(values)}
+                for name, values in member_predictions.items()
+                if name != "ensemble"
+            },
             "baseline_settings": {
                 "user_mean_shrinkage": baselines["user_mean"].shrinkage_,
                 "item_mean_shrinkage": baselines["item_mean"].shrinkage_,
@@ -225,4 +297,5 @@ def _audit(
             "spread": spread,
         },
         predictions=predictions,
+        member_predictions=member_predictions,
     )
