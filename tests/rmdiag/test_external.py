@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -154,3 +155,23 @@ def test_bad_prediction_files_exit_2_naming_where_and_write_nothing(world: dict,
         message = capsys.readouterr().err
         for part in [str(path), *expected]:
             assert part in message and part in str(error.value), (file_name, part, message)
+
+
+def test_timestamp_is_optional_where_each_pair_is_held_out_once(world: dict) -> None:
+    from rmdiag.audit.external import read_predictions
+
+    heldout = world["heldout"]
+    one = world["table"].filter(pc.equal(world["table"]["member"], 0))
+    table = one.drop_columns(["timestamp", "member"])
+    pairs = set(zip(heldout.users.tolist(), heldout.items.tolist(), strict=True))
+    if len(pairs) == len(heldout):
+        values, info = read_predictions(table, heldout)
+        assert values.shape == (1, len(heldout)) and info["ignored"] == 0
+        assert np.array_equal(values[0], world["result"].member_predictions["ensemble"][0])
+    else:
+        with pytest.raises(DataError, match="timestamp"):
+            read_predictions(table, heldout)
+    # a pair held out twice needs the timestamp
+    twice = heldout.take(np.r_[0, 0])
+    with pytest.raises(DataError, match="add a timestamp column"):
+        read_predictions(table, twice)
