@@ -15,9 +15,9 @@ from rmdiag.cli import main
 from rmdiag.data import DataError, Interactions
 
 FAST = ["--kinds", "lightgbm", "--members", "2", "--lightgbm-rounds", "20", "--resamples",
-        "200", "--threads", "1"]
+        "200", "--threads", "1", "--min-count", "40"]
 FAST_AUDIT = AuditConfig(kinds="lightgbm", n_members=2, n_resamples=200, lightgbm_rounds=20,
-                         threads=1)
+                         threads=1, min_count=40)  # 40: an unexplored slice of ~50 users
 
 
 def predictions_table(heldout: Interactions, members: np.ndarray) -> pa.Table:
@@ -68,6 +68,7 @@ def test_exported_ensemble_predictions_reproduce_the_ensemble(world: dict, capsy
     theirs = {(c["baseline"], c["slice"], c["metric"]): c
               for c in report["comparisons"] if c["model"] == "mine"}
     assert ours.keys() == theirs.keys() and len(ours) == 4 * 2 * 3
+    assert report["models"]["mine"]["unexplored"]["rmse"]["value"] is not None
     for key, entry in ours.items():
         for field in ("p_value", "p_adjusted"):
             if entry[field] is not None:
