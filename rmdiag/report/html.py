@@ -52,6 +52,7 @@ tr.group th { text-align: left; background: #e8e8ee; font-weight: 600; }
 .configs pre { margin-top: 0.2em; }
 .rank { color: #888; font-size: 0.8em; margin-right: 0.15em; }
 td small, td .ci { color: #555; white-space: nowrap; }
+#policies { font-size: 0.8em; } #policies td .ci { font-size: 0.9em; }
 td .p { color: #555; font-size: 0.9em; }
 tr.chosen td { background: #eaf3ea; } tr.chosen td.name { border-left: 4px solid #3a8a3a; }
 tr.reference td { background: #f4f4f8; }
