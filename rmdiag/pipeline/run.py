@@ -1,0 +1,293 @@
+"""`run`: the whole job, stage by stage (see the package docstring); `audit_files`: the
+`rmdiag audit` command."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, replace
+from typing import Any
+
+import torch
+
+from rmdiag import policies
+from rmdiag.audit import AuditConfig, AuditResult, audit, audit_inputs
+from rmdiag.data import DataError, Interactions, encode, load, validate
+from rmdiag.outputs import publish
+from rmdiag.pipeline.clock import StageClock
+from rmdiag.pipeline.config import RunConfig
+from rmdiag.pipeline.resume import CachedTrainer, StageKeys
+from rmdiag.pipeline.summary import RunSummary, conclusion
+from rmdiag.report import audit_files_content
+from rmdiag.select import (
+    Decision,
+    Judgement,
+    SelectConfig,
+    choose_temperature,
+    decide,
+    default_temperature,
+    judge,
+)
+from rmdiag.sequences import event_sequences, user_sequences
+from rmdiag.split import Split, leave_last_out, temporal_split, time_quantile, unexplored_mask
+from rmdiag.workdir import WorkDir
+
+
+def load_or_simulate(
+    data: str | os.PathLike[str] | None,
+    columns: Mapping[str, str] | None,
+    simulation: Any | None,
+) -> tuple[Interactions, Any | None]:
+    """The user's log, or (no path given) the built-in simulated world's log and the world."""
+    if data is not None:
+        return load(data, columns), None
+    from rmdiag.simulate import SimulationConfig, World
+
+    world = World(simulation if simulation is not None else SimulationConfig())
+    source = "<simulated world>"
+    return encode(validate(world.generate(), source), source=source), world
+
+def split_log(log: Interactions, config: RunConfig) -> Split:
+    if config.split == "temporal":
+        return temporal_split(
+            log,
+            test_start=time_quantile(log, config.test_quantile),
+            valid_start=time_quantile(log, config.valid_quantile),
+        )
+    return leave_last_out(log)
+
+def run(
+    config: RunConfig,
+    data: str | os.PathLike[str] | None = None,
+    columns: Mapping[str, str] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    simulation: Any | None = None,
+    audit_config: AuditConfig | None = None,
+    select_config: SelectConfig | None = None,
+    policy_config: policies.PolicyConfig | None = None,
+) -> RunSummary:
+    """Run the job (module docstring); with `out`, write every file there, only once everything
+    succeeded, and keep each finished stage in `out/.work` (`config.resume` reuses them). Bad
+    input raises `rmdiag.data.DataError` before any work."""
+    if config.resume and out is None:
+        raise ValueError("resume needs the output directory (out) whose .work it continues")
+    if data is None and simulation is None:
+        from rmdiag.simulate import SimulationConfig
+
+        simulation = SimulationConfig()
+    audit_config = audit_config or AuditConfig()
+    select_config = select_config or SelectConfig()
+    policy_config = policy_config or policies.PolicyConfig()
+    stage = StageClock()
+    stage("load")
+    log, world = load_or_simulate(data, columns, simulation)
+    stage("split")
+    split = split_log(log, config)
+    _check_runnable(split, log)
+    summary = RunSummary(
+        data=log.summary(), split=_split_summary(split, config, audit_config),
+        sequences=_sequence_summary(split, config),
+    )
+    # Only now, once the input is known good (and written only once a stage is done, so input
+    # the audit refuses leaves nothing behind either).
+    work = WorkDir(out, resume=config.resume) if out is not None else None
+    keys = StageKeys(data, columns, simulation, config, audit_config, policy_config, work)
+    if config.audit:
+        result = None
+        if work is not None and work.has_audit(keys.audit):
+            stage("audit", ": reused from .work (inputs unchanged)")
+            result = work.load_audit()
+            work.record("audit", keys.audit_inputs, done=True, status="reused")
+        else:
+            stage("audit", ": baselines and the reward-model ensemble")
+            # the held-out events are the split's valid and test events, as `rmdiag audit` does
+            result = audit(split.train, split.valid.concat(split.test), config=audit_config)
+            if work is not None:
+                work.save_audit(result, keys.audit)
+                work.record("audit", keys.audit_inputs, done=True, status="computed")
+        summary.audit, summary.judgement = result, judge(result, select_config)
+    stage("select")
+    decision = decide(summary.judgement)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(policy_config.threads)
+    try:
+        _policies_stage(summary, decision, split, world, config, policy_config,
+                        select_config.alpha, stage, CachedTrainer(work, keys, stage))
+    finally:
+        torch.set_num_threads(previous_threads)
+    run_settings = {k: v for k, v in asdict(config).items() if k != "resume"}  # not a result's
+    summary.settings = {
+        "config": run_settings, "audit_config": asdict(audit_config),
+        "select_config": asdict(select_config), "policy_config": asdict(policy_config),
+    } | ({"simulation": asdict(simulation)} if world is not None else {})
+    stage(None)
+    summary.timings = stage.seconds
+    if out is not None:
+        stage("report", f": writing {out}")
+        publish(out, summary.files())
+    return summary
+
+def _check_runnable(split: Split, log: Interactions) -> None:
+    if len(split.test) < 2 or len(split.valid) < 2:
+        raise DataError(
+            f"{len(split.valid)} validation and {len(split.test)} test events: policies need "
+            "at least 2 of each to be chosen and scored (leave-last-out needs users with at "
+            "least 3 events)", source=log.source,
+        )
+
+def _split_summary(split: Split, config: RunConfig, audit_config: AuditConfig) -> dict[str, Any]:
+    unexplored = unexplored_mask(split.train, split.test, audit_config.min_count)
+    return {
+        "method": config.split,
+        "train": len(split.train),
+        "valid": len(split.valid),
+        "test": len(split.test),
+        "min_count": audit_config.min_count,
+        "test_unexplored_share": float(unexplored.mean()) if len(unexplored) else 0.0,
+    }
+
+def _sequence_summary(split: Split, config: RunConfig) -> dict[str, Any]:
+    train_sequences = user_sequences(split.train, config.max_len)
+    test_sequences = event_sequences(split.train.concat(split.valid), split.test, config.max_len)
+    return {
+        "max_len": config.max_len,
+        "train_shape": list(train_sequences.items.shape),
+        "test_history_shape": list(test_sequences.history_items.shape),
+        "mean_test_history": float((test_sequences.history_items > 0).sum(1).mean())
+        if len(test_sequences) else 0.0,
+    }
+
+def _policies_stage(
+    summary: RunSummary,
+    decision: Decision,
+    split: Split,
+    world: Any | None,
+    config: RunConfig,
+    policy_config: policies.PolicyConfig,
+    alpha: float,
+    stage: StageClock,
+    trainer: CachedTrainer,
+) -> None:
+    """Train SFT and the chosen algorithm (swept or at its default temperature) and whatever
+    `--compare` adds; score them all on the test events; fill the summary's policy figures."""
+    data = policies.policy_data(split, config.max_len)
+    ensemble = summary.audit.ensemble if summary.audit is not None else None
+    true_reward = (policies.EncodedReward(world.true_reward, data.log.user_ids,
+                                          data.log.item_ids) if world is not None else None)
+    stage("policies.sft", ": behaviour cloning, early-stopped on validation NDCG")
+    trained = {"sft": trainer.sft(data, config.max_len, policy_config)}
+    names = list(dict.fromkeys([decision.algorithm, *config.compare_list]))
+    names = [n for n in names if n != "sft"]
+    skipped: dict[str, str] = {}
+    for algorithm in names:
+        if policies.reward_model_use(algorithm) == "required" and ensemble is None:
+            if algorithm == decision.algorithm:
+                raise DataError(f"{algorithm} needs the audited reward model; drop --no-audit")
+            skipped[algorithm] = "needs the audited reward model (--no-audit was given)"
+            continue
+        train_data = None
+        if algorithm == "a-sft" and ensemble is not None:
+            stage("policies.a-sft.advantages", ": b(s) from the ensemble and SFT")
+            train_data = policies.a_sft_data(data, trained["sft"], ensemble)
+        swept = config.sweep and algorithm in policies.TEMPERATURES
+        if swept:
+            parameter, grid = policies.temperature_grid(algorithm, data.reward_std)
+            stage(f"policies.{algorithm}", f": sweep of {parameter} over {grid}")
+            curve, candidates = policies.sweep_temperature(
+                algorithm, data, trained["sft"], policy_config, grid, ensemble, true_reward,
+                train_data, policies.fixed_settings(algorithm), trainer.sweep_point(parameter))
+            summary.sweep[algorithm] = curve
+            chosen = choose_temperature(decision, curve, policies.fixed_settings(algorithm))
+            curve["best"] = chosen.temperature[parameter]
+            trained[algorithm] = candidates[[p["value"] for p in curve["points"]].index(
+                curve["best"])]
+            if algorithm == decision.algorithm:
+                decision = chosen
+        else:
+            temperature = policies.default_temperature(algorithm, data.reward_std)
+            stage(f"policies.{algorithm}")
+            trained[algorithm] = trainer.post(
+                algorithm, data, trained["sft"], policy_config, temperature, ensemble,
+                train_data)
+            if algorithm == decision.algorithm:
+                decision = default_temperature(decision, temperature)
+    summary.decision = decision
+    stage("policies.scoring", ": every policy on the test events")
+    judge_ = policies.make_judge(ensemble, policy_config)
+    per_user = {name: policies.score_policy(policy.model, data.test, policy_config.k, judge_,
+                                            true_reward)
+                for name, policy in trained.items()}
+    threshold = policies.high_reward_threshold(data, policy_config)
+    high = data.test.target_rewards >= threshold
+    summary.policies = policies.summarize_policies(per_user, high, policy_config)
+    for name, policy in trained.items():
+        summary.policies[name] = {"algorithm": policy.algorithm,
+                                  "temperature": policy.temperature,
+                                  "train_seconds": round(policy.train_seconds, 3),
+                                  "steps": policy.steps} | summary.policies[name]
+    summary.evaluation = {
+        "users": len(data.test), "k": policy_config.k, "confidence": policy_config.confidence,
+        "interval": "bca bootstrap over users", "high_reward_threshold": threshold,
+        "high_reward_users": int(high.sum()), "chosen": decision.algorithm, "reference": "sft",
+        "judge_members": len(ensemble.member_kinds) if ensemble is not None else 0,
+        "simulated": world is not None, "history_excluded": True, "ties": "expected",
+        "p_adjustment": "holm over the policies compared with sft, per metric",
+        "skipped": skipped,
+    }
+    summary.conclusion = conclusion(summary.policies, decision, policy_config.k, alpha)
+    summary.examples = policies.recommendation_examples(
+        data.log, data.test, {name: policy.model for name, policy in trained.items()})
+    summary.per_user = policies.per_user_table(data.log, data.test, per_user, high)
+
+def audit_files(
+    data: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    holdout: str | os.PathLike[str] | None = None,
+    columns: Mapping[str, str] | None = None,
+    config: AuditConfig | None = None,
+    select_config: SelectConfig | None = None,
+    predictions: str | os.PathLike[str] | None = None,
+    predictions_name: str = "external",
+) -> tuple[AuditResult, Judgement]:
+    """``rmdiag audit --data FILE [--holdout FILE] [--predictions FILE] --out DIR`` as a
+    function: read, audit, judge, write audit.json, audit.html and the fitted ensemble in
+    ``reward_model/`` (``rmdiag.persist``, with the log's ids, for ``rmdiag train`` and
+    ``rmdiag evaluate``).
+
+    With ``predictions`` (a file of your own model's predictions of the held-out events,
+    ``rmdiag.audit.external.read_predictions``), that model is audited too, under
+    ``predictions_name``, and the verdict is on it; ``data.external_predictions`` counts the
+    rows matched and ignored.
+
+    Raises ``rmdiag.data.DataError`` (``InsufficientDataError`` included) before writing
+    anything when the input is bad or cannot support an audit.
+    """
+    from rmdiag.audit.external import check_name, read_predictions
+    from rmdiag.persist import save_reward_model
+
+    external = None
+    if predictions is not None:
+        try:
+            check_name(predictions_name)
+        except ValueError as error:
+            raise DataError(str(error)) from error
+    train, heldout = audit_inputs(data, holdout, columns)
+    if predictions is not None:
+        values, info = read_predictions(predictions, heldout)
+        external = {predictions_name: values}
+    result = audit(train, heldout, config=config, external_predictions=external)
+    if predictions is None:
+        judgement = judge(result, select_config)
+    else:
+        result.data["external_predictions"] = {**info, "name": predictions_name}
+        judgement = judge(result, select_config, model=predictions_name)
+        judgement = replace(judgement, reasons=(
+            f"The verdict is on the external model '{predictions_name}' (predictions from "
+            f"{info['source']}), not on rmdiag's own ensemble.", *judgement.reasons))
+    files = audit_files_content(result, judgement)  # rendered before anything is written
+    if result.ensemble is not None:
+        save_reward_model(result.ensemble, os.path.join(out_dir, "reward_model"),
+                          ids=(train.user_ids, train.item_ids))
+    publish(out_dir, files)
+    return result, judgement
