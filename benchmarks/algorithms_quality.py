@@ -110,11 +110,11 @@ def toy_study(seed: int) -> Study:
 def rmdiag_study(seed: int) -> Study:
     """`rmdiag.simulate.World` through the data layer: encode, leave-last-out, `policy_data`.
 
-    Every user's training sequence is their last MAX_LEN + 1 training events (users with more
-    lose the earliest); PPO rolls out from each user's whole training history (the contexts of
-    the validation events, each user's second-last) and the policies are scored at the held-out
-    last event from the whole history before it, so every item the user consumed is excluded
-    from the top-10 (the model itself reads the last MAX_LEN).
+    Every training event is a target once (each user's training events in windows of MAX_LEN
+    + 1, as `rmdiag run` trains); PPO rolls out from each user's whole training history (the
+    contexts of the validation events, each user's second-last) and the policies are scored at
+    the held-out last event from the whole history before it, so every item the user consumed
+    is excluded from the top-10 (the model itself reads the last MAX_LEN).
     """
     from rmdiag.data import encode, validate
     from rmdiag.simulate import SimulationConfig, World
@@ -132,7 +132,8 @@ def rmdiag_study(seed: int) -> Study:
     data = policy_data(split, MAX_LEN)
     # policy_data trains on users with >= 2 training events and leave_last_out holds out events
     # only of users with >= 3 (the world gives each at least 5): the study uses every user.
-    if {len(data.train["items"]), len(data.valid), len(data.test)} != {log.n_users}:
+    trained_users = len(torch.unique(data.train["users"]))
+    if {trained_users, len(data.valid), len(data.test)} != {log.n_users}:
         raise ValueError("some user has fewer than 3 events: not every user is trained and scored")
     train_data = data.train
     train_context = data.valid.context  # each user's whole training history
