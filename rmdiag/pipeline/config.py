@@ -59,7 +59,22 @@ class RunConfig:
         },
     )
 
+    predictions: str = field(
+        default="",
+        metadata={
+            "help": "your own reward model's predictions of the held-out events (Parquet/CSV: "
+            "user_id, item_id, [timestamp], prediction, [member]): audited beside the built-in "
+            "ensemble, and the verdict (so the algorithm) is on it; the ensemble still serves "
+            "as the reward model that training and the judge use"
+        },
+    )
+    predictions_name: str = field(
+        default="external", metadata={"help": "name of the --predictions model in the outputs"}
+    )
+
     def __post_init__(self) -> None:
+        if self.predictions and not self.audit:
+            raise ValueError("--predictions needs the audit (drop --no-audit)")
         if self.split not in ("leave-last-out", "temporal"):
             raise ValueError(f"split must be 'leave-last-out' or 'temporal', got {self.split!r}")
         if not 0 < self.valid_quantile < self.test_quantile < 1:

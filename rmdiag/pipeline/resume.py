@@ -33,8 +33,11 @@ class StageKeys:
             {"test_quantile": config.test_quantile, "valid_quantile": config.valid_quantile}
             if config.split == "temporal" else {})
         self.data = source  # in the record as it is: the file's path, size, mtime and sha256
+        predictions = ({"file": file_identity(config.predictions),
+                        "name": config.predictions_name}
+                       if config.predictions and work is not None else None)
         self.audit_inputs = {"data": self.data, "split": split,
-                             "audit_config": asdict(audit_config)}
+                             "audit_config": asdict(audit_config), "predictions": predictions}
         self.audit = fingerprint(self.audit_inputs) if config.audit else None
         training = {k: v for k, v in asdict(policy_config).items() if k not in _SCORING_ONLY}
         self.sft_inputs = {"data": self.data, "split": split, "max_len": config.max_len,

@@ -84,6 +84,9 @@ def run(
     stage("split")
     split = split_log(log, config)
     _check_runnable(split, log)
+    heldout = split.valid.concat(split.test)  # what the audit holds out, as `rmdiag audit` does
+    external = _external_predictions(config.predictions or None, config.predictions_name,
+                                     heldout)  # refused before any work when bad
     summary = RunSummary(
         data=log.summary(), split=_split_summary(split, config, audit_config),
         sequences=_sequence_summary(split, config),
@@ -100,12 +103,14 @@ def run(
             work.record("audit", keys.audit_inputs, done=True, status="reused")
         else:
             stage("audit", ": baselines and the reward-model ensemble")
-            # the held-out events are the split's valid and test events, as `rmdiag audit` does
-            result = audit(split.train, split.valid.concat(split.test), config=audit_config)
+            result = audit(split.train, heldout, config=audit_config,
+                           external_predictions=external and external[0])
+            if external is not None:
+                result.data["external_predictions"] = external[1]
             if work is not None:
                 work.save_audit(result, keys.audit)
                 work.record("audit", keys.audit_inputs, done=True, status="computed")
-        summary.audit, summary.judgement = result, judge(result, select_config)
+        summary.audit, summary.judgement = result, _judge(result, select_config)
     stage("select")
     decision = decide(summary.judgement)
     previous_threads = torch.get_num_threads()
@@ -263,31 +268,46 @@ def audit_files(
     Raises ``rmdiag.data.DataError`` (``InsufficientDataError`` included) before writing
     anything when the input is bad or cannot support an audit.
     """
-    from rmdiag.audit.external import check_name, read_predictions
     from rmdiag.persist import save_reward_model
 
-    external = None
-    if predictions is not None:
-        try:
-            check_name(predictions_name)
-        except ValueError as error:
-            raise DataError(str(error)) from error
     train, heldout = audit_inputs(data, holdout, columns)
-    if predictions is not None:
-        values, info = read_predictions(predictions, heldout)
-        external = {predictions_name: values}
-    result = audit(train, heldout, config=config, external_predictions=external)
-    if predictions is None:
-        judgement = judge(result, select_config)
-    else:
-        result.data["external_predictions"] = {**info, "name": predictions_name}
-        judgement = judge(result, select_config, model=predictions_name)
-        judgement = replace(judgement, reasons=(
-            f"The verdict is on the external model '{predictions_name}' (predictions from "
-            f"{info['source']}), not on rmdiag's own ensemble.", *judgement.reasons))
+    external = _external_predictions(predictions, predictions_name, heldout)
+    result = audit(train, heldout, config=config,
+                   external_predictions=external and external[0])
+    if external is not None:
+        result.data["external_predictions"] = external[1]
+    judgement = _judge(result, select_config)
     files = audit_files_content(result, judgement)  # rendered before anything is written
     if result.ensemble is not None:
         save_reward_model(result.ensemble, os.path.join(out_dir, "reward_model"),
                           ids=(train.user_ids, train.item_ids))
     publish(out_dir, files)
     return result, judgement
+
+
+def _external_predictions(
+    predictions: str | os.PathLike[str] | None, name: str, heldout: Interactions
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """({name: member predictions [M, N] of the held-out events}, what was matched) of a
+    predictions file, or None without one; bad files raise `DataError` naming the file."""
+    if predictions is None:
+        return None
+    from rmdiag.audit.external import check_name, read_predictions
+
+    try:
+        check_name(name)
+    except ValueError as error:
+        raise DataError(str(error)) from error
+    values, info = read_predictions(predictions, heldout)
+    return {name: values}, {**info, "name": name}
+
+
+def _judge(result: AuditResult, select_config: SelectConfig) -> Judgement:
+    """The verdict on the external model when the audit has one, else on the ensemble."""
+    external = result.data.get("external_predictions")
+    if external is None:
+        return judge(result, select_config)
+    judgement = judge(result, select_config, model=external["name"])
+    return replace(judgement, reasons=(
+        f"The verdict is on the external model '{external['name']}' (predictions from "
+        f"{external['source']}), not on rmdiag's own ensemble.", *judgement.reasons))

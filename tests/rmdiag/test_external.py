@@ -176,3 +176,37 @@ def test_timestamp_is_optional_where_each_pair_is_held_out_once(world: dict) -> 
     twice = heldout.take(np.r_[0, 0])
     with pytest.raises(DataError, match="add a timestamp column"):
         read_predictions(table, twice)
+
+
+RUN_FAST = ["--audit-kinds", "lightgbm", "--audit-members", "2", "--audit-lightgbm-rounds", "20",
+            "--audit-resamples", "200", "--audit-threads", "1", "--audit-min-count", "40",
+            "--no-sweep", "--max-len", "20", "--policy-hidden", "16", "--policy-blocks", "1",
+            "--policy-sft-epochs", "1", "--policy-post-steps", "2", "--policy-resamples", "200",
+            "--policy-threads", "1", "--no-policy-progress"]
+
+
+def test_run_decides_from_the_external_model(world: dict, tmp_path, capsys) -> None:
+    from rmdiag.select import ALGORITHM_FOR_VERDICT
+
+    out = tmp_path / "run"
+    assert main(["run", "--data", str(world["data"]), "--predictions", str(world["pred"]),
+                 "--predictions-name", "mine", "--out", str(out), *RUN_FAST]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    audit_json = summary["audit"]
+    # the same held-out events as `rmdiag audit` (each user's last two), so the same figures
+    assert audit_json["models"]["mine"] == audit_json["models"]["ensemble"]
+    assert audit_json["data"]["external_predictions"]["name"] == "mine"
+    decision = summary["decision"]
+    assert decision["verdict"] == audit_json["verdict"]
+    assert decision["algorithm"] == ALGORITHM_FOR_VERDICT[decision["verdict"]]
+    assert "external model 'mine'" in decision["reasons"][0]
+    assert any(key.endswith(".mine") or ".mine-" in key for key in decision["evidence"])
+    # a bad predictions file is refused before any work: exit 2, nothing written
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(world["table"].drop(["prediction"]), bad)
+    refused = tmp_path / "refused"
+    assert main(["run", "--data", str(world["data"]), "--predictions", str(bad),
+                 "--out", str(refused), *RUN_FAST]) == 2
+    assert str(bad) in capsys.readouterr().err and not refused.exists()
+    assert main(["run", "--data", str(world["data"]), "--predictions", str(world["pred"]),
+                 "--no-audit", "--out", str(refused), *RUN_FAST]) == 2
