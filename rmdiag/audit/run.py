@@ -25,6 +25,7 @@ from rmdiag.audit.result import AuditResult
 from rmdiag.audit.statistics import holm, mean_figure, paired_stats
 from rmdiag.data import Interactions
 from rmdiag.rewards import BASELINES
+from rmdiag.rewards.base import torch_threads
 from rmdiag.split import unexplored_mask
 
 
@@ -88,12 +89,8 @@ def audit(
             source=train.source,
         )
     # One thread: the models are small, and on a shared machine extra threads only contend.
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _audit(train, heldout, config, history, started, external_fns, external)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _audit(

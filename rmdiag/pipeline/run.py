@@ -8,8 +8,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, replace
 from typing import Any
 
-import torch
-
 from rmdiag import policies
 from rmdiag.audit import AuditConfig, AuditResult, audit, audit_inputs
 from rmdiag.data import DataError, Interactions, encode, load, validate
@@ -19,6 +17,7 @@ from rmdiag.pipeline.config import RunConfig
 from rmdiag.pipeline.resume import CachedTrainer, StageKeys
 from rmdiag.pipeline.summary import RunSummary, conclusion
 from rmdiag.report import audit_files_content
+from rmdiag.rewards.base import torch_threads
 from rmdiag.select import (
     Decision,
     Judgement,
@@ -113,13 +112,9 @@ def run(
         summary.audit, summary.judgement = result, _judge(result, select_config)
     stage("select")
     decision = decide(summary.judgement)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(policy_config.threads)
-    try:
+    with torch_threads(policy_config.threads):
         _policies_stage(summary, decision, split, world, config, policy_config,
                         select_config.alpha, stage, CachedTrainer(work, keys, stage))
-    finally:
-        torch.set_num_threads(previous_threads)
     run_settings = {k: v for k, v in asdict(config).items() if k != "resume"}  # not a result's
     summary.settings = {
         "config": run_settings, "audit_config": asdict(audit_config),

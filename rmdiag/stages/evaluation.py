@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from rmdiag import policies
 from rmdiag.data import Interactions
 from rmdiag.outputs import publish, to_json
-from rmdiag.persist import load_policy, load_reward_model
-from rmdiag.stages.inputs import check_ids, split_data
+from rmdiag.persist import load_policy
+from rmdiag.rewards.base import torch_threads
+from rmdiag.stages.inputs import check_ids, reward_model_for, split_data
 from rmdiag.stages.training import config_subset
 
 # `PolicyConfig` fields `rmdiag evaluate` reads (flags without a prefix: --k, --seed, ...).
@@ -93,18 +93,11 @@ def evaluate_policy_files(
     log, split = split_data(data, columns)
     model, metadata = load_policy(policy)
     check_ids(policy, log, "policy")
-    ensemble = None
-    if reward_model is not None:
-        ensemble = load_reward_model(reward_model)
-        check_ids(reward_model, log, "reward model")
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    ensemble = reward_model_for(reward_model, log)
+    with torch_threads(config.threads):
         policy_data = policies.policy_data(split, model.config.max_len)
         judge = policies.make_judge(ensemble, config)
         values = policies.score_policy(model, policy_data.test, config.k, judge)
-    finally:
-        torch.set_num_threads(previous_threads)
     name = metadata["algorithm"]
     about = {
         "policy": {"path": str(policy), "algorithm": name,

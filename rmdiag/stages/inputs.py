@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from rmdiag.data import DataError, Interactions, load
-from rmdiag.persist import load_ids
+from rmdiag.persist import load_ids, load_reward_model
+from rmdiag.rewards.base import RewardModel
 from rmdiag.split import Split, leave_last_out
 
 # `rmdiag run`'s default history length (`RunConfig.max_len`), for `rmdiag train sft`.
@@ -60,6 +61,18 @@ def check_ids(directory: str | os.PathLike[str], log: Interactions, what: str) -
                 "trained on another log (or with --holdout, whose events are encoded too)",
                 source=str(path),
             )
+
+
+def reward_model_for(
+    directory: str | os.PathLike[str] | None, log: Interactions
+) -> RewardModel | None:
+    """The saved reward model in `directory` (None without one), refused when its ids are not
+    the data's encoding."""
+    if directory is None:
+        return None
+    model = load_reward_model(directory)
+    check_ids(directory, log, "reward model")
+    return model
 
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -22,14 +22,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import trainers
 from rmdiag import policies
 from rmdiag.data import DataError
 from rmdiag.outputs import to_json, write_atomic
-from rmdiag.persist import load_policy, load_reward_model, save_policy
-from rmdiag.stages.inputs import DEFAULT_MAX_LEN, check_ids, read_json, require, split_data
+from rmdiag.persist import load_policy, save_policy
+from rmdiag.rewards.base import torch_threads
+from rmdiag.stages.inputs import (
+    DEFAULT_MAX_LEN,
+    check_ids,
+    read_json,
+    require,
+    reward_model_for,
+    split_data,
+)
 
 # `PolicyConfig` fields `rmdiag train` reads (`--policy-*`): SFT's, and those of post-training
 # (which keeps its reference's shape); the scoring ones are `rmdiag evaluate`'s.
@@ -149,13 +155,8 @@ def train_files(
         max_len = model.config.max_len
         sft = policies.TrainedPolicy("sft", metadata["algorithm"], {}, model, 0.0, 0)
     max_len = max_len or DEFAULT_MAX_LEN
-    ensemble = None
-    if reward_model is not None:
-        ensemble = load_reward_model(reward_model)
-        check_ids(reward_model, log, "reward model")
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    ensemble = reward_model_for(reward_model, log)
+    with torch_threads(config.threads):
         policy_data = policies.policy_data(split, max_len)
         if sft is None:
             trained = policies.train_sft(policy_data, max_len, config, overrides=overrides)
@@ -165,8 +166,6 @@ def train_files(
                 train_data = policies.a_sft_data(policy_data, sft, ensemble)
             trained = policies.train_policy(algorithm, policy_data, sft, config, temperature,
                                             ensemble, train_data, overrides=overrides)
-    finally:
-        torch.set_num_threads(previous_threads)
     value = temperature_value(algorithm, temperature, overrides)
     save_policy(trained.model, out_dir, algorithm=algorithm, temperature=value,
                 ids=(log.user_ids, log.item_ids))
