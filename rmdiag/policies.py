@@ -31,6 +31,7 @@ import copy
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -326,7 +327,7 @@ def train_sft(data: PolicyData, max_len: int, config: PolicyConfig,
         "checkpoint_path": checkpoint, "checkpoint_every": steps_per_epoch if checkpoint else 0,
     } | dict(overrides or {})
     sft_config = _config_for("sft", settings)
-    resume = checkpoint if checkpoint and _exists(checkpoint) else None
+    resume = checkpoint if checkpoint and Path(checkpoint).exists() else None
     tick = time.perf_counter()
     result = trainers.ALGORITHMS["sft"][1](
         model, data.train, sft_config, eval_fn=validation_hook(data, config.k),
@@ -334,12 +335,6 @@ def train_sft(data: PolicyData, max_len: int, config: PolicyConfig,
     )
     assert isinstance(result.model, SequentialRecommender)
     return TrainedPolicy("sft", "sft", {}, result.model, time.perf_counter() - tick, result.steps)
-
-
-def _exists(path: str) -> bool:
-    from pathlib import Path
-
-    return Path(path).exists()
 
 
 def train_policy(
@@ -380,7 +375,7 @@ def train_policy(
     if config_class.uses_reference and (use == "none" or "reward_fn" in extra):
         extra["reference"] = sft.model
     model = copy.deepcopy(sft.model)
-    resume = checkpoint if checkpoint and _exists(checkpoint) else None
+    resume = checkpoint if checkpoint and Path(checkpoint).exists() else None
     tick = time.perf_counter()
     result = trainers.ALGORITHMS[algorithm][1](
         model, train_data if train_data is not None else data.train, algorithm_config,
@@ -415,6 +410,7 @@ def score_policy(
         result = judge.evaluate(model, evalset.context, true_reward=true_reward)
         out["judge"] = result.per_user
         out["_judge_members"] = result.members
+        out["_judge_spread"] = np.array(result.relative_spread)
         if result.true_per_user is not None:
             out["true_reward"] = result.true_per_user
     elif true_reward is not None:
@@ -474,9 +470,8 @@ def summarize_policies(
         if "_judge_members" in values:
             members = np.asarray(values["_judge_members"], dtype=np.float64)
             entry["judge"]["members"] = [float(v) for v in members]
-            entry["judge"]["member_spread"] = (
-                float(members.std(ddof=1) / abs(members.mean())) if len(members) > 1 else 0.0
-            )
+            # the judge's own figure: std of the members' values over |their mean|
+            entry["judge"]["member_spread"] = float(values["_judge_spread"])
         entry["high_reward"] = {"users": int(high.sum())} | {
             m: _figure(values[m][high], config) for m in names[:3]
         }
