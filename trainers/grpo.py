@@ -39,7 +39,12 @@ from trainers.data import (
 )
 from trainers.loop import EvalFn, TrainConfig, TrainResult, describe, train_loop
 from trainers.model import SequentialRecommender, reference_policy
-from trainers.ppo import MASKED_SCORE, clipped_policy_loss, masked_log_policy
+from trainers.ppo import (
+    MASKED_SCORE,
+    clipped_policy_loss,
+    masked_log_policy,
+    rollout_minibatches,
+)
 from trainers.protocols import RewardFn, Scorer
 from trainers.semantic_ids import PrefixTrie, constrained_beam_search, policy_step_log_probs
 
@@ -183,18 +188,10 @@ def train_grpo(
             "hits": (rewards == 1.0).any(1).float(),
             "reference_log_policy": masked_log_policy(reference, context, config.exclude_history),
         }
-        n_rows = len(context)
-        if n_rows < config.minibatches:
-            raise ValueError(f"a rollout of {n_rows} histories (per process) cannot make "
-                             f"{config.minibatches} minibatches; raise batch_size")
         if config.grpo_epochs == 1 and config.minibatches == 1:
-            return [rollout_batch]
-        minibatches = []
-        for _ in range(config.grpo_epochs):
-            order = torch.randperm(n_rows, generator=generator, device=generator.device)
-            for rows in order.tensor_split(config.minibatches):
-                minibatches.append({key: value[rows] for key, value in rollout_batch.items()})
-        return minibatches
+            return [rollout_batch]  # one on-policy update: no reshuffle
+        return rollout_minibatches(rollout_batch, config.grpo_epochs, config.minibatches,
+                                   generator)
 
     def loss_fn(module: nn.Module, batch: TensorData, generator: torch.Generator):
         assert isinstance(module, SequentialRecommender)

@@ -130,6 +130,24 @@ def clipped_policy_loss(
     return total, log_prob.new_tensor(float(log_prob.numel())), scalars
 
 
+def rollout_minibatches(rollout: TensorData, epochs: int, minibatches: int,
+                        generator: torch.Generator) -> list[TensorData]:
+    """A rollout batch cut into `minibatches` random pieces, once per epoch (PPO's K epochs of M
+    minibatches): exactly `minibatches` pieces on every rank, so DDP ranks step in lockstep."""
+    n_rows = int(next(iter(rollout.values())).shape[0])
+    if n_rows < minibatches:
+        raise ValueError(
+            f"a rollout of {n_rows} histories (per process) cannot make "
+            f"{minibatches} minibatches; raise batch_size"
+        )
+    pieces = []
+    for _ in range(epochs):
+        order = torch.randperm(n_rows, generator=generator, device=generator.device)
+        for rows in order.tensor_split(minibatches):
+            pieces.append({key: value[rows] for key, value in rollout.items()})
+    return pieces
+
+
 def ppo_loss(model: SequentialRecommender, batch: TensorData, config: PPOConfig):
     """Clipped surrogate on the sampled items plus β·KL(π ‖ π_ref), summed; normalizer = B·G."""
     log_policy = masked_log_policy(model, batch_context(batch), config.exclude_history)
@@ -186,19 +204,8 @@ def train_ppo(
             "rewards": reward,
             "reference_log_policy": reference_log_policy,
         }
-        n_rows = len(context)
-        if n_rows < config.minibatches:
-            raise ValueError(
-                f"a rollout of {n_rows} histories (per process) cannot make "
-                f"{config.minibatches} minibatches; raise batch_size"
-            )
-        minibatches = []
-        for _ in range(config.ppo_epochs):
-            order = torch.randperm(n_rows, generator=generator, device=generator.device)
-            # exactly `minibatches` pieces on every rank, so DDP ranks step in lockstep
-            for rows in order.tensor_split(config.minibatches):
-                minibatches.append({key: value[rows] for key, value in rollout_batch.items()})
-        return minibatches
+        return rollout_minibatches(rollout_batch, config.ppo_epochs, config.minibatches,
+                                   generator)
 
     def loss_fn(module: nn.Module, batch: TensorData, generator: torch.Generator):
         assert isinstance(module, SequentialRecommender)
