@@ -404,6 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refused_resume(error: Exception) -> bool:
+    """A resume under settings other than its checkpoint's (bad input: exit 2)."""
+    # Looked up, not imported: only a command that imported trainers can have raised it, and
+    # importing it here would load torch for every command.
+    loop = sys.modules.get("trainers.loop")
+    return loop is not None and isinstance(error, loop.CheckpointMismatch)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -420,8 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rmdiag {args.command}: interrupted", file=sys.stderr)
         return EXIT_FAILURE
-    except Exception:  # noqa: BLE001 - the exit code is the contract; the traceback is for us
-        traceback.print_exc()
+    except Exception as error:  # noqa: BLE001 - the exit code is the contract
+        if _refused_resume(error):
+            print(f"rmdiag {args.command}: error: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        traceback.print_exc()  # the traceback is for us
         print(f"rmdiag {args.command}: internal failure", file=sys.stderr)
         return EXIT_FAILURE
     print(f"rmdiag {args.command}: done in {time.perf_counter() - started:.1f} s", file=sys.stderr)

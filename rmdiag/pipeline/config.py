@@ -54,8 +54,9 @@ class RunConfig:
         metadata={
             "help": "continue the run in --out after its last finished stage: reuse each stage "
             "kept in OUT/.work whose inputs (settings, data file, earlier stages) are unchanged, "
-            "resume an interrupted training from its checkpoint, recompute the rest; without "
-            "it a run starts a fresh OUT/.work (exact with the same --policy-threads)"
+            "resume an interrupted training from its checkpoint (refused, exit 2, naming the "
+            "settings that differ, if its inputs changed), recompute the rest; without it a run "
+            "starts a fresh OUT/.work (exact with the same --policy-threads)"
         },
     )
 
