@@ -4,9 +4,11 @@ resamples of users."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
+from statsmodels.stats.power import TTestPower
 
 from evaluators.intervals import adjust_pvalues, mean_interval, paired_difference
 from rmdiag.audit.figures import Figure, finite_figure
@@ -41,3 +43,21 @@ def holm(p_values: Sequence[float]) -> list[float]:
 def user_resamples(n_users: int, n_resamples: int, seed: int) -> np.ndarray:
     """Indices [n_resamples, n_users] of users drawn with replacement."""
     return np.random.default_rng(seed).integers(0, n_users, size=(n_resamples, n_users))
+
+
+def detectable_difference(differences: np.ndarray, *, alpha: float, power: float) -> float | None:
+    """The smallest true mean difference a two-sided paired t-test at level ``alpha`` detects
+    with probability ``power``: statsmodels' exact (noncentral t) effect size for n users times
+    the per-user differences' standard deviation. None when fewer than two users or no spread."""
+    n = len(differences)
+    spread = float(np.std(differences, ddof=1)) if n >= 2 else 0.0
+    if n < 2 or spread == 0:
+        return None
+    return _effect_size(n, alpha, power) * spread
+
+
+@functools.lru_cache(maxsize=256)
+def _effect_size(n: int, alpha: float, power: float) -> float:
+    # one root-finding per (n, alpha, power): every comparison of one slice shares it
+    return float(TTestPower().solve_power(nobs=n, alpha=alpha, power=power,
+                                          alternative="two-sided"))

@@ -249,6 +249,8 @@ def audit_files(
     select_config: SelectConfig | None = None,
     predictions: str | os.PathLike[str] | None = None,
     predictions_name: str = "external",
+    holdout_kind: str = "log",
+    heldout_per_user: int = 2,
 ) -> tuple[AuditResult, Judgement]:
     """``rmdiag audit --data FILE [--holdout FILE] [--predictions FILE] --out DIR`` as a
     function: read, audit, judge, write audit.json, audit.html and the fitted ensemble in
@@ -260,15 +262,21 @@ def audit_files(
     ``predictions_name``, and the verdict is on it; ``data.external_predictions`` counts the
     rows matched and ignored.
 
+    ``holdout_kind="random"`` declares the holdout file ratings under randomized exposure (all
+    of it is then the unexplored slice); ``heldout_per_user`` is k of leave-last-k-out when
+    there is no holdout file.
+
     Raises ``rmdiag.data.DataError`` (``InsufficientDataError`` included) before writing
     anything when the input is bad or cannot support an audit.
     """
     from rmdiag.persist import save_reward_model
 
-    train, heldout = audit_inputs(data, holdout, columns)
+    if holdout_kind == "random" and holdout is None:
+        raise DataError("--holdout-kind random describes a holdout file: give it with --holdout")
+    train, heldout = audit_inputs(data, holdout, columns, heldout_per_user=heldout_per_user)
     external = _external_predictions(predictions, predictions_name, heldout)
     result = audit(train, heldout, config=config,
-                   external_predictions=external and external[0])
+                   external_predictions=external and external[0], heldout_exposure=holdout_kind)
     if external is not None:
         result.data["external_predictions"] = external[1]
     judgement = _judge(result, select_config)
