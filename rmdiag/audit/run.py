@@ -23,7 +23,13 @@ from rmdiag.audit.metrics import (
 )
 from rmdiag.audit.models import fit_models, reward_model_predictions
 from rmdiag.audit.result import AuditResult
-from rmdiag.audit.statistics import detectable_difference, holm, mean_figure, paired_stats
+from rmdiag.audit.statistics import (
+    coverage_warning,
+    detectable_difference,
+    holm,
+    mean_figure,
+    paired_stats,
+)
 from rmdiag.data import Interactions
 from rmdiag.rewards import BASELINES
 from rmdiag.rewards.base import torch_threads
@@ -304,6 +310,7 @@ def _audit(
                 "users": piece.n_users,
                 "pairs": len(piece.pair_sign),
                 "pair_users": piece.n_pair_users,
+                "coverage_warning": coverage_warning(piece.n_users, f"The '{name}' slice"),
             }
             for name, piece in pieces.items()
         },

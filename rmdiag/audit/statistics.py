@@ -17,6 +17,23 @@ from rmdiag.audit.figures import Figure, finite_figure
 # carries exactly (quantiles commute with monotone maps).
 INTERVAL_METHOD = "percentile"
 
+# Below this many users no bootstrap or t interval of a mean covers 93-97% on skewed or
+# zero-heavy per-user values (about 84-91% at 20-50 users; benchmarks/interval_coverage.py,
+# RESULTS.md "Interval coverage"): figures on fewer users carry `coverage_warning`.
+COVERAGE_MIN_USERS = 200
+
+
+def coverage_warning(n_users: int, what: str) -> str | None:
+    """The warning for figures over ``n_users`` users (None from COVERAGE_MIN_USERS up)."""
+    if n_users >= COVERAGE_MIN_USERS or n_users == 0:
+        return None
+    return (
+        f"{what} has {n_users} users, fewer than {COVERAGE_MIN_USERS}: on skewed or zero-heavy "
+        "per-user values its 95% intervals cover only about 84-93% of the time "
+        "(benchmarks/interval_coverage.py), the upper end being the side that fails; read them "
+        "as roughly 90% intervals"
+    )
+
 
 def mean_figure(values: np.ndarray, *, confidence: float, n_resamples: int, seed: int) -> Figure:
     """Mean of per-user values with a bootstrap interval, users resampled

@@ -10,6 +10,7 @@ from typing import Any
 
 from rmdiag import policies
 from rmdiag.audit import AuditConfig, AuditResult, audit, audit_inputs
+from rmdiag.audit.statistics import coverage_warning
 from rmdiag.data import DataError, Interactions, encode, load, validate
 from rmdiag.outputs import publish
 from rmdiag.pipeline.clock import StageClock
@@ -233,6 +234,10 @@ def _policies_stage(
         "simulated": world is not None, "history_excluded": True, "ties": "expected",
         "p_adjustment": "holm over the policies compared with sft, per metric",
         "skipped": skipped,
+        "coverage_warnings": [w for w in (
+            coverage_warning(len(data.test), "The test set"),
+            coverage_warning(int(high.sum()), "The high-reward subset of the test users"),
+        ) if w is not None],
     }
     summary.conclusion = conclusion(summary.policies, decision, policy_config.k, alpha)
     summary.examples = policies.recommendation_examples(

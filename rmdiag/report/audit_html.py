@@ -206,6 +206,8 @@ def render_audit_html(result: AuditResult, judgement: Judgement) -> str:
         *_intro(result, judgement),
         "<h2>Models</h2>",
         _models_table(result),
+        *(f"<p class='note warning'>⚠ {escape(info['coverage_warning'])}.</p>"
+          for info in result.slices.values() if info.get("coverage_warning")),
         "<h2>Reward models against baselines</h2><p>Difference = model − baseline "
         "(negative is better for RMSE/MAE, positive for pairwise accuracy); p-values from a "
         "paired test across users, Holm-adjusted within each slice and metric (every reward "

@@ -55,6 +55,9 @@ def _audit_summary(audit: Mapping) -> str:
     if data.get("ensemble_members"):
         members = ", ".join(str(m) for m in data["ensemble_members"])
         body.append(f"<p>Ensemble members: {escape(members)}.</p>")
+    for info in (audit.get("slices") or {}).values():
+        if isinstance(info, Mapping) and isinstance(info.get("coverage_warning"), str):
+            body.append(f"<p class='note warning'>⚠ {escape(info['coverage_warning'])}.</p>")
     if finite(audit.get("seconds")):
         body.append(f"<p class='note'>The audit took {audit['seconds']:.1f} s.</p>")
     return _collapsible(head, "".join(body), opened=True)

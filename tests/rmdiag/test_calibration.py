@@ -255,3 +255,15 @@ def test_audit_json_carries_calibration_shift_and_detectable_difference(
     tested = [c for c in payload["comparisons"] if c["p_value"] is not None]
     assert tested and all(c["detectable_difference"] > 0 for c in tested)
     assert payload["slices"]["all"]["events"] == 3 * payload["slices"]["all"]["users"]
+
+
+def test_slices_and_test_sets_under_200_users_carry_the_coverage_warning(world: World) -> None:
+    from rmdiag.audit.statistics import COVERAGE_MIN_USERS, coverage_warning
+
+    assert coverage_warning(COVERAGE_MIN_USERS, "x") is None
+    assert "fewer than 200" in coverage_warning(COVERAGE_MIN_USERS - 1, "x")
+    train, heldout = audit_inputs(world.generate())
+    result = audit(train, heldout, config=FAST)
+    for info in result.slices.values():
+        assert (info["coverage_warning"] is not None) == (0 < info["users"] < COVERAGE_MIN_USERS)
+    assert result.slices["all"]["coverage_warning"] is None  # 500 users
