@@ -76,5 +76,6 @@ def detectable_difference(differences: np.ndarray, *, alpha: float, power: float
 @functools.lru_cache(maxsize=256)
 def _effect_size(n: int, alpha: float, power: float) -> float:
     # one root-finding per (n, alpha, power): every comparison of one slice shares it
-    return float(TTestPower().solve_power(nobs=n, alpha=alpha, power=power,
-                                          alternative="two-sided"))
+    # (statsmodels returns a 1-element array instead of a float when its fallback solver ran)
+    effect = TTestPower().solve_power(nobs=n, alpha=alpha, power=power, alternative="two-sided")
+    return float(np.ravel(effect)[0])

@@ -218,6 +218,14 @@ def test_a_difference_of_the_detectable_size_is_found_with_the_stated_power() ->
     draws = rng.normal(size, 1.0, size=(4000, n))
     p = scipy.stats.ttest_1samp(draws, 0.0, axis=1).pvalue
     assert abs((p < alpha).mean() - power) < 0.03
+    # sizes where statsmodels' solver falls back (and returns an array): still a float, and
+    # close to the normal-approximation formula
+    for n, alpha_ in ((36, 0.05 / 28), (51, 0.05 / 28), (59, 0.05 / 4)):
+        unit = (z := rng.normal(0, 1, n)) - z.mean()
+        got = detectable_difference(unit / unit.std(ddof=1), alpha=alpha_, power=0.8)
+        t = scipy.stats.t
+        approx = (t.ppf(1 - alpha_ / 2, n - 1) + t.ppf(0.8, n - 1)) / np.sqrt(n)
+        assert isinstance(got, float) and got == pytest.approx(approx, rel=0.03)
     assert detectable_difference(np.ones(5), alpha=0.05, power=0.8) is None
     assert detectable_difference(np.ones(1), alpha=0.05, power=0.8) is None
 
