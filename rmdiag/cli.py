@@ -174,11 +174,23 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         select_config=dataclass_from_args(SelectConfig, args),
         predictions=args.predictions,
         predictions_name=args.predictions_name,
+        holdout_kind=args.holdout_kind,
+        heldout_per_user=_heldout_per_user(args),
     )
     print(f"verdict: {judgement.verdict}")
     for reason in judgement.reasons:
         print(f"  - {reason}")
     return EXIT_OK
+
+
+def _heldout_per_user(args: argparse.Namespace) -> int:
+    if args.heldout_per_user is None:
+        return 2
+    if args.holdout:
+        raise UsageError("--heldout-per-user applies without --holdout (leave-last-k-out)")
+    if args.heldout_per_user < 1:
+        raise UsageError(f"--heldout-per-user must be >= 1, got {args.heldout_per_user}")
+    return int(args.heldout_per_user)
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
@@ -379,6 +391,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--holdout",
         help="held-out events from another file, e.g. ratings under randomized exposure "
         "(default: each user's last two events)",
+    )
+    audit.add_argument(
+        "--holdout-kind",
+        choices=("log", "random"),
+        default="log",
+        help="what --holdout holds: 'log' (events of the same logging policy) or 'random' "
+        "(ratings under randomized exposure: all of it is then the unexplored slice)",
+    )
+    audit.add_argument(
+        "--heldout-per-user",
+        type=int,
+        metavar="K",
+        help="without --holdout: hold out each user's last K events (default 2); more give "
+        "more within-user pairs, so power to see ordering gains",
     )
     audit.add_argument(
         "--predictions",

@@ -122,6 +122,7 @@ def judge(
         config,
         model=model,
         confidence=result.config.confidence,
+        shift=result.shift.get("heldout_minus_train"),
     )
 
 
@@ -152,10 +153,12 @@ def verdict_from(
     *,
     model: str = "ensemble",
     confidence: float = 0.95,
+    shift: Figure | None = None,
 ) -> Judgement:
     """The verdict on ``model`` from the audit's figures (``AuditResult.models`` and
     ``.comparisons``), with its reasons and evidence; the rule is in the module docstring.
-    ``confidence`` is the audit's interval level, for the reasons' text."""
+    ``confidence`` is the audit's interval level, for the reasons' text. ``shift`` (the audit's
+    held-out minus training mean reward) is named in the reasons when its interval excludes 0."""
     config = config or SelectConfig()
     tests = {
         (slice_name, metric): {
@@ -217,7 +220,22 @@ def verdict_from(
             + "."
         )
     consulted = [entry for entries in tests.values() for entry in entries.values()]
-    return Judgement(verdict, tuple(reasons), _evidence(models, consulted, model), config)
+    evidence = _evidence(models, consulted, model)
+    if shift is not None:
+        evidence["shift.heldout_minus_train"] = shift.as_dict()
+        if shift.available and (shift.low > 0 or shift.high < 0):  # type: ignore[operator]
+            reasons.append(_shift_reason(shift, confidence))
+    return Judgement(verdict, tuple(reasons), evidence, config)
+
+
+def _shift_reason(shift: Figure, confidence: float) -> str:
+    direction = "lower" if shift.value < 0 else "higher"  # type: ignore[operator]
+    return (
+        f"Exposure shift: the held-out events' mean reward is {direction} than the training "
+        f"log's, held-out minus training {shift.text()} ({confidence:.0%} interval, users "
+        "resampled); errors measured where the log looked may not carry over to where a policy "
+        "will go."
+    )
 
 
 def _comparison_text(entry: Mapping[str, Any]) -> str:

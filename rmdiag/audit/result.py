@@ -24,6 +24,11 @@ class AuditResult:
     spread_error: dict[str, Figure]
     gap: dict[str, dict[str, Any]]
     slices: dict[str, dict[str, int]]
+    # calibration[model][slice]: mean_error, ece, reliability (bins), and for binary rewards
+    # log_loss, brier, auc (``rmdiag.audit.calibration``); shift: train_mean, heldout_mean,
+    # heldout_minus_train
+    calibration: dict[str, dict[str, dict[str, Any]]]
+    shift: dict[str, Figure]
     config: AuditConfig
     data: dict[str, Any]
     seconds: float
@@ -57,6 +62,8 @@ class AuditResult:
                 for name, parts in self.gap.items()
             },
             "slices": self.slices,
+            "calibration": _figures_to_json(self.calibration),
+            "shift": _figures_to_json(self.shift),
             "data": self.data,
             "config": dataclasses.asdict(self.config),
             "seconds": round(self.seconds, 3),
@@ -96,6 +103,8 @@ class AuditResult:
                 for name, parts in payload["gap"].items()
             },
             slices=payload["slices"],
+            calibration=_figures_from_json(payload.get("calibration", {})),
+            shift=_figures_from_json(payload.get("shift", {})),
             config=AuditConfig(**payload["config"]),
             data=payload["data"],
             seconds=float(payload["seconds"]),
@@ -104,3 +113,29 @@ class AuditResult:
             predictions=dict(predictions or {}),
             ensemble=ensemble,
         )
+
+
+def _is_figure_json(value: Any) -> bool:
+    return isinstance(value, dict) and {"value", "low", "high"} <= set(value)
+
+
+def _figures_to_json(value: Any) -> Any:
+    """Nested dicts and lists of Figures (and plain values) as JSON."""
+    if isinstance(value, Figure):
+        return value.as_dict()
+    if isinstance(value, dict):
+        return {k: _figures_to_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_figures_to_json(v) for v in value]
+    return value
+
+
+def _figures_from_json(value: Any) -> Any:
+    """The inverse of ``_figures_to_json``."""
+    if _is_figure_json(value):
+        return Figure(value["value"], value["low"], value["high"], value.get("reason"))
+    if isinstance(value, dict):
+        return {k: _figures_from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_figures_from_json(v) for v in value]
+    return value

@@ -10,6 +10,7 @@ from typing import Any
 
 from rmdiag import policies
 from rmdiag.audit import AuditConfig, AuditResult, audit, audit_inputs
+from rmdiag.audit.statistics import coverage_warning
 from rmdiag.data import DataError, Interactions, encode, load, validate
 from rmdiag.outputs import publish
 from rmdiag.pipeline.clock import StageClock
@@ -233,6 +234,10 @@ def _policies_stage(
         "simulated": world is not None, "history_excluded": True, "ties": "expected",
         "p_adjustment": "holm over the policies compared with sft, per metric",
         "skipped": skipped,
+        "coverage_warnings": [w for w in (
+            coverage_warning(len(data.test), "The test set"),
+            coverage_warning(int(high.sum()), "The high-reward subset of the test users"),
+        ) if w is not None],
     }
     summary.conclusion = conclusion(summary.policies, decision, policy_config.k, alpha)
     summary.examples = policies.recommendation_examples(
@@ -249,6 +254,8 @@ def audit_files(
     select_config: SelectConfig | None = None,
     predictions: str | os.PathLike[str] | None = None,
     predictions_name: str = "external",
+    holdout_kind: str = "log",
+    heldout_per_user: int = 2,
 ) -> tuple[AuditResult, Judgement]:
     """``rmdiag audit --data FILE [--holdout FILE] [--predictions FILE] --out DIR`` as a
     function: read, audit, judge, write audit.json, audit.html and the fitted ensemble in
@@ -260,15 +267,21 @@ def audit_files(
     ``predictions_name``, and the verdict is on it; ``data.external_predictions`` counts the
     rows matched and ignored.
 
+    ``holdout_kind="random"`` declares the holdout file ratings under randomized exposure (all
+    of it is then the unexplored slice); ``heldout_per_user`` is k of leave-last-k-out when
+    there is no holdout file.
+
     Raises ``rmdiag.data.DataError`` (``InsufficientDataError`` included) before writing
     anything when the input is bad or cannot support an audit.
     """
     from rmdiag.persist import save_reward_model
 
-    train, heldout = audit_inputs(data, holdout, columns)
+    if holdout_kind == "random" and holdout is None:
+        raise DataError("--holdout-kind random describes a holdout file: give it with --holdout")
+    train, heldout = audit_inputs(data, holdout, columns, heldout_per_user=heldout_per_user)
     external = _external_predictions(predictions, predictions_name, heldout)
     result = audit(train, heldout, config=config,
-                   external_predictions=external and external[0])
+                   external_predictions=external and external[0], heldout_exposure=holdout_kind)
     if external is not None:
         result.data["external_predictions"] = external[1]
     judgement = _judge(result, select_config)

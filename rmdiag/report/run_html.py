@@ -176,7 +176,9 @@ def _policies_notes(evaluation: Mapping) -> str:
         notes.append("true reward from the simulated world")
     notes.append("each cell: value, [interval]; Δ: paired difference from the reference "
                  "with its Holm-adjusted p")
-    return f"<p class='note'>{'; '.join(notes)}.</p>"
+    warnings = [w for w in evaluation.get("coverage_warnings") or [] if isinstance(w, str)]
+    return f"<p class='note'>{'; '.join(notes)}.</p>" + "".join(
+        f"<p class='note warning'>⚠ {escape(w)}.</p>" for w in warnings)
 
 
 def _policies_section(

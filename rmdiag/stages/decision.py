@@ -44,6 +44,7 @@ class AuditFigures:
     confidence: float
     train_reward_std: float
     select_config: dict[str, Any]
+    shift: Figure | None = None  # shift.heldout_minus_train (absent in older audit.json)
 
 
 def _figure(payload: Any, key: str, source: str) -> Figure:
@@ -95,9 +96,11 @@ def read_audit(path: str | os.PathLike[str]) -> AuditFigures:
     select_config = payload.get("select_config", {})
     if not isinstance(select_config, dict):
         raise DataError("key 'select_config' is not an object", source=source)
+    shift = (_figure(payload, "shift.heldout_minus_train", source)
+             if isinstance(payload.get("shift"), dict) else None)
     return AuditFigures(
         models, comparisons, float(require(payload, "confidence", NUMBER, source)),
-        float(require(payload, "data.train_reward_std", NUMBER, source)), select_config,
+        float(require(payload, "data.train_reward_std", NUMBER, source)), select_config, shift,
     )
 
 
@@ -118,7 +121,7 @@ def select_decision(path: str | os.PathLike[str],
     audit = read_audit(path)
     config = select_config_from(audit, str(path), overrides)
     judgement = verdict_from(audit.models, audit.comparisons, config, model=MODEL,
-                             confidence=audit.confidence)
+                             confidence=audit.confidence, shift=audit.shift)
     decision = decide(judgement)
     temperature = policies.default_temperature(decision.algorithm, audit.train_reward_std)
     decision = default_temperature(decision, temperature)

@@ -352,7 +352,7 @@ def test_write_audit_writes_both_files_and_escapes_user_strings(tmp_path: Path) 
     assert sorted(p.name for p in out.iterdir()) == ["audit.html", "audit.json"]
     page = (out / "audit.html").read_text()
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;&amp;.csv" in page
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == 4  # three error plots and the reliability curve
     payload = json.loads((out / "audit.json").read_text())
     assert {"lightgbm", "sequence", "ensemble"} <= set(payload["models"])
 
