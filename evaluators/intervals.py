@@ -52,17 +52,45 @@ _COUNTS_PATH_RATIO = 16
 
 @dataclass(frozen=True)
 class Figure:
-    """A point estimate with its interval at the stated confidence."""
+    """A point estimate with its interval at the stated confidence, or the reason it has none.
 
-    value: float
-    low: float
-    high: float
+    An unavailable figure (``Figure.unavailable(reason)``) has ``value``, ``low`` and ``high``
+    None and says why in ``reason``; ``available`` tells the two apart. ``confidence`` and
+    ``method`` describe how the interval was made; the JSON form (``as_dict``) leaves them out.
+    """
+
+    value: float | None
+    low: float | None = None
+    high: float | None = None
     confidence: float = 0.95
     method: str = "bca"
+    reason: str | None = None
 
-    def as_dict(self) -> dict[str, float]:
-        """The JSON form of DESIGN.md's output contract: {"value", "low", "high"}."""
-        return {"value": float(self.value), "low": float(self.low), "high": float(self.high)}
+    @classmethod
+    def unavailable(cls, reason: str) -> Figure:
+        """A figure that could not be computed, and why (a sentence for a report)."""
+        return cls(None, None, None, reason=reason)
+
+    @property
+    def available(self) -> bool:
+        return self.value is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form of DESIGN.md's output contract: {"value", "low", "high"}, numbers or
+        null, and "reason" when one is set."""
+        out: dict[str, Any] = {
+            part: None if number is None else float(number)
+            for part, number in (("value", self.value), ("low", self.low), ("high", self.high))
+        }
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
+
+    def text(self, digits: int = 3) -> str:
+        """``value [low, high]`` with ``digits`` decimals, or ``n/a (reason)``."""
+        if self.value is None or self.low is None or self.high is None:
+            return f"n/a ({self.reason})"
+        return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ class AuditResult:
         ``seconds`` and ``timings`` come back rounded as ``to_json()`` wrote them."""
 
         def figure(value: dict[str, Any]) -> Figure:
-            return Figure(value["value"], value["low"], value["high"], value.get("reason"))
+            return Figure(value["value"], value["low"], value["high"], reason=value.get("reason"))
 
         return cls(
             models={

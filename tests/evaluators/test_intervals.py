@@ -103,6 +103,18 @@ def test_figure_contract_and_edge_cases() -> None:
         mean_interval([1.0, 2.0], method="normal")
 
 
+def test_figure_text_json_and_unavailable_figures() -> None:
+    fig = Figure(0.25, 0.125, 0.5, 0.9, "percentile")
+    assert fig.available and fig.text(2) == "0.25 [0.12, 0.50]"
+    assert fig.as_dict() == {"value": 0.25, "low": 0.125, "high": 0.5}
+    missing = Figure.unavailable("too few users")
+    assert not missing.available and missing.text() == "n/a (too few users)"
+    assert missing.as_dict() == {"value": None, "low": None, "high": None,
+                                 "reason": "too few users"}
+    # numpy scalars come out as plain floats, so the JSON form is the same either way
+    assert type(Figure(np.float64(1.0), np.float32(0.5), 2).as_dict()["high"]) is float
+
+
 def test_sign_flip_matches_exact_enumeration_and_scipy() -> None:
     rng = np.random.default_rng(4)
     small = rng.normal(0.4, 1, 10)  # 2^10 patterns <= n_resamples: exact

@@ -448,6 +448,15 @@ def test_pairwise_accuracy_counts_ties_half_and_skips_equal_rewards() -> None:
     assert reversed_.mean() == pytest.approx(0.0)
 
 
+def test_the_audit_uses_the_one_figure_class_of_evaluators() -> None:
+    import evaluators.intervals
+
+    assert Figure is evaluators.intervals.Figure
+    assert Figure.unavailable("why").as_dict() == {
+        "value": None, "low": None, "high": None, "reason": "why"
+    }
+
+
 def test_config_refuses_bad_values() -> None:
     with pytest.raises(ValueError, match="kinds"):
         AuditConfig(kinds="bias")
