@@ -14,15 +14,10 @@ from rmdiag.audit.external import DEFAULT_NAME, check_name, reward_fn_events
 from rmdiag.audit.figures import Figure
 from rmdiag.audit.gap import train_gap
 from rmdiag.audit.inputs import InsufficientDataError, check_auditable
-from rmdiag.audit.metrics import (
-    Slice,
-    per_user_metrics,
-    rmse_linearized,
-    spread_error_correlation,
-)
+from rmdiag.audit.metrics import Slice, UserSums, per_user_metrics, spread_error_correlation
 from rmdiag.audit.models import fit_models, reward_model_predictions
 from rmdiag.audit.result import AuditResult
-from rmdiag.audit.statistics import holm, mean_figure, paired_stats
+from rmdiag.audit.statistics import holm, mean_figure, paired_ratio_stats, ratio_figure
 from rmdiag.data import Interactions
 from rmdiag.rewards import BASELINES
 from rmdiag.rewards.base import torch_threads
@@ -131,7 +126,7 @@ def _audit(
     }
 
     # ---- metrics with intervals
-    per_user: dict[str, dict[str, dict[str, np.ndarray | str]]] = {}
+    per_user: dict[str, dict[str, dict[str, UserSums | str]]] = {}
     models: dict[str, dict[str, dict[str, Figure]]] = {}
     seed = config.seed
     stats = {"confidence": config.confidence, "n_resamples": config.n_resamples}
@@ -150,12 +145,13 @@ def _audit(
                 if isinstance(value, str):
                     figures[metric] = Figure.unavailable(value)
                     continue
-                fig = mean_figure(value, seed=seed, **stats)
-                if metric == "rmse" and fig.available:
-                    fig = Figure(
-                        *(float(np.sqrt(max(v, 0.0))) for v in (fig.value, fig.low, fig.high))
-                    )
-                figures[metric] = fig
+                figures[metric] = ratio_figure(
+                    value.numerator,
+                    value.denominator,
+                    transform="sqrt" if metric == "rmse" else "identity",
+                    seed=seed,
+                    **stats,
+                )
             models[name][slice_name] = figures
 
     # ---- paired comparisons, every reward model against every baseline
@@ -184,9 +180,15 @@ def _audit(
                             p_adjusted=None,
                         )
                     else:
-                        if metric == "rmse":
-                            a, b = rmse_linearized(a), rmse_linearized(b)
-                        difference, p_value = paired_stats(a, b, seed=seed, **stats)
+                        # the same events: one denominator, users resampled jointly
+                        difference, p_value = paired_ratio_stats(
+                            a.numerator,
+                            b.numerator,
+                            a.denominator,
+                            transform="sqrt" if metric == "rmse" else "identity",
+                            seed=seed,
+                            **stats,
+                        )
                         entry.update(difference=difference, p_value=p_value, p_adjusted=None)
                         tested.append(len(comparisons))
                     comparisons.append(entry)
