@@ -442,8 +442,10 @@ def ratio_interval(
     numerator must be 0). ``transform`` "sqrt" reports sqrt(R) (RMSE from squared errors) with
     the interval's ends mapped by sqrt: percentile and BCa intervals both respect monotone
     maps. BCa's acceleration is the jackknife's, leave-one-user-out ratios (S_num - num_i) /
-    (S_den - den_i). With every denominator equal to c this is `mean_interval` of numerator / c
-    with the same resamples.
+    (S_den - den_i). With every denominator equal to c the value is the mean of numerator / c,
+    and the resamples are `mean_interval`'s of those values where it uses the compiled
+    resampler (values with many distinct values; with few it draws counts instead, the same
+    distribution from another stream).
     """
     _check_ratio_options(method, confidence, n_resamples, transform)
     (num,), (den,) = _ratio_parts([numerator], [denominator], transform)
@@ -514,8 +516,10 @@ def paired_ratio_difference(
         + _derivative(transform, ratio_a) * (a - ratio_a * den_a) / den_a.mean()
         - _derivative(transform, ratio_b) * (b - ratio_b * den_b) / den_b.mean()
     )
-    if np.all(linearized == linearized[0]) or resamples.size == 0:
+    if np.all(linearized == linearized[0]):
         lo = hi = difference
+    elif resamples.size == 0:  # no resample drew events of both parts: no interval
+        lo = hi = float("nan")
     else:
         scale = max(abs(float(_apply(transform, r))) for r in (ratio_a, ratio_b))
         lo, hi = _bootstrap_bounds(difference, resamples, method, confidence,
