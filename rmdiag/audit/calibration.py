@@ -16,11 +16,13 @@ Per model and slice (``calibration(...)``):
 ``shift(...)``: the held-out events' mean reward minus the training events' (the exposure shift:
 a randomized-exposure holdout typically rates lower than the items a recommender chose to show).
 
-Every figure is a ratio of sums over events -- an event-level mean -- and its interval resamples
-users (the unit), all of the user's events together, so it stays right when users hold unequal
-numbers of events: each resample's figure is recomputed from the drawn users' sums (a ratio
-estimator), by a count matrix ``[resamples, users]`` times per-user sums, never a loop over
-events. Percentile intervals, like the audit's other figures.
+Every figure's interval resamples users (the unit), all of a user's events together, so it
+stays right when users hold unequal numbers of events: the means (mean error, log-loss, Brier,
+each bin's means, the shift's parts) are ratio estimators (``evaluators.intervals.
+ratio_interval`` through ``rmdiag.audit.statistics``), ECE and AUC are recomputed on each
+resample of users (``evaluators.intervals.grouped_bootstrap``), and the shift is a paired
+difference of two ratios with one denominator each (train and held-out events). Percentile
+intervals, like the audit's other figures.
 """
 
 from __future__ import annotations
@@ -28,45 +30,22 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy.stats
 
+from evaluators.intervals import grouped_bootstrap
 from rmdiag.audit.figures import Figure, finite_figure
 from rmdiag.audit.metrics import Slice
-from rmdiag.audit.statistics import user_resamples
+from rmdiag.audit.statistics import paired_ratio_stats, ratio_figure
 
 N_BINS = 10
 CLIP = 1e-6
-_CHUNK = 250  # resamples per block in the AUC, which needs a [resamples, events] weight matrix
+AUC_RESAMPLES = 1000  # each resample sorts the slice's events once (a Python call per resample)
 
 
 def is_binary(rewards: np.ndarray) -> bool:
     """Every reward is 0 or 1 (both present): the binary metrics apply."""
     values = np.unique(rewards)
     return len(values) == 2 and bool(np.all(values == np.array([0.0, 1.0])))
-
-
-def resample_counts(n_users: int, n_resamples: int, seed: int) -> np.ndarray:
-    """How often each user is drawn in each resample: float64 [n_resamples, n_users]."""
-    draws = user_resamples(n_users, n_resamples, seed)
-    flat = (draws + np.arange(n_resamples)[:, None] * n_users).ravel()
-    return np.bincount(flat, minlength=n_resamples * n_users).reshape(n_resamples, n_users)
-
-
-def _percentile(value: float, estimates: np.ndarray, confidence: float) -> Figure:
-    estimates = estimates[np.isfinite(estimates)]
-    if len(estimates) < 10 or not np.isfinite(value):
-        return Figure.unavailable("too few non-degenerate resamples for an interval")
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(estimates, [tail, 1 - tail])
-    return finite_figure(value, low, high)
-
-
-def ratio_figure(
-    numerator: np.ndarray, denominator: np.ndarray, counts: np.ndarray, confidence: float
-) -> Figure:
-    """sum(numerator) / sum(denominator) over users, the interval from resampled users' sums."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        value = float(numerator.sum() / denominator.sum())
-        return _percentile(value, (counts @ numerator) / (counts @ denominator), confidence)
 
 
 def _user_sums(user_index: np.ndarray, values: np.ndarray, n_users: int) -> np.ndarray:
@@ -77,35 +56,32 @@ def quantile_bins(pred: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
     """Each event's bin among (up to) ``n_bins`` quantile bins of ``pred`` (equal predictions
     share a bin, so fewer bins when there are few distinct values)."""
     edges = np.unique(np.quantile(pred, np.linspace(0, 1, n_bins + 1)[1:-1]))
-    return np.searchsorted(edges, pred, side="right")
+    # numbered 0.. over the bins that hold events (a quantile edge can leave one empty)
+    return np.unique(np.searchsorted(edges, pred, side="right"), return_inverse=True)[1]
 
 
-def _auc(
-    pred: np.ndarray, labels: np.ndarray, user_index: np.ndarray, counts: np.ndarray,
-    confidence: float,
-) -> Figure:
-    """AUC (ties half) with users resampled: weighted by how often each event's user is drawn."""
-    if labels.min() == labels.max():
-        return Figure.unavailable("one class only in this slice: AUC is undefined")
-    order = np.argsort(pred, kind="stable")
-    sorted_pred, sorted_labels, sorted_users = pred[order], labels[order], user_index[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_pred)) + 1]  # groups of tied predictions
+def _ece(predicted: np.ndarray, observed: np.ndarray, events: np.ndarray) -> float:
+    """ECE from per-user sums [users, bins] of predictions and rewards, and event counts."""
+    return float(np.abs(predicted.sum(0) - observed.sum(0)).sum() / events.sum())
 
-    def auc(weights: np.ndarray) -> np.ndarray:  # weights [R, N] in sorted order
-        positive = np.add.reduceat(weights * sorted_labels, starts, axis=1)
-        negative = np.add.reduceat(weights * (1 - sorted_labels), starts, axis=1)
-        below = np.cumsum(negative, axis=1) - negative
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return (positive * (below + 0.5 * negative)).sum(1) / (
-                positive.sum(1) * negative.sum(1)
-            )
 
-    value = float(auc(np.ones((1, len(pred))))[0])
-    estimates = np.concatenate(
-        [auc(block[:, sorted_users]) for block in np.split(counts, range(_CHUNK, len(counts),
-                                                                          _CHUNK))]
-    )
-    return _percentile(value, estimates, confidence)
+def auc(pred: np.ndarray, labels: np.ndarray) -> float:
+    """P(a positive's prediction > a negative's), ties half (Mann-Whitney U / (n1 n0) from
+    average ranks); NaN with one class only."""
+    n_positive = int(labels.sum())
+    n_negative = len(labels) - n_positive
+    if n_positive == 0 or n_negative == 0:
+        return float("nan")
+    ranks = scipy.stats.rankdata(pred)
+    u = ranks[labels == 1].sum() - n_positive * (n_positive + 1) / 2
+    return float(u / (n_positive * n_negative))
+
+
+def _bootstrapped(figure: Figure) -> Figure:
+    if not figure.available:
+        return figure
+    return finite_figure(figure.value, figure.low, figure.high,  # type: ignore[arg-type]
+                         confidence=figure.confidence, method=figure.method)
 
 
 def calibration(
@@ -114,13 +90,15 @@ def calibration(
     piece: Slice,
     *,
     binary: bool,
-    counts: np.ndarray,
     confidence: float,
+    n_resamples: int,
+    seed: int,
     min_users: int,
     n_bins: int = N_BINS,
 ) -> dict[str, Any]:
-    """The calibration figures (module docstring) of one model on one slice; ``counts`` is
-    ``resample_counts(piece.n_users, ...)``, shared by every model for paired resamples."""
+    """The calibration figures (module docstring) of one model on one slice. The same seed for
+    every model resamples the same users (the evaluators' resampler draws depend only on the
+    seed and the number of users)."""
     if piece.n_users < min_users:
         reason = f"{piece.n_users} users in the '{piece.name}' slice; at least {min_users} needed"
         out: dict[str, Any] = {"mean_error": Figure.unavailable(reason),
@@ -128,39 +106,42 @@ def calibration(
         if binary:
             out.update({key: Figure.unavailable(reason) for key in ("log_loss", "brier", "auc")})
         return out
+    stats = {"confidence": confidence, "n_resamples": n_resamples, "seed": seed}
     p, y, users, n = pred[piece.rows], rewards[piece.rows], piece.user_index, piece.n_users
     events = _user_sums(users, np.ones(len(p)), n)
-    out = {"mean_error": ratio_figure(_user_sums(users, p - y, n), events, counts, confidence)}
+    out = {"mean_error": ratio_figure(_user_sums(users, p - y, n), events, **stats)}
 
     bins = quantile_bins(p, n_bins)
     n_used = int(bins.max()) + 1
     cell = users * n_used + bins  # (user, bin) sums: [users, bins]
-    shape = (n, n_used)
 
     def cell_sums(values: np.ndarray) -> np.ndarray:
-        return np.bincount(cell, weights=values, minlength=n * n_used).reshape(shape)
+        return np.bincount(cell, weights=values, minlength=n * n_used).reshape(n, n_used)
 
     predicted, observed, in_bin = cell_sums(p), cell_sums(y), cell_sums(np.ones(len(p)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ece = float(np.abs(predicted.sum(0) - observed.sum(0)).sum() / len(p))
-        resampled = np.abs(counts @ predicted - counts @ observed).sum(1) / (counts @ events)
-    out["ece"] = _percentile(ece, resampled, confidence)
+    out["ece"] = _bootstrapped(grouped_bootstrap(
+        _ece, np.arange(n), predicted, observed, events, **stats))
     out["reliability"] = [
         {
             "bin": b,
             "events": int(in_bin[:, b].sum()),
-            "predicted": ratio_figure(predicted[:, b], in_bin[:, b], counts, confidence),
-            "observed": ratio_figure(observed[:, b], in_bin[:, b], counts, confidence),
+            "predicted": ratio_figure(predicted[:, b], in_bin[:, b], **stats),
+            "observed": ratio_figure(observed[:, b], in_bin[:, b], **stats),
         }
         for b in range(n_used)
     ]
     if binary:
         clipped = np.clip(p, CLIP, 1 - CLIP)
         log_loss = -(y * np.log(clipped) + (1 - y) * np.log(1 - clipped))
-        out["log_loss"] = ratio_figure(_user_sums(users, log_loss, n), events, counts, confidence)
-        out["brier"] = ratio_figure(_user_sums(users, (p - y) ** 2, n), events, counts,
-                                    confidence)
-        out["auc"] = _auc(p, y, users, counts, confidence)
+        out["log_loss"] = ratio_figure(_user_sums(users, log_loss, n), events, **stats)
+        out["brier"] = ratio_figure(_user_sums(users, (p - y) ** 2, n), events, **stats)
+        out["auc"] = (
+            Figure.unavailable("one class only in this slice: AUC is undefined")
+            if y.min() == y.max()
+            else _bootstrapped(grouped_bootstrap(
+                auc, users, p, y, confidence=confidence,
+                n_resamples=min(n_resamples, AUC_RESAMPLES), seed=seed))
+        )
     return out
 
 
@@ -173,26 +154,22 @@ def shift(
     confidence: float,
     n_resamples: int,
     seed: int,
-) -> dict[str, Figure]:
+) -> dict[str, Any]:
     """Held-out minus training mean reward (the exposure shift), users of both resampled jointly
-    (a user absent from one part adds nothing to that part's sums)."""
+    (a user absent from one part adds nothing to that part's sums), with its p-value."""
     union = np.union1d(train_users, heldout_users)
-    counts = resample_counts(len(union), n_resamples, seed)
+    stats = {"confidence": confidence, "n_resamples": n_resamples, "seed": seed}
     parts = {}
     for name, users, rewards in (("train", train_users, train_rewards),
                                  ("heldout", heldout_users, heldout_rewards)):
         index = np.searchsorted(union, users)
         parts[name] = (_user_sums(index, rewards, len(union)),
                        _user_sums(index, np.ones(len(users)), len(union)))
-    means = {name: ratio_figure(*sums, counts, confidence) for name, sums in parts.items()}
     (train_sum, train_n), (held_sum, held_n) = parts["train"], parts["heldout"]
-    value = float(held_sum.sum() / held_n.sum() - train_sum.sum() / train_n.sum())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        estimates = (counts @ held_sum) / (counts @ held_n) - (counts @ train_sum) / (
-            counts @ train_n
-        )
+    difference, p_value, _ = paired_ratio_stats(held_sum, train_sum, held_n, train_n, **stats)
     return {
-        "train_mean": means["train"],
-        "heldout_mean": means["heldout"],
-        "heldout_minus_train": _percentile(value, estimates, confidence),
+        "train_mean": ratio_figure(train_sum, train_n, **stats),
+        "heldout_mean": ratio_figure(held_sum, held_n, **stats),
+        "heldout_minus_train": difference,
+        "p_value": p_value,
     }

@@ -26,9 +26,9 @@ class AuditResult:
     slices: dict[str, dict[str, int]]
     # calibration[model][slice]: mean_error, ece, reliability (bins), and for binary rewards
     # log_loss, brier, auc (``rmdiag.audit.calibration``); shift: train_mean, heldout_mean,
-    # heldout_minus_train
+    # heldout_minus_train (figures) and its p_value
     calibration: dict[str, dict[str, dict[str, Any]]]
-    shift: dict[str, Figure]
+    shift: dict[str, Any]
     config: AuditConfig
     data: dict[str, Any]
     seconds: float
@@ -84,7 +84,7 @@ class AuditResult:
         ``seconds`` and ``timings`` come back rounded as ``to_json()`` wrote them."""
 
         def figure(value: dict[str, Any]) -> Figure:
-            return Figure(value["value"], value["low"], value["high"], value.get("reason"))
+            return Figure(value["value"], value["low"], value["high"], reason=value.get("reason"))
 
         return cls(
             models={
@@ -133,7 +133,7 @@ def _figures_to_json(value: Any) -> Any:
 def _figures_from_json(value: Any) -> Any:
     """The inverse of ``_figures_to_json``."""
     if _is_figure_json(value):
-        return Figure(value["value"], value["low"], value["high"], value.get("reason"))
+        return Figure(value["value"], value["low"], value["high"], reason=value.get("reason"))
     if isinstance(value, dict):
         return {k: _figures_from_json(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -9,18 +9,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from rmdiag.audit.calibration import calibration, is_binary, resample_counts, shift
+from rmdiag.audit.calibration import calibration, is_binary, shift
 from rmdiag.audit.config import METRICS, SLICES, AuditConfig
 from rmdiag.audit.external import DEFAULT_NAME, check_name, reward_fn_events
 from rmdiag.audit.figures import Figure
 from rmdiag.audit.gap import train_gap
 from rmdiag.audit.inputs import InsufficientDataError, check_auditable
-from rmdiag.audit.metrics import (
-    Slice,
-    per_user_metrics,
-    rmse_linearized,
-    spread_error_correlation,
-)
+from rmdiag.audit.metrics import Slice, UserSums, per_user_metrics, spread_error_correlation
 from rmdiag.audit.models import fit_models, reward_model_predictions
 from rmdiag.audit.result import AuditResult
 from rmdiag.audit.statistics import (
@@ -28,7 +23,8 @@ from rmdiag.audit.statistics import (
     detectable_difference,
     holm,
     mean_figure,
-    paired_stats,
+    paired_ratio_stats,
+    ratio_figure,
 )
 from rmdiag.data import Interactions
 from rmdiag.rewards import BASELINES
@@ -156,7 +152,7 @@ def _audit(
     }
 
     # ---- metrics with intervals
-    per_user: dict[str, dict[str, dict[str, np.ndarray | str]]] = {}
+    per_user: dict[str, dict[str, dict[str, UserSums | str]]] = {}
     models: dict[str, dict[str, dict[str, Figure]]] = {}
     seed = config.seed
     stats = {"confidence": config.confidence, "n_resamples": config.n_resamples}
@@ -175,23 +171,21 @@ def _audit(
                 if isinstance(value, str):
                     figures[metric] = Figure.unavailable(value)
                     continue
-                fig = mean_figure(value, seed=seed, **stats)
-                if metric == "rmse" and fig.available:
-                    fig = Figure(
-                        *(float(np.sqrt(max(v, 0.0))) for v in (fig.value, fig.low, fig.high))
-                    )
-                figures[metric] = fig
+                figures[metric] = ratio_figure(
+                    value.numerator,
+                    value.denominator,
+                    transform="sqrt" if metric == "rmse" else "identity",
+                    seed=seed,
+                    **stats,
+                )
             models[name][slice_name] = figures
 
     # ---- calibration per model and slice, and the exposure shift
     binary = is_binary(np.r_[train.rewards, rewards])
-    counts = {name: resample_counts(piece.n_users, config.n_resamples, seed)
-              for name, piece in pieces.items()}
     calibration_figures = {
         name: {
             slice_name: calibration(pred, rewards, piece, binary=binary,
-                                    counts=counts[slice_name], confidence=config.confidence,
-                                    min_users=config.min_users)
+                                    min_users=config.min_users, seed=seed, **stats)
             for slice_name, piece in pieces.items()
         }
         for name, pred in predictions.items()
@@ -203,7 +197,7 @@ def _audit(
     # ---- paired comparisons, every reward model against every baseline
     comparisons: list[dict[str, Any]] = []
     tested: list[int] = []
-    spreads: dict[int, np.ndarray] = {}  # per-user paired differences, for the power figure
+    spreads: dict[int, tuple[int, float]] = {}  # (users, spread of the paired test), for power
     for name in rm_predictions:
         for baseline in BASELINES:
             for slice_name in SLICES:
@@ -228,11 +222,17 @@ def _audit(
                             detectable_difference=None,
                         )
                     else:
-                        if metric == "rmse":
-                            a, b = rmse_linearized(a), rmse_linearized(b)
-                        difference, p_value = paired_stats(a, b, seed=seed, **stats)
+                        # the same events: one denominator, users resampled jointly
+                        difference, p_value, comparison = paired_ratio_stats(
+                            a.numerator,
+                            b.numerator,
+                            a.denominator,
+                            transform="sqrt" if metric == "rmse" else "identity",
+                            seed=seed,
+                            **stats,
+                        )
                         entry.update(difference=difference, p_value=p_value, p_adjusted=None)
-                        spreads[len(comparisons)] = a - b
+                        spreads[len(comparisons)] = (comparison.n, comparison.spread)
                         tested.append(len(comparisons))
                     comparisons.append(entry)
     # Holm within each family: one (slice, metric) question, every reward model x baseline.
@@ -250,7 +250,7 @@ def _audit(
             family_alpha = (1 - config.confidence) / max(len(family), 1)
             for index in family:
                 comparisons[index]["detectable_difference"] = detectable_difference(
-                    spreads[index], alpha=family_alpha, power=config.power
+                    *spreads[index], alpha=family_alpha, power=config.power
                 )
 
     # ---- does ensemble spread track error?

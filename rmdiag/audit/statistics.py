@@ -1,6 +1,6 @@
-"""The audit's statistics, from ``evaluators.intervals`` (its swap point): a mean of per-user
-values with its interval, a paired difference with its p-value, Holm's adjustment, and
-resamples of users."""
+"""The audit's statistics, from ``evaluators.intervals`` (its swap point): a metric's ratio of
+per-user sums with its interval, a paired difference of two such ratios with its p-value, a mean
+of per-user values, and Holm's adjustment. Users are resampled in every interval."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ from collections.abc import Sequence
 import numpy as np
 from statsmodels.stats.power import TTestPower
 
-from evaluators.intervals import adjust_pvalues, mean_interval, paired_difference
+from evaluators.intervals import (
+    RatioComparison,
+    adjust_pvalues,
+    mean_interval,
+    paired_ratio_difference,
+    ratio_interval,
+)
 from rmdiag.audit.figures import Figure, finite_figure
 
 # Percentile bootstrap: RMSE's interval is the square root of MSE's, which a percentile interval
@@ -35,21 +41,58 @@ def coverage_warning(n_users: int, what: str) -> str | None:
     )
 
 
+def _finite(figure: Figure) -> Figure:
+    assert figure.value is not None and figure.low is not None and figure.high is not None
+    return finite_figure(figure.value, figure.low, figure.high,
+                         confidence=figure.confidence, method=figure.method)
+
+
 def mean_figure(values: np.ndarray, *, confidence: float, n_resamples: int, seed: int) -> Figure:
     """Mean of per-user values with a bootstrap interval, users resampled
-    (``evaluators.intervals.mean_interval``, the project's one interval routine)."""
-    figure = mean_interval(values, INTERVAL_METHOD, confidence, n_resamples, seed)
-    return finite_figure(figure.value, figure.low, figure.high)
+    (``evaluators.intervals.mean_interval``)."""
+    return _finite(mean_interval(values, INTERVAL_METHOD, confidence, n_resamples, seed))
 
 
-def paired_stats(
-    a: np.ndarray, b: np.ndarray, *, confidence: float, n_resamples: int, seed: int
-) -> tuple[Figure, float]:
-    """Mean of the per-user differences a - b (users resampled jointly) and the two-sided
-    p-value of a paired t-test across users (``evaluators.intervals.paired_difference``)."""
-    comparison = paired_difference(a, b, INTERVAL_METHOD, confidence, n_resamples, seed)
-    difference = comparison.difference
-    return finite_figure(difference.value, difference.low, difference.high), comparison.p_t
+def ratio_figure(
+    numerator: np.ndarray,
+    denominator: np.ndarray,
+    *,
+    transform: str = "identity",
+    confidence: float,
+    n_resamples: int,
+    seed: int,
+) -> Figure:
+    """sum(numerator) / sum(denominator) over users (``transform`` "sqrt": its square root, e.g.
+    RMSE from squared errors over event counts), users resampled
+    (``evaluators.intervals.ratio_interval``)."""
+    users = int(np.count_nonzero(np.asarray(denominator) > 0))
+    if users < 2:
+        return Figure.unavailable(f"{users} user(s) with events here; an interval needs 2")
+    return _finite(ratio_interval(numerator, denominator, INTERVAL_METHOD, confidence,
+                                  n_resamples, seed, transform))
+
+
+def paired_ratio_stats(
+    numerator_a: np.ndarray,
+    numerator_b: np.ndarray,
+    denominator_a: np.ndarray,
+    denominator_b: np.ndarray | None = None,
+    *,
+    transform: str = "identity",
+    confidence: float,
+    n_resamples: int,
+    seed: int,
+) -> tuple[Figure, float, RatioComparison]:
+    """f(ratio a) - f(ratio b), users resampled jointly, and the two-sided p-value of the
+    t-test of its delta-method linearization across users
+    (``evaluators.intervals.paired_ratio_difference``, whose whole result comes third: its
+    ``n`` and ``spread`` size the detectable difference). One denominator when a and b are two
+    models on the same events."""
+    comparison = paired_ratio_difference(
+        numerator_a, numerator_b, denominator_a, denominator_b, INTERVAL_METHOD, confidence,
+        n_resamples, seed, transform
+    )
+    return _finite(comparison.difference), comparison.p_t, comparison
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -57,17 +100,11 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return [float(p) for p in adjust_pvalues(list(p_values), "holm")]
 
 
-def user_resamples(n_users: int, n_resamples: int, seed: int) -> np.ndarray:
-    """Indices [n_resamples, n_users] of users drawn with replacement."""
-    return np.random.default_rng(seed).integers(0, n_users, size=(n_resamples, n_users))
-
-
-def detectable_difference(differences: np.ndarray, *, alpha: float, power: float) -> float | None:
-    """The smallest true mean difference a two-sided paired t-test at level ``alpha`` detects
-    with probability ``power``: statsmodels' exact (noncentral t) effect size for n users times
-    the per-user differences' standard deviation. None when fewer than two users or no spread."""
-    n = len(differences)
-    spread = float(np.std(differences, ddof=1)) if n >= 2 else 0.0
+def detectable_difference(n: int, spread: float, *, alpha: float, power: float) -> float | None:
+    """The smallest true mean difference a two-sided paired t-test at level ``alpha`` over ``n``
+    users detects with probability ``power``: statsmodels' exact (noncentral t) effect size
+    times ``spread``, the standard deviation of the per-user (linearized) differences the test
+    uses. None when fewer than two users or no spread."""
     if n < 2 or spread == 0:
         return None
     return _effect_size(n, alpha, power) * spread

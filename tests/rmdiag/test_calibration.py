@@ -12,15 +12,9 @@ import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from evaluators.intervals import ratio_interval
 from rmdiag.audit import AuditConfig, audit, audit_inputs
-from rmdiag.audit.calibration import (
-    calibration,
-    is_binary,
-    quantile_bins,
-    ratio_figure,
-    resample_counts,
-    shift,
-)
+from rmdiag.audit.calibration import auc, calibration, is_binary, quantile_bins, shift
 from rmdiag.audit.metrics import Slice
 from rmdiag.audit.statistics import detectable_difference
 from rmdiag.cli import main
@@ -96,37 +90,35 @@ def _events(draw, binary: bool = False):
     return users, pred, rewards
 
 
-def _slow_ratio_resamples(numerator, denominator, counts):
-    """Each resample's ratio from the drawn users, one user at a time."""
-    out = []
-    for row in counts:
-        drawn = np.repeat(np.arange(len(row)), row.astype(int))
-        out.append(numerator[drawn].sum() / denominator[drawn].sum())
-    return np.array(out)
-
-
 @settings(max_examples=60, deadline=None)
 @given(_events(), st.integers(0, 2**16))
-def test_mean_error_and_its_interval_match_a_slow_reference(events, seed) -> None:
+def test_mean_error_ece_and_bins_match_their_definitions(events, seed) -> None:
     users, pred, rewards = events
     piece = _slice(users)
-    counts = resample_counts(piece.n_users, 200, seed)
-    got = calibration(pred, rewards, piece, binary=False, counts=counts, confidence=0.9,
-                      min_users=2)
-    # the value is the event-level mean even with unequal events per user
+    got = calibration(pred, rewards, piece, binary=False, confidence=0.9, n_resamples=200,
+                      seed=seed, min_users=2)
+    # the value is the event-level mean even with unequal events per user, and the interval is
+    # the evaluators' ratio estimator's
     assert got["mean_error"].value == pytest.approx(np.mean(pred - rewards))
     errors = np.bincount(piece.user_index, weights=pred - rewards)
     events_per_user = np.bincount(piece.user_index).astype(float)
-    slow = _slow_ratio_resamples(errors, events_per_user, counts)
-    low, high = np.quantile(slow, [0.05, 0.95])
-    assert got["mean_error"].low == pytest.approx(min(low, got["mean_error"].value))
-    assert got["mean_error"].high == pytest.approx(max(high, got["mean_error"].value))
+    reference = ratio_interval(errors, events_per_user, "percentile", 0.9, 200, seed)
+    assert got["mean_error"].low == pytest.approx(min(reference.low, reference.value))
+    assert got["mean_error"].high == pytest.approx(max(reference.high, reference.value))
     # ECE: event-weighted |mean predicted - mean observed| over the quantile bins, by hand
     bins = quantile_bins(pred)
     by_hand = sum((bins == b).sum() * abs(pred[bins == b].mean() - rewards[bins == b].mean())
                   for b in np.unique(bins)) / len(pred)
     assert got["ece"].value == pytest.approx(by_hand)
     assert sum(b["events"] for b in got["reliability"]) == len(pred)
+    for b in got["reliability"]:
+        in_bin = bins == b["bin"]
+        assert b["events"] == in_bin.sum() > 0
+        if len(np.unique(users[in_bin])) < 2:  # no interval from one user
+            assert not b["predicted"].available
+            continue
+        assert b["predicted"].value == pytest.approx(pred[in_bin].mean())
+        assert b["observed"].value == pytest.approx(rewards[in_bin].mean())
 
 
 @settings(max_examples=60, deadline=None)
@@ -134,9 +126,8 @@ def test_mean_error_and_its_interval_match_a_slow_reference(events, seed) -> Non
 def test_binary_metrics_match_scipy_and_definitions(events, seed) -> None:
     users, pred, rewards = events
     piece = _slice(users)
-    counts = resample_counts(piece.n_users, 100, seed)
-    got = calibration(pred, rewards, piece, binary=True, counts=counts, confidence=0.9,
-                      min_users=2)
+    got = calibration(pred, rewards, piece, binary=True, confidence=0.9, n_resamples=100,
+                      seed=seed, min_users=2)
     assert got["brier"].value == pytest.approx(np.mean((pred - rewards) ** 2))
     clipped = np.clip(pred, 1e-6, 1 - 1e-6)
     log_loss = -np.mean(rewards * np.log(clipped) + (1 - rewards) * np.log(1 - clipped))
@@ -145,6 +136,7 @@ def test_binary_metrics_match_scipy_and_definitions(events, seed) -> None:
     if len(positive) and len(negative):
         u = scipy.stats.mannwhitneyu(positive, negative).statistic  # ties count half
         assert got["auc"].value == pytest.approx(u / (len(positive) * len(negative)))
+        assert auc(pred, rewards) == pytest.approx(got["auc"].value)
     else:
         assert not got["auc"].available
 
@@ -155,12 +147,6 @@ def test_is_binary() -> None:
     assert not is_binary(np.array([0.0, 0.5, 1.0]))
 
 
-def test_ratio_figure_value_is_the_ratio_of_sums() -> None:
-    numerator, denominator = np.array([1.0, 5.0, 0.0]), np.array([1.0, 4.0, 1.0])
-    figure = ratio_figure(numerator, denominator, resample_counts(3, 300, 0), 0.95)
-    assert figure.value == pytest.approx(6 / 6)
-
-
 def test_shift_is_the_difference_of_event_level_means() -> None:
     rng = np.random.default_rng(0)
     train_users, held_users = rng.integers(0, 50, 400), np.arange(60)  # 10 users only held out
@@ -169,7 +155,7 @@ def test_shift_is_the_difference_of_event_level_means() -> None:
     figure = result["heldout_minus_train"]
     assert figure.value == pytest.approx(result["heldout_mean"].value
                                          - result["train_mean"].value)
-    assert figure.high < 0
+    assert figure.high < 0 and result["p_value"] < 0.05
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
@@ -212,8 +198,7 @@ def test_more_heldout_events_per_user_give_more_pairs_and_a_smaller_detectable_g
 def test_a_difference_of_the_detectable_size_is_found_with_the_stated_power() -> None:
     rng = np.random.default_rng(0)
     n, alpha, power = 40, 0.05 / 8, 0.8
-    z = rng.normal(0, 1, n)
-    size = detectable_difference((z - z.mean()) / z.std(ddof=1), alpha=alpha, power=power)
+    size = detectable_difference(n, 1.0, alpha=alpha, power=power)
     # paired differences of that mean and sd 1: a t-test at alpha finds them `power` of the time
     draws = rng.normal(size, 1.0, size=(4000, n))
     p = scipy.stats.ttest_1samp(draws, 0.0, axis=1).pvalue
@@ -221,13 +206,12 @@ def test_a_difference_of_the_detectable_size_is_found_with_the_stated_power() ->
     # sizes where statsmodels' solver falls back (and returns an array): still a float, and
     # close to the normal-approximation formula
     for n, alpha_ in ((36, 0.05 / 28), (51, 0.05 / 28), (59, 0.05 / 4)):
-        unit = (z := rng.normal(0, 1, n)) - z.mean()
-        got = detectable_difference(unit / unit.std(ddof=1), alpha=alpha_, power=0.8)
+        got = detectable_difference(n, 1.0, alpha=alpha_, power=0.8)
         t = scipy.stats.t
         approx = (t.ppf(1 - alpha_ / 2, n - 1) + t.ppf(0.8, n - 1)) / np.sqrt(n)
         assert isinstance(got, float) and got == pytest.approx(approx, rel=0.03)
-    assert detectable_difference(np.ones(5), alpha=0.05, power=0.8) is None
-    assert detectable_difference(np.ones(1), alpha=0.05, power=0.8) is None
+    assert detectable_difference(5, 0.0, alpha=0.05, power=0.8) is None
+    assert detectable_difference(1, 1.0, alpha=0.05, power=0.8) is None
 
 
 def test_cli_refuses_inconsistent_holdout_flags(world: World, tmp_path: Path) -> None:
