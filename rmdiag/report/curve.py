@@ -52,7 +52,7 @@ def plot_curve(curve: Mapping[str, Any]) -> str:
     ax.set_xlabel("KL(best-of-n ‖ SFT) = log n − (n − 1)/n  (nats)")
     ax.set_ylabel("mean value of the best-of-n pick")
     ax.grid(color="#eee")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     top = ax.twiny()
     top.set_xlim(ax.get_xlim())
     top.set_xticks(kl, [str(n) for n in curve["n"]])
