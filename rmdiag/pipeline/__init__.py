@@ -7,9 +7,9 @@ the audited reward model (`rmdiag.overoptimization`, into audit.json; `--no-over
 skips it); 5. select: the verdict, the curve among its evidence, and the algorithm it calls
 for (`rmdiag.select`); 6. policies: sweep the chosen algorithm's temperature on the validation
 events (or take its default), train whatever `--compare` adds, score every policy on the test
-events (`rmdiag.policies`); 7. report: summary.json, decision.json, audit.json, audit.html, report.html and
-per_user.parquet, published together at the end, each file atomically -- a failure or an
-interrupt leaves no file half-written and, before the last stage, none at all.
+events (`rmdiag.policies`); 7. report: summary.json, decision.json, audit.json, audit.html,
+report.html and per_user.parquet, published together at the end, each file atomically -- a
+failure or an interrupt leaves no file half-written and, before the last stage, none at all.
 
 With `out`, each finished stage also keeps its outputs in the hidden work directory
 `out/.work/` (`rmdiag.workdir`: the audit, every trained policy, the checkpoint of the one in
