@@ -176,6 +176,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         predictions_name=args.predictions_name,
         holdout_kind=args.holdout_kind,
         heldout_per_user=_heldout_per_user(args),
+        overoptimization_curve=args.overoptimization,
     )
     print(f"verdict: {judgement.verdict}")
     for reason in judgement.reasons:
@@ -418,6 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the name of the --predictions model in audit.json (default: external)",
     )
     audit.add_argument("--out", required=True, help="directory for audit.json and audit.html")
+    audit.add_argument(
+        "--overoptimization",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train an SFT policy (rmdiag.policies.PolicyConfig defaults) and compute its "
+        "best-of-n over-optimization curve against a proxy and a judge ensemble, each fitted on "
+        "half of the users (audit.json's `overoptimization`; the verdict reads it). "
+        "--no-overoptimization skips it (default: on)",
+    )
     add_dataclass_flags(audit, AuditConfig)
     add_dataclass_flags(audit, SelectConfig)
     audit.set_defaults(handler=_cmd_audit)

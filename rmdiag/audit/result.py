@@ -33,6 +33,10 @@ class AuditResult:
     data: dict[str, Any]
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    # the best-of-n over-optimization curve (``rmdiag.overoptimization``), or ``{"reason"}``
+    # when it is unavailable; set by the pipeline after the SFT policy is trained, so ``None``
+    # (and absent from the JSON) when ``audit()`` is called alone
+    overoptimization: dict[str, Any] | None = None
     # per held-out event, for the plots (not in the JSON)
     events: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     predictions: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
@@ -68,7 +72,7 @@ class AuditResult:
             "config": dataclasses.asdict(self.config),
             "seconds": round(self.seconds, 3),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
-        }
+        } | ({} if self.overoptimization is None else {"overoptimization": self.overoptimization})
 
     @classmethod
     def from_json(
@@ -109,6 +113,7 @@ class AuditResult:
             data=payload["data"],
             seconds=float(payload["seconds"]),
             timings={k: float(v) for k, v in payload["timings"].items()},
+            overoptimization=payload.get("overoptimization"),
             events=dict(events or {}),
             predictions=dict(predictions or {}),
             ensemble=ensemble,

@@ -35,6 +35,14 @@ class RunConfig:
         default=True,
         metadata={"help": "audit the reward-model ensemble (settings: the --audit-* flags)"},
     )
+    overoptimization: bool = field(
+        default=True,
+        metadata={
+            "help": "compute the best-of-n over-optimization curve of the SFT policy against the "
+            "audited reward model (audit.json's `overoptimization`, evidence for the decision); "
+            "on real data it fits two more ensembles, each on half of the users"
+        },
+    )
     sweep: bool = field(
         default=True,
         metadata={

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from rmdiag.audit import METRICS, SLICES, AuditResult, Figure
+from rmdiag.report.curve import curve_note, curve_table, plot_curve
 from rmdiag.report.html import (
     escape,
     figure_cell,
@@ -198,9 +199,18 @@ def _spread_table(result: AuditResult) -> str:
     return table("spread-error", [escape(k) for k in result.spread_error], [f"<tr>{row}</tr>"])
 
 
+def _curve_section(result: AuditResult, alpha: float) -> list[str]:
+    curve = result.overoptimization
+    if curve is None:
+        return []
+    return ["<h2 id='overoptimization-heading'>Over-optimization: best-of-n</h2>",
+            f"<p class='note'>{curve_note(curve)}</p>", plot_curve(curve),
+            curve_table(curve, alpha)]
+
+
 def render_audit_html(result: AuditResult, judgement: Judgement) -> str:
     """audit.html: the verdict and its reasons, every model's figures, every comparison, the
-    spread/error correlation and three plots."""
+    spread/error correlation, the best-of-n over-optimization curve and three plots."""
     return page("rmdiag audit", [
         "<h1>Reward-model audit</h1>",
         *_intro(result, judgement),
@@ -226,7 +236,8 @@ def render_audit_html(result: AuditResult, judgement: Judgement) -> str:
         "<h2>Does ensemble spread track error?</h2>",
         _spread_table(result),
         "<p>Spearman rank correlation of member spread with the ensemble's "
-        "absolute error per slice; mean_spread is the average member standard deviation.</p>"
+        "absolute error per slice; mean_spread is the average member standard deviation.</p>",
+        *_curve_section(result, judgement.config.alpha),
         "<h2>Plots</h2><div class='plots'>",
         _plot_error_by_slice(result),
         _plot_error_vs_spread(result),

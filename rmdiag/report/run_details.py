@@ -8,6 +8,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rmdiag.report.curve import curve_note, curve_table
 from rmdiag.report.html import (
     escape,
     figure_cell,
@@ -26,7 +27,8 @@ _HANDLED = {"data", "split", "sequences", "audit", "config", "audit_config", "si
             "decision", "sweep", "policies", "evaluation", "conclusion", "examples"}
 # Keys of the audit that its sections show (the rest go to "Audit diagnostics" as they are).
 _AUDIT_SHOWN = {"verdict", "reasons", "confidence", "models", "comparisons", "spread_error",
-                "gap", "slices", "data", "config", "seconds", "calibration", "shift"}
+                "gap", "slices", "data", "config", "seconds", "calibration", "shift",
+                "overoptimization"}
 _CALIBRATION_KEYS = ("mean_error", "ece", "log_loss", "brier", "auc")
 
 
@@ -208,6 +210,11 @@ def _audit_details(audit: Mapping, alpha: float) -> str:
         ))
     if audit.get("models"):
         parts.append(_collapsible("Reward models and baselines per slice", _models_table(audit)))
+    curve = audit.get("overoptimization")
+    if isinstance(curve, Mapping):
+        parts.append(_collapsible("Over-optimization curve (best-of-n)",
+                                  f"<p class='note'>{curve_note(curve)}</p>"
+                                  + curve_table(curve, alpha)))
     diagnostics = _diagnostics(audit)
     if diagnostics:
         parts.append(_collapsible("Audit diagnostics", diagnostics))
@@ -374,7 +381,10 @@ def _evidence_table(evidence: Mapping, alpha: float) -> str:
     with_p = any(isinstance(f, Mapping) and "p_value" in f for f in evidence.values())
     rows = []
     for name, fig in evidence.items():
-        if is_figure(fig):
+        if is_figure(fig) and "low" not in fig:  # a number without an interval (gold_peak_n)
+            cell = (f'<td class="text" data-key="figure" data-value="{json_attr(fig["value"])}">'
+                    f"{plain(fig['value'])}</td>")
+        elif is_figure(fig):
             cell = figure_cell(fig, "figure", signed=True, inline=True)
         else:
             cell = (f'<td class="text" data-key="figure">{escape(json.dumps(fig, default=str))}'
