@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from evaluators import ranking_metrics
 from rmdiag import policies
-from rmdiag.data import DataError, Interactions, _read_file
+from rmdiag.data import DataError, Interactions, _read_file, validate_number
 from rmdiag.stages.evaluation import evaluation_payload, write_evaluation
 from rmdiag.stages.inputs import DEFAULT_MAX_LEN, split_data
 
@@ -72,14 +72,8 @@ def read_recommendations(
                         "(higher first)", source=source, column="rank")
     if table.num_rows == 0:
         raise DataError("no rows", source=source)
-    values = table.column(column)
-    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
-        raise DataError(f"expected numbers, got {values.type}", source=source, column=column)
-    numbers = np.asarray(pc.fill_null(values.cast(pa.float64()), np.nan), dtype=np.float64)
-    if not np.isfinite(numbers).all():
-        row = _first_row(~np.isfinite(numbers))
-        raise DataError(f"{numbers[row - 1]!r} is not a finite number", source=source,
-                        column=column, row=row)
+    numbers = validate_number(table.column(column), source, column, column,
+                              booleans=False).to_numpy()
     users = _encode(table.column("user_id"), log.user_ids, source, "user_id")
     items = _encode(table.column("item_id"), log.item_ids, source, "item_id")
     pairs = users * (log.n_items + 1) + items
