@@ -26,11 +26,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from evaluators import ranking_metrics
 from rmdiag import policies
-from rmdiag.data import DataError, Interactions, _read_file, validate_number
+from rmdiag.data import DataError, Interactions, _read_file, _validate_id, validate_number
 from rmdiag.stages.evaluation import evaluation_payload, write_evaluation
 from rmdiag.stages.inputs import DEFAULT_MAX_LEN, split_data
 
@@ -43,10 +42,9 @@ def _first_row(mask: np.ndarray) -> int:
 
 
 def _encode(values: pa.ChunkedArray, raw_ids: np.ndarray, source: str, column: str) -> np.ndarray:
-    """Encoded ids of a column of raw ids (compared as text, so 7 and "7" agree)."""
-    if values.null_count:
-        raise DataError("null id", source=source, column=column,
-                        row=_first_row(np.asarray(pc.is_null(values))))
+    """Encoded ids of a column of raw ids (compared as text, so 7 and "7" agree; an integral
+    float, as a CSV column with one id beyond int64 is read, is refused or cast first)."""
+    values = _validate_id(values, source, column)
     lookup = {str(raw): code for code, raw in enumerate(raw_ids.tolist()) if code > 0}
     text = [str(v) for v in values.to_pylist()]
     codes = np.fromiter((lookup.get(t, 0) for t in text), dtype=np.int64, count=len(text))
