@@ -169,13 +169,28 @@ class EnsembleJudge:
         w = self.gamma ** torch.arange(n, dtype=torch.float64)
         return w / w.sum()
 
+    def _slate(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's top-k items and their position weights [B, k]. A user with fewer than k
+        items left (history and padding excluded) gets the shorter slate: the excluded items
+        topk would fill it with get weight 0 (and are replaced by the row's first item, so that
+        a reward model never sees the padding id), the rest are renormalized."""
+        k = min(self.k, scores.shape[1])
+        top = torch.topk(scores, k, dim=1)
+        valid = torch.isfinite(top.values)
+        if not valid[:, 0].all():
+            row = int(torch.nonzero(~valid[:, 0])[0, 0])
+            raise ValueError(f"context row {row} has no item left to recommend: its history "
+                             "covers the whole catalog")
+        items = torch.where(valid, top.indices, top.indices[:, :1])
+        weights = self._weights(k).to(scores.device)[None, :] * valid
+        return items, weights / weights.sum(dim=1, keepdim=True)
+
     def _batch(self, policy: ScorerLike, context: ContextLike,
                true_reward: RewardFnLike | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-member values [M, B] (and true values [B]) of one batch."""
         if self.mode == "slate":
             scores = self._masked_scores(policy, context)
-            k = min(self.k, scores.shape[1])
-            items = torch.topk(scores, k, dim=1).indices
+            items, slate_weights = self._slate(scores)
             member_rewards = self.ensemble.members(context, items).double()  # [M, B, k]
             true = None if true_reward is None else true_reward(context, items).double()
         else:
@@ -198,8 +213,11 @@ class EnsembleJudge:
         if member_rewards.dim() != 3 or member_rewards.shape[1] != context.users.shape[0]:
             raise ValueError(f"ensemble.members returned shape {tuple(member_rewards.shape)}; "
                              "expected [M, B, K]")
-        w = self._weights(member_rewards.shape[2]).to(member_rewards.device)
-        values = (member_rewards * w).sum(dim=2)
+        if self.mode == "slate":
+            w = slate_weights.to(member_rewards.device)  # [B, k], per user
+        else:
+            w = self._weights(member_rewards.shape[2]).to(member_rewards.device)[None, :]
+        values = (member_rewards * w[None]).sum(dim=2)
         true_values = None if true is None else (true * w.to(true.device)).sum(dim=1)
         return values.cpu(), None if true_values is None else true_values.cpu()
 

@@ -422,9 +422,14 @@ def slate_value(model: SequentialRecommender, context: Context, reward_fn: Rewar
                 k: int, gamma: float = 0.9) -> np.ndarray:
     """Per-user position-discounted mean reward of the top-k (history excluded), the judge's
     slate value under another reward function (used when there is no ensemble)."""
-    top = policy_scores(model, context, exclude_history=True).topk(k, dim=1).indices
-    weights = gamma ** torch.arange(top.shape[1], dtype=torch.float64)
-    return ((reward_fn(context, top).double() * weights).sum(1) / weights.sum()).numpy()
+    top = policy_scores(model, context, exclude_history=True).topk(k, dim=1)
+    # a user with fewer than k items left gets the shorter slate (as the judge does): the
+    # excluded items topk fills it with get weight 0 and are replaced by the row's first item, so
+    # that the reward function never sees the padding id
+    valid = torch.isfinite(top.values)
+    items = torch.where(valid, top.indices, top.indices[:, :1])
+    weights = gamma ** torch.arange(items.shape[1], dtype=torch.float64)[None, :] * valid
+    return ((reward_fn(context, items).double() * weights).sum(1) / weights.sum(1)).numpy()
 
 
 def make_judge(reward_fn: RewardFn | None, config: PolicyConfig) -> EnsembleJudge | None:

@@ -75,6 +75,31 @@ def test_slate_excludes_history_and_padding() -> None:
     assert result.relative_spread == 0.0
 
 
+class CheckedEnsemble(LinearEnsemble):
+    """Refuses the padding id, as a world's true reward does."""
+
+    def members(self, context: Ctx, items: torch.Tensor) -> torch.Tensor:
+        assert (items >= 1).all(), "the padding item was scored"
+        return super().members(context, items)
+
+
+def test_a_user_with_fewer_items_left_than_k_gets_the_shorter_slate() -> None:
+    # user 0 has seen items 1..18: only 19 and 20 are left for a slate of k = 5; user 1 has seen
+    # nothing of note and gets a full slate
+    hist = torch.zeros(2, 18, dtype=torch.long)
+    hist[0] = torch.arange(1, 19)
+    ctx = Ctx(torch.arange(2), hist, torch.ones(2, 18))
+    judge = EnsembleJudge(CheckedEnsemble([1.0]), k=5, gamma=0.5, n_resamples=200)
+    result = judge.evaluate(prefer_high_ids, ctx)
+    short = np.array([1, 0.5]) / 1.5
+    full = np.array([1, 0.5, 0.25, 0.125, 0.0625]) / 1.9375
+    np.testing.assert_allclose(result.per_user, [(short * [20, 19]).sum() / N_ITEMS,
+                                                 (full * [20, 19, 18, 17, 16]).sum() / N_ITEMS])
+    everything = Ctx(torch.arange(1), torch.arange(1, N_ITEMS + 1)[None], torch.ones(1, N_ITEMS))
+    with pytest.raises(ValueError, match="no item left"):
+        judge.evaluate(prefer_high_ids, everything)
+
+
 def test_rollout_appends_each_recommendation_to_the_history() -> None:
     judge = EnsembleJudge(
         LinearEnsemble([1.0]), mode="rollout", horizon=3, gamma=1.0, n_resamples=200
