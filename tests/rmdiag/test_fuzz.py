@@ -206,24 +206,35 @@ def _table(base: TextFile) -> pa.Table:
     })
 
 
+def _draw_case(data: st.DataObject, base: Any, parquet: bool) -> Any:
+    """A hostile version of ``base``: its Parquet bytes or table broken, or its text."""
+    kinds = dict(zip(base.columns, base.kinds, strict=True))
+    return data.draw(st.one_of(hostile_bytes(_parquet_bytes(_table(base))),
+                               hostile_tables(_table(base), kinds))
+                     if parquet else hostile_text(base), label="case")
+
+
+def _write_case(tmp: Path, base: Any, case: Any, parquet: bool) -> tuple[Path, Path, Path]:
+    """(the clean file, the hostile file, an output directory that must stay absent) in tmp."""
+    clean, path, out = tmp / "clean.csv", tmp / base.name, tmp / "o"
+    if parquet:
+        path = path.with_suffix(".parquet")
+    clean.write_bytes(base.render())
+    if isinstance(case, TableCase):
+        pq.write_table(case.table, path)
+    else:
+        path.write_bytes(case.data)
+    return clean, path, out
+
+
 @settings(FUZZ, max_examples=60)
 @given(parquet=st.booleans(), data=st.data())
 def test_hostile_prediction_files_exit_2_naming_the_file(world: dict[str, Any], parquet: bool,
                                                          data: st.DataObject) -> None:
     base = predictions_file(world["heldout"])
-    kinds = dict(zip(base.columns, base.kinds, strict=True))
-    case = data.draw(st.one_of(hostile_bytes(_parquet_bytes(_table(base))),
-                               hostile_tables(_table(base), kinds))
-                     if parquet else hostile_text(base), label="case")
+    case = _draw_case(data, base, parquet)
     with tempfile.TemporaryDirectory() as tmp:
-        clean, path, out = Path(tmp) / "clean.csv", Path(tmp) / base.name, Path(tmp) / "o"
-        if parquet:
-            path = path.with_suffix(".parquet")
-        clean.write_bytes(base.render())
-        if isinstance(case, TableCase):
-            pq.write_table(case.table, path)
-        else:
-            path.write_bytes(case.data)
+        clean, path, out = _write_case(Path(tmp), base, case, parquet)
         got = check(case, path, lambda: read_predictions(path, world["heldout"]),
                     ["audit", "--data", str(world["data"]), "--predictions", str(path),
                      "--out", str(out)], out)
@@ -238,19 +249,9 @@ def test_hostile_recommendation_files_exit_2_naming_the_file(
     world: dict[str, Any], parquet: bool, data: st.DataObject
 ) -> None:
     base = recommendations_file(world["log"])
-    kinds = dict(zip(base.columns, base.kinds, strict=True))
-    case = data.draw(st.one_of(hostile_bytes(_parquet_bytes(_table(base))),
-                               hostile_tables(_table(base), kinds))
-                     if parquet else hostile_text(base), label="case")
+    case = _draw_case(data, base, parquet)
     with tempfile.TemporaryDirectory() as tmp:
-        clean, path, out = Path(tmp) / "clean.csv", Path(tmp) / base.name, Path(tmp) / "o"
-        if parquet:
-            path = path.with_suffix(".parquet")
-        clean.write_bytes(base.render())
-        if isinstance(case, TableCase):
-            pq.write_table(case.table, path)
-        else:
-            path.write_bytes(case.data)
+        clean, path, out = _write_case(Path(tmp), base, case, parquet)
         got = check(case, path, lambda: read_recommendations(path, world["log"]),
                     ["evaluate", "--recommendations", str(path), "--data", str(world["data"]),
                      "--out", str(out)], out)
