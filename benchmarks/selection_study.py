@@ -760,7 +760,7 @@ def strategies(rule: Rule) -> dict[str, Callable[[Mapping[str, Any]], str]]:
     return out
 
 
-def split_worlds(records: Sequence[Mapping[str, Any]], seed: int, n_worlds: int) -> set[int]:
+def split_worlds(seed: int, n_worlds: int) -> set[int]:
     """Indices of the calibration half: a seeded permutation of all `n_worlds` indices (so a
     world's half does not depend on which others finished)."""
     permutation = np.random.default_rng(seed).permutation(n_worlds)
@@ -877,7 +877,7 @@ def analyse(records: Sequence[Mapping[str, Any]], n_worlds: int, seed: int,
             features: Sequence[str], confidence: float = 0.95,
             n_resamples: int = 2000) -> dict[str, Any]:
     """Split, fit on the calibration half, evaluate every strategy on both halves, checks."""
-    calibration = split_worlds(records, seed, n_worlds)
+    calibration = split_worlds(seed, n_worlds)
     cal = [r for r in records if r["index"] in calibration]
     held = [r for r in records if r["index"] not in calibration]
     rule = fit_rule(cal, features)

@@ -149,3 +149,16 @@ def test_evaluate_counts_ties_and_decisive_worlds() -> None:
     assert result["accuracy"] == pytest.approx(2 / 3)
     assert result["accuracy_decisive"] == 0.5 and result["decisive_worlds"] == 2
     assert result["regret"]["value"] == pytest.approx((0.0 + 0.1 + 0.02) / 3)
+
+
+def test_worlds_and_split_are_seeded() -> None:
+    specs = study.world_specs(48, 0, study.FULL)
+    assert specs == study.world_specs(48, 0, study.FULL) != study.world_specs(48, 1, study.FULL)
+    assert len({s.seed for s in specs}) == 48
+    for axis in study.AXES:
+        values = [s.knobs[axis.name] for s in specs]
+        assert axis.low <= min(values) and max(values) <= axis.high
+        # a Latin hypercube: one world in each 1/48 stratum of the axis (before rounding)
+        assert max(values) - min(values) > 0.9 * (axis.high - axis.low)
+    half = study.split_worlds(0, 48)
+    assert half == study.split_worlds(0, 48) and len(half) == 24 and half <= set(range(48))
