@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint bench
+.PHONY: setup run test wheel-check lint bench
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check rmdiag evaluators trainers tests benchmarks
 	$(PY) -m pytest -q
+	bash .ci/wheel_check.sh $(PY)
+
+# the wheel in a fresh venv, run from outside the checkout (.ci/wheel_check.sh); part of `test`
+wheel-check: $(STAMP)
+	bash .ci/wheel_check.sh $(PY)
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"

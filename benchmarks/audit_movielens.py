@@ -1,13 +1,15 @@
 """The reward-model audit on MovieLens-100K (leave-last-out, rewards = ratings).
 
 Run from the repository root:
-    python -m benchmarks.audit_movielens [--members 5] [--out DIR] [--compare-serial]
+    python -m benchmarks.audit_movielens [--members 5] [--heldout-per-user K] [--out DIR]
+        [--compare-serial]
 
 Fits the four baselines and a 5-member ensemble (LightGBM and sequence reward models, bootstrap
 resamples of users) on each user's events but the last two, audits them on those last two
 events, and prints: every model's RMSE, MAE and pairwise accuracy with 95% intervals on the
 `all` and `unexplored` slices; every reward model against every baseline (difference with
-interval, Holm-adjusted p); the spread/error correlation; the verdict; the wall time of each
+interval, Holm-adjusted p, and the smallest difference it could detect); calibration (mean
+error, ECE) and the exposure shift; the spread/error correlation; the verdict; the wall time of each
 stage against the 2-minute target. The last line is one JSON object with the headline figures.
 """
 
@@ -26,6 +28,8 @@ def main() -> None:
     parser.add_argument("--kinds", default="lightgbm,sequence")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--heldout-per-user", type=int, default=2,
+                        help="hold out each user's last K events (default 2, leave-last-out)")
     parser.add_argument("--out", help="also write audit.json and audit.html here")
     parser.add_argument(
         "--compare-serial",
@@ -43,7 +47,7 @@ def main() -> None:
     path = args.data or str(movielens_100k_path())
     load_avg = os.getloadavg()
     started = time.perf_counter()
-    train, heldout = audit_inputs(path)
+    train, heldout = audit_inputs(path, heldout_per_user=args.heldout_per_user)
     loaded = time.perf_counter() - started
     config = AuditConfig(
         kinds=args.kinds, n_members=args.members, threads=args.threads, seed=args.seed
@@ -69,8 +73,17 @@ def main() -> None:
         adjusted = "n/a" if c["p_adjusted"] is None else f"{c['p_adjusted']:.2g}"
         print(
             f"{c['model']:10s} {c['baseline']:12s} {c['slice']:10s} {c['metric']:18s} "
-            f"{c['difference'].text():>26s}  p_holm={adjusted}"
+            f"{c['difference'].text():>26s}  p_holm={adjusted}  detectable="
+            + ("n/a" if c["detectable_difference"] is None
+               else f"{c['detectable_difference']:.3g}")
         )
+    print("\ncalibration (mean error = prediction - reward; ECE over 10 quantile bins):")
+    for name, slices in result.calibration.items():
+        print(f"  {name:12s} " + "  ".join(
+            f"{s}: mean_error {c['mean_error'].text()}, ece {c['ece'].text()}"
+            for s, c in slices.items()))
+    print(f"exposure shift, held-out minus train mean reward: "
+          f"{result.shift['heldout_minus_train'].text()}")
     print("\nspread vs |error| (Spearman):", {k: f.text() for k, f in result.spread_error.items()})
     print(
         "train RMSE, held-out minus train RMSE (paired p):",
@@ -101,7 +114,18 @@ def main() -> None:
             f"same ensemble RMSE figure: {same}"
         )
     ensemble = result.models["ensemble"]["all"]
+    ordering = next(c for c in result.comparisons if c["model"] == "ensemble"
+                    and c["baseline"] == "item_mean" and c["slice"] == "all"
+                    and c["metric"] == "pairwise_accuracy")
     headline = {
+        "heldout_per_user": args.heldout_per_user,
+        "pairs": result.slices["all"]["pairs"],
+        "pair_users": result.slices["all"]["pair_users"],
+        "ordering_vs_item_mean": ordering["difference"].as_dict(),
+        "ordering_vs_item_mean_p_holm": ordering["p_adjusted"],
+        "ordering_vs_item_mean_detectable": ordering["detectable_difference"],
+        "ensemble_mean_error": result.calibration["ensemble"]["all"]["mean_error"].value,
+        "shift": result.shift["heldout_minus_train"].as_dict(),
         "seconds": round(total, 2),
         "members": args.members,
         "verdict": judgement.verdict,

@@ -2,7 +2,9 @@
 
 - `ranking_metrics` / `ranking_metrics_streaming` / `ranking_metrics_chunked`: per-user NDCG@k,
   HR@k and MRR over the full catalog, ties scored exactly (`evaluators.metrics`).
-- `evaluators.intervals`: `mean_interval`, `paired_difference`, `adjust_pvalues`, `Figure`.
+- `evaluators.intervals`: `mean_interval`, `paired_difference`, `ratio_interval`,
+  `paired_ratio_difference`, `grouped_bootstrap`, `spearman_interval`, `adjust_pvalues`,
+  `Figure`.
 - `evaluators.judge.EnsembleJudge`: a policy's value under a reward ensemble.
 - `evaluators.reference` and `evaluators.strategies`: a plain-Python reference and hypothesis
   strategies to property-test metric code (ours or yours).
@@ -12,10 +14,15 @@ from evaluators import intervals, judge, reference
 from evaluators.intervals import (
     Figure,
     PairedComparison,
+    RatioComparison,
     adjust_pvalues,
+    grouped_bootstrap,
     mean_interval,
     mean_intervals,
     paired_difference,
+    paired_ratio_difference,
+    ratio_interval,
+    spearman_interval,
 )
 from evaluators.judge import EnsembleJudge, JudgeResult
 from evaluators.metrics import (
@@ -33,17 +40,22 @@ __all__ = [
     "Figure",
     "JudgeResult",
     "PairedComparison",
+    "RatioComparison",
     "RewardFnLike",
     "ScorerLike",
     "adjust_pvalues",
+    "grouped_bootstrap",
     "intervals",
     "judge",
     "mean_interval",
     "mean_intervals",
     "metric_names",
     "paired_difference",
+    "paired_ratio_difference",
     "ranking_metrics",
     "ranking_metrics_chunked",
     "ranking_metrics_streaming",
+    "ratio_interval",
     "reference",
+    "spearman_interval",
 ]

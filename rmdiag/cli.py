@@ -174,11 +174,24 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         select_config=dataclass_from_args(SelectConfig, args),
         predictions=args.predictions,
         predictions_name=args.predictions_name,
+        holdout_kind=args.holdout_kind,
+        heldout_per_user=_heldout_per_user(args),
+        overoptimization_curve=args.overoptimization,
     )
     print(f"verdict: {judgement.verdict}")
     for reason in judgement.reasons:
         print(f"  - {reason}")
     return EXIT_OK
+
+
+def _heldout_per_user(args: argparse.Namespace) -> int:
+    if args.heldout_per_user is None:
+        return 2
+    if args.holdout:
+        raise UsageError("--heldout-per-user applies without --holdout (leave-last-k-out)")
+    if args.heldout_per_user < 1:
+        raise UsageError(f"--heldout-per-user must be >= 1, got {args.heldout_per_user}")
+    return int(args.heldout_per_user)
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
@@ -381,6 +394,20 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: each user's last two events)",
     )
     audit.add_argument(
+        "--holdout-kind",
+        choices=("log", "random"),
+        default="log",
+        help="what --holdout holds: 'log' (events of the same logging policy) or 'random' "
+        "(ratings under randomized exposure: all of it is then the unexplored slice)",
+    )
+    audit.add_argument(
+        "--heldout-per-user",
+        type=int,
+        metavar="K",
+        help="without --holdout: hold out each user's last K events (default 2); more give "
+        "more within-user pairs, so power to see ordering gains",
+    )
+    audit.add_argument(
         "--predictions",
         help="your own reward model's predictions of the held-out events (Parquet or CSV: "
         "user_id, item_id, timestamp, prediction, optional member), audited beside the "
@@ -392,6 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="the name of the --predictions model in audit.json (default: external)",
     )
     audit.add_argument("--out", required=True, help="directory for audit.json and audit.html")
+    audit.add_argument(
+        "--overoptimization",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train an SFT policy (rmdiag.policies.PolicyConfig defaults) and compute its "
+        "best-of-n over-optimization curve against a proxy and a judge ensemble, each fitted on "
+        "half of the users (audit.json's `overoptimization`; the verdict reads it). "
+        "--no-overoptimization skips it (default: on)",
+    )
     add_dataclass_flags(audit, AuditConfig)
     add_dataclass_flags(audit, SelectConfig)
     audit.set_defaults(handler=_cmd_audit)
@@ -402,6 +438,14 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.set_defaults(handler=_cmd_simulate)
     _add_stage_commands(commands)
     return parser
+
+
+def _refused_resume(error: Exception) -> bool:
+    """A resume under settings other than its checkpoint's (bad input: exit 2)."""
+    # Looked up, not imported: only a command that imported trainers can have raised it, and
+    # importing it here would load torch for every command.
+    loop = sys.modules.get("trainers.loop")
+    return loop is not None and isinstance(error, loop.CheckpointMismatch)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -420,8 +464,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rmdiag {args.command}: interrupted", file=sys.stderr)
         return EXIT_FAILURE
-    except Exception:  # noqa: BLE001 - the exit code is the contract; the traceback is for us
-        traceback.print_exc()
+    except Exception as error:  # noqa: BLE001 - the exit code is the contract
+        if _refused_resume(error):
+            print(f"rmdiag {args.command}: error: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        traceback.print_exc()  # the traceback is for us
         print(f"rmdiag {args.command}: internal failure", file=sys.stderr)
         return EXIT_FAILURE
     print(f"rmdiag {args.command}: done in {time.perf_counter() - started:.1f} s", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,17 @@ ENCODED_SCHEMA = pa.schema(
 )
 
 _NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+_INTEGER = r"^\s*[-+]?\d+\s*$"
+_INT64_MAX = 2**63 - 1
+# values a CSV/TSV cell means "missing" by; "nan"/"inf" stay numbers (and are refused as such)
+_MISSING = ["", "NA", "N/A", "NULL", "null", "None"]
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 class DataError(ValueError):
@@ -231,36 +243,66 @@ def _to_arrow(frame: Any) -> pa.Table:
 
 
 def _read_file(path: Path) -> pa.Table:
+    """The table in a file, any hostile content refused as DataError naming the file (and the
+    column and row where there is one): not a regular file, empty, truncated or corrupt, a
+    header with an empty or repeated name, text that is not UTF-8 or holds NUL bytes."""
     name = str(path)
-    if not path.exists():
-        raise DataError("file not found", source=name)
-    if not path.is_file():
-        raise DataError("not a regular file", source=name)
-    if path.stat().st_size == 0:
+    try:
+        info = os.stat(path)  # before opening: a fifo would block open() and a read forever
+    except FileNotFoundError:
+        raise DataError("file not found", source=name) from None
+    except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
+        raise DataError(f"cannot read the file ({_first_line(error)})", source=name) from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((kind for test, kind in _FILE_KINDS if test(info.st_mode)), "not a file")
+        raise DataError(f"not a regular file ({kind})", source=name)
+    if info.st_size == 0:
         raise DataError("the file is empty", source=name)
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
-            return pq.read_table(path)
-        if suffix == ".inter":
-            return _read_recbole_inter(path)
-        if suffix == ".dat":  # MovieLens-1M/10M ratings.dat: user::item::rating::timestamp
-            return _read_delimited(
+            # ParquetFile, not read_table: the dataset reader fails on a repeated column name
+            # before the header check below could name it
+            with pq.ParquetFile(path) as parquet:
+                table = parquet.read()
+        elif suffix == ".inter":
+            table = _read_recbole_inter(path)
+        elif suffix == ".dat":  # MovieLens-1M/10M ratings.dat: user::item::rating::timestamp
+            table = _read_delimited(
                 path, "::", ["user_id", "item_id", "reward", "timestamp"], header=False
             )
-        if path.name == "u.data" or suffix == ".data":  # MovieLens-100K: tab-separated, no header
-            return _read_delimited(
+        elif path.name == "u.data" or suffix == ".data":  # MovieLens-100K: tab-separated
+            table = _read_delimited(
                 path, "\t", ["user_id", "item_id", "reward", "timestamp"], header=False
             )
-        if suffix == ".tsv":
-            return _read_delimited(path, "\t", None, header=True)
-        return _read_delimited(path, ",", None, header=True)
+        elif suffix == ".tsv":
+            table = _read_delimited(path, "\t", None, header=True)
+        else:
+            table = _read_delimited(path, ",", None, header=True)
     except DataError:
         raise
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, UnicodeDecodeError) as error:
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as error:
         raise DataError(
             f"unreadable or corrupt file ({_first_line(error)})", source=name
         ) from error
+    check_header(table.column_names, name)
+    return table
+
+
+def check_header(names: list[str], source: str) -> None:
+    """Refuse a header with an empty name, a NUL byte in a name, or a name given twice (which
+    of the two would be the column?)."""
+    seen: set[str] = set()
+    for position, name in enumerate(names, 1):
+        if not name.strip():
+            raise DataError(f"column {position} of the header has no name", source=source)
+        if "\x00" in name:
+            raise DataError(
+                f"column {position} of the header has a NUL byte: {name!r}", source=source
+            )
+        if name in seen:
+            raise DataError("the header names this column twice", source=source, column=name)
+        seen.add(name)
 
 
 def _first_line(error: BaseException) -> str:
@@ -271,25 +313,86 @@ def _first_line(error: BaseException) -> str:
 def _read_delimited(
     path: Path, delimiter: str, names: list[str] | None, *, header: bool
 ) -> pa.Table:
+    source = str(path)
     data: Any = path
     if len(delimiter) > 1:  # Arrow's CSV reader takes one-byte delimiters only
         data = io.BytesIO(path.read_bytes().replace(delimiter.encode(), b"\t"))
         delimiter = "\t"
-    read_options = pacsv.ReadOptions(
-        column_names=None if header else names, autogenerate_column_names=False
-    )
-    table = pacsv.read_csv(
-        data,
-        read_options=read_options,
-        parse_options=pacsv.ParseOptions(delimiter=delimiter),
-        # "nan"/"inf" stay numbers (and are refused as such, by name); only these mean "missing"
-        convert_options=pacsv.ConvertOptions(
-            strings_can_be_null=True, null_values=["", "NA", "N/A", "NULL", "null", "None"]
-        ),
-    )
+    invalid: list[Any] = []
+
+    def refuse(row: Any) -> str:  # a row with too few or too many fields
+        invalid.append(row)
+        return "error"
+
+    def read(use_threads: bool) -> pa.Table:
+        if isinstance(data, io.BytesIO):
+            data.seek(0)
+        return pacsv.read_csv(
+            data,
+            read_options=pacsv.ReadOptions(
+                column_names=None if header else names,
+                autogenerate_column_names=False,
+                use_threads=use_threads,
+            ),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=refuse),
+            convert_options=pacsv.ConvertOptions(strings_can_be_null=True, null_values=_MISSING),
+        )
+
+    try:
+        table = read(use_threads=True)
+        table.column_names  # noqa: B018 - decodes the header's names (the only text decoded)
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"the header is not valid UTF-8 ({error.reason} at byte {error.start})", source=source
+        ) from None
+    except pa.ArrowInvalid:
+        if not invalid:
+            raise
+        if invalid[0].number is None:  # a threaded read does not count rows; read again to
+            invalid.clear()  # find the bad one (it stops there)
+            try:
+                read(use_threads=False)
+            except pa.ArrowInvalid:
+                pass
+        if not invalid:
+            raise
+        bad = invalid[0]
+        # Arrow counts the header and every non-empty line; the table has neither of the first
+        row = None if bad.number is None else bad.number - (1 if header else 0)
+        raise DataError(
+            f"expected {bad.expected_columns} fields, found {bad.actual_columns}: "
+            f"{bad.text[:80]!r}",
+            source=source,
+            row=row,
+        ) from None
     if table.num_rows == 0 and table.num_columns == 0:
-        raise DataError("the file is empty", source=str(path))
+        raise DataError("the file is empty", source=source)
+    _check_text(table, source)
     return table
+
+
+def _check_text(table: pa.Table, source: str) -> None:
+    """Refuse the first cell (lowest row) that is not UTF-8 text (Arrow reads such a column as
+    binary) or that holds a NUL byte: a text log has neither."""
+    found: list[tuple[int, str, str]] = []
+    for name, values in zip(table.column_names, table.columns, strict=True):
+        if pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type):
+            for row, value in enumerate(values.to_pylist(), 1):
+                try:
+                    if value is not None:
+                        value.decode("utf-8")
+                except UnicodeDecodeError:
+                    found.append((row, name, f"the value {value[:40]!r} is not valid UTF-8"))
+                    break
+        elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            nul = pc.match_substring(values, "\x00")
+            if pc.any(nul).as_py():
+                row = int(np.flatnonzero(np.asarray(pc.fill_null(nul, False)))[0]) + 1
+                found.append((row, name, f"the value {values[row - 1].as_py()[:40]!r} holds "
+                              "a NUL byte"))
+    if found:
+        row, name, message = min(found)
+        raise DataError(message, source=source, column=name, row=row)
 
 
 def _read_recbole_inter(path: Path) -> pa.Table:
@@ -304,6 +407,7 @@ def _read_recbole_inter(path: Path) -> pa.Table:
 
 def validate(table: pa.Table, source: str, columns: Mapping[str, str] | None = None) -> pa.Table:
     """Map names and check every column; returns the canonical raw table or raises DataError."""
+    check_header(table.column_names, source)
     names = resolve_columns(table.column_names, source, columns)
     if table.num_rows == 0:
         raise DataError("the log has no rows", source=source)
@@ -374,50 +478,104 @@ def _not_integral(values: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.or_(pc.invert(pc.is_finite(values)), pc.not_equal(pc.floor(values), values))
 
 
+def _decoded(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A dictionary-encoded column (e.g. a pandas categorical in Parquet) as its values."""
+    if pa.types.is_dictionary(values.type):
+        return values.cast(values.type.value_type)
+    return values
+
+
+def _to_int64(
+    values: pa.ChunkedArray, source: str, column: str, what: str, *, exact: bool = False
+) -> pa.ChunkedArray:
+    """int64 of an integer or an integral float column, refusing the first value beyond int64
+    (Arrow reads an integer beyond it from a CSV as a float) and, with `exact` (ids, which must
+    be the integer written), a float beyond 2**53, where floats skip integers."""
+    kind = values.type
+    if pa.types.is_floating(kind):
+        values = values.cast(pa.float64())  # float16 has no floor
+        _refuse_first(_not_integral(values), values, f"{what} {{value}} is not an integer",
+                      source, column)
+        magnitude = pc.abs(values)
+        _refuse_first(pc.greater_equal(magnitude, 2.0**63), values,
+                      f"{what} {{value}} does not fit in int64", source, column)
+        if exact:
+            _refuse_first(pc.greater(magnitude, 2.0**53), values,
+                          f"{what} {{value}} is beyond 2**53, where a float cannot hold every "
+                          "integer: write ids as integers or as strings", source, column)
+        return values.cast(pa.int64())
+    if pa.types.is_unsigned_integer(kind) and kind.bit_width == 64:
+        beyond = pc.greater(values, pa.scalar(_INT64_MAX, pa.uint64()))
+        _refuse_first(beyond, values, f"{what} {{value}} does not fit in int64", source, column)
+    return values.cast(pa.int64())
+
+
 def _validate_id(values: pa.ChunkedArray, source: str, column: str) -> pa.ChunkedArray:
     _refuse_first(pc.is_null(values), values, "missing id", source, column)
+    values = _decoded(values)
     kind = values.type
-    if pa.types.is_integer(kind):
-        return values.cast(pa.int64())
-    if pa.types.is_floating(kind):
-        _refuse_first(_not_integral(values), values, "id {value} is not an integer", source, column)
-        return values.cast(pa.int64())
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        return _to_int64(values, source, column, "id", exact=True)
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return values.cast(pa.string())
     raise DataError(f"ids must be integers or strings, not {kind}", source=source, column=column)
 
 
 def _validate_timestamp(values: pa.ChunkedArray, source: str, column: str) -> pa.ChunkedArray:
+    """int64 timestamps: integers as they are; dates and datetimes in seconds, or in their own
+    unit where they have parts of a second (so that the order of events is kept)."""
     _refuse_first(pc.is_null(values), values, "missing timestamp", source, column)
+    values = _decoded(values)
     kind = values.type
-    if pa.types.is_integer(kind):
-        return values.cast(pa.int64())
-    if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+        return _to_int64(values, source, column, "timestamp")
+    if pa.types.is_date(kind):
         return values.cast(pa.timestamp("s")).cast(pa.int64())
-    if pa.types.is_floating(kind):
-        message = "timestamp {value} is not a finite integer"
-        _refuse_first(_not_integral(values), values, message, source, column)
-        return values.cast(pa.int64())
+    if pa.types.is_timestamp(kind):
+        try:
+            return values.cast(pa.timestamp("s", kind.tz)).cast(pa.int64())
+        except pa.ArrowInvalid:  # parts of a second: seconds would lose the order
+            return values.cast(pa.int64())
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        bad = pc.invert(pc.match_substring_regex(values, r"^\s*[-+]?\d+\s*$"))
+        bad = pc.invert(pc.match_substring_regex(values, _INTEGER))
         _refuse_first(bad, values, "timestamp {value} is not an integer", source, column)
-        return pc.utf8_trim_whitespace(values).cast(pa.int64())
+        text = pc.replace_substring_regex(pc.utf8_trim_whitespace(values), r"^\+", "")
+        try:
+            return text.cast(pa.int64())
+        except pa.ArrowInvalid:  # digits beyond int64
+            beyond = [not -(2**63) <= int(v) <= _INT64_MAX for v in text.to_pylist()]
+            _refuse_first(pa.array(beyond), values, "timestamp {value} does not fit in int64",
+                          source, column)
+            raise
     raise DataError(f"timestamps must be integers, not {kind}", source=source, column=column)
 
 
-def _validate_reward(values: pa.ChunkedArray, source: str, column: str) -> pa.ChunkedArray:
-    _refuse_first(pc.is_null(values), values, "missing reward", source, column)
+def validate_number(
+    values: pa.ChunkedArray, source: str, column: str, what: str, *, booleans: bool = True
+) -> pa.ChunkedArray:
+    """Finite float64 of a numeric column (or of numbers as text), refusing the first missing,
+    non-numeric or non-finite value by name: "missing {what}", "{what} 'x' is not a number"."""
+    _refuse_first(pc.is_null(values), values, f"missing {what}", source, column)
+    values = _decoded(values)
     kind = values.type
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         bad = pc.invert(pc.match_substring_regex(values, _NUMBER))
-        _refuse_first(bad, values, "reward {value} is not a number", source, column)
+        _refuse_first(bad, values, f"{what} {{value}} is not a number", source, column)
         values = pc.utf8_trim_whitespace(values)
-    elif not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
-        raise DataError(f"rewards must be numbers, not {kind}", source=source, column=column)
-    as_float = values.cast(pa.float64())
+    elif not (
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or (booleans and pa.types.is_boolean(kind))
+    ):
+        raise DataError(f"{what}s must be numbers, not {kind}", source=source, column=column)
+    as_float = values.cast(pa.float64(), safe=False)  # an integer beyond 2**53 rounds
     bad = pc.invert(pc.is_finite(as_float))
-    _refuse_first(bad, as_float, "reward {value} is NaN or infinite", source, column)
+    _refuse_first(bad, as_float, f"{what} {{value}} is NaN or infinite", source, column)
     return as_float
+
+
+def _validate_reward(values: pa.ChunkedArray, source: str, column: str) -> pa.ChunkedArray:
+    return validate_number(values, source, column, "reward")
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,6 +15,14 @@ The rule (``verdict_from``; "beats" = significantly better, below):
   better than each of ``directional_baselines`` (default item_mean and bias, the baselines that
   order a user's items at all): its ordering can be followed, its level is not trustworthy.
 - ``unreliable``: otherwise.
+- The over-optimization guard (``overoptimization_guard``): when the audit's best-of-n curve
+  (``AuditResult.overoptimization``, ``rmdiag.overoptimization``) shows over-optimization --
+  the gold stops rising significantly before the largest n (``gold_peak_n`` < n_max) while the
+  proxy keeps rising past it, i.e. the proxy-gold gap widens significantly after the gold's
+  peak (``divergence``, one-sided p < ``alpha``) -- the verdict cannot be ``generalizes``
+  (optimizing the model online would not transfer), so it is ``directional``, which
+  ``generalizes`` implies. A curve that is unavailable (not computed, or a predictions file
+  that cannot score sampled items) is no evidence either way: the guard does not apply.
 
 "Beats" means the same on both slices: the paired difference from the baseline (users
 resampled jointly) is on the better side by more than the gain threshold (``min_rmse_gain``,
@@ -65,6 +73,14 @@ class SelectConfig:
         default=0.0,
         metadata=_help("verdict: a pairwise-accuracy gain counts only when larger than this"),
     )
+    overoptimization_guard: bool = field(
+        default=True,
+        metadata=_help(
+            "verdict: not `generalizes` when the best-of-n curve shows over-optimization (the "
+            "gold peaks before the largest n and the proxy-gold gap widens significantly after "
+            "the peak); issue 12 calibrates it"
+        ),
+    )
     directional_baselines: str = field(
         default="item_mean,bias",
         metadata=_help(
@@ -100,7 +116,11 @@ class Judgement:
     ``evidence`` maps a name to a JSON figure ``{"value", "low", "high"}`` (plus ``reason`` when
     unavailable): ``<slice>.<metric>.<model>`` for the model's own RMSE and pairwise accuracy,
     ``<slice>.<metric>.<model>-<baseline>`` for each comparison the rule read (the difference
-    model - baseline, with ``p_value`` and Holm's ``p_adjusted``).
+    model - baseline, with ``p_value`` and Holm's ``p_adjusted``), and, when the audit has a
+    best-of-n curve, ``overoptimization.gold_peak_n`` (``{"value": n, "n_max", "alpha"}``),
+    ``overoptimization.proxy_gold_gap`` (proxy − gold at n_max) and
+    ``overoptimization.divergence`` (the gap's widening after the peak, with its one-sided
+    ``p_value``).
     """
 
     verdict: str
@@ -115,13 +135,16 @@ class Judgement:
 def judge(
     result: AuditResult, config: SelectConfig | None = None, *, model: str = "ensemble"
 ) -> Judgement:
-    """The verdict on ``model`` (default: the ensemble) from an audit's figures."""
+    """The verdict on ``model`` (default: the ensemble) from an audit's figures, its
+    over-optimization curve included."""
     return verdict_from(
         result.models,
         result.comparisons,
         config,
         model=model,
         confidence=result.config.confidence,
+        shift=result.shift.get("heldout_minus_train"),
+        overoptimization=result.overoptimization,
     )
 
 
@@ -152,10 +175,14 @@ def verdict_from(
     *,
     model: str = "ensemble",
     confidence: float = 0.95,
+    shift: Figure | None = None,
+    overoptimization: Mapping[str, Any] | None = None,
 ) -> Judgement:
     """The verdict on ``model`` from the audit's figures (``AuditResult.models`` and
-    ``.comparisons``), with its reasons and evidence; the rule is in the module docstring.
-    ``confidence`` is the audit's interval level, for the reasons' text."""
+    ``.comparisons``, and its best-of-n curve ``overoptimization`` when there is one), with its
+    reasons and evidence; the rule is in the module docstring. ``confidence`` is the audit's
+    interval level, for the reasons' text. ``shift`` (the audit's held-out minus training mean
+    reward) is named in the reasons when its interval excludes 0."""
     config = config or SelectConfig()
     tests = {
         (slice_name, metric): {
@@ -180,7 +207,11 @@ def verdict_from(
     ]
     ordering = tests["all", ORDERING]
     directional_baselines = [CHANCE, *config.directional_baseline_list]
-    if not unmeasured and not any(failing.values()):
+    curve = overoptimization if has_curve(overoptimization) else None
+    guarded = curve is not None and config.overoptimization_guard and over_optimized(curve,
+                                                                                    config)
+    beats_all = not unmeasured and not any(failing.values())
+    if beats_all and not guarded:
         verdict = "generalizes"
     elif all(beats(ordering[b], config) for b in directional_baselines):
         verdict = "directional"
@@ -195,10 +226,18 @@ def verdict_from(
         _ordering_reason(ordering, failing["all", ORDERING]),
         _unexplored_reason(tests, failing, unmeasured),
     ]
+    if curve is not None:
+        reasons.append(_overoptimization_reason(curve, guarded, config))
     if verdict == "generalizes":
         reasons.append(
             "It beats every baseline in level and in within-user ordering, on all held-out "
             "events and on the unexplored slice: it generalizes."
+        )
+    elif verdict == "directional" and beats_all:
+        reasons.append(
+            "Directional: it beats every baseline in level and in within-user ordering on both "
+            "slices, but the best-of-n curve shows that optimizing it overshoots the gold: its "
+            "ordering can be followed, it is not trustworthy enough to optimize against online."
         )
     elif verdict == "directional":
         reasons.append(
@@ -217,7 +256,78 @@ def verdict_from(
             + "."
         )
     consulted = [entry for entries in tests.values() for entry in entries.values()]
-    return Judgement(verdict, tuple(reasons), _evidence(models, consulted, model), config)
+    evidence = _evidence(models, consulted, model)
+    if shift is not None:
+        evidence["shift.heldout_minus_train"] = shift.as_dict()
+        if shift.available and (shift.low > 0 or shift.high < 0):  # type: ignore[operator]
+            reasons.append(_shift_reason(shift, confidence))
+    if curve is not None:
+        evidence |= _curve_evidence(curve)
+    return Judgement(verdict, tuple(reasons), evidence, config)
+
+
+def _shift_reason(shift: Figure, confidence: float) -> str:
+    direction = "lower" if shift.value < 0 else "higher"  # type: ignore[operator]
+    return (
+        f"Exposure shift: the held-out events' mean reward is {direction} than the training "
+        f"log's, held-out minus training {shift.text()} ({confidence:.0%} interval, users "
+        "resampled); errors measured where the log looked may not carry over to where a policy "
+        "will go."
+    )
+
+
+def has_curve(curve: Mapping[str, Any] | None) -> bool:
+    """Does ``curve`` (audit.json's ``overoptimization``) hold figures, not only a reason?"""
+    return isinstance(curve, Mapping) and "gold_peak_n" in curve
+
+
+def over_optimized(curve: Mapping[str, Any], config: SelectConfig) -> bool:
+    """The guard's test: the gold peaks before the largest n and the proxy-gold gap widens
+    significantly after the peak (one-sided p < ``alpha``)."""
+    p_value = curve["divergence"].get("p_value")
+    return (curve["gold_peak_n"] < curve["n"][-1] and p_value is not None
+            and p_value < config.alpha)
+
+
+def _overoptimization_reason(curve: Mapping[str, Any], guarded: bool,
+                             config: SelectConfig) -> str:
+    n_max, peak = curve["n"][-1], curve["gold_peak_n"]
+    ns = list(curve["n"])
+
+    def at(key: str, n: int) -> str:
+        return Figure(**curve[key][ns.index(n)]).text()
+
+    def fig(key: str) -> str:
+        return Figure(**{k: curve[key][k] for k in ("value", "low", "high")}).text()
+
+    text = (
+        f"Best-of-n over the SFT policy's samples (gold: {curve['gold_kind']}): the proxy goes "
+        f"from {at('proxy', 1)} at n = 1 to {at('proxy', n_max)} at n = {n_max}, the gold from "
+        f"{at('gold', 1)} to {at('gold', n_max)}; "
+    )
+    if peak == n_max:
+        return text + f"the gold rises significantly at every doubling up to n = {n_max}."
+    text += (
+        f"the gold stops rising significantly at n = {peak} (gold {at('gold', peak)}); after "
+        f"it the proxy-gold gap widens by {fig('divergence')} (one-sided p = "
+        f"{curve['divergence']['p_value']:.3g}), proxy − gold at n = {n_max} "
+        f"{fig('proxy_gold_gap')}"
+    )
+    if guarded:
+        return text + (": optimizing the model overshoots its gold, so the verdict cannot be "
+                       "generalizes.")
+    if not config.overoptimization_guard:
+        return text + " (the over-optimization guard is off)."
+    return text + f": not a significant over-optimization at alpha = {config.alpha:g}."
+
+
+def _curve_evidence(curve: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        "overoptimization.gold_peak_n": {"value": curve["gold_peak_n"], "n_max": curve["n"][-1],
+                                         "alpha": curve.get("alpha")},
+        "overoptimization.proxy_gold_gap": dict(curve["proxy_gold_gap"]),
+        "overoptimization.divergence": dict(curve["divergence"]),
+    }
 
 
 def _comparison_text(entry: Mapping[str, Any]) -> str:

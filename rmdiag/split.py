@@ -42,6 +42,17 @@ def leave_last_out(log: Interactions, min_events: int = 3) -> Split:
     return Split(log.take(~(test | valid)), log.take(valid), log.take(test))
 
 
+def last_events_out(log: Interactions, k: int = 2) -> tuple[Interactions, Interactions]:
+    """(train, held-out): each user's last `k` events held out (leave-last-k-out), users with
+    `k` events or fewer keep all of them in train. `k = 2` holds out exactly
+    `leave_last_out`'s valid and test events."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    from_end, counts = position_from_end(log)
+    heldout = (counts >= k + 1) & (from_end < k)
+    return log.take(~heldout), log.take(heldout)
+
+
 def temporal_split(log: Interactions, test_start: int, valid_start: int | None = None) -> Split:
     """A global cut in time: test = events at or after `test_start`; valid = events in
     [valid_start, test_start) (empty when `valid_start` is None); train = the rest, before both."""

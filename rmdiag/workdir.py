@@ -18,7 +18,10 @@
 Every stage directory is assembled in a hidden staging sibling and renamed into place, so it is
 there whole or not at all, and carries its own fingerprint: a stage is reused only when the
 fingerprint in its directory equals the one its inputs give now. A checkpoint is resumed only
-when the record's fingerprint for its policy (written before training starts) matches.
+when the record's fingerprint for its policy (written before training starts) matches; one whose
+policy's inputs changed since is refused (`trainers.loop.CheckpointMismatch`, which `rmdiag`
+exits 2 on, naming the inputs that differ) rather than silently thrown away with the training
+it holds.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from rmdiag import persist
 from rmdiag.audit import AuditResult
 from rmdiag.outputs import to_json, write_atomic
 from rmdiag.policies import TrainedPolicy
+from trainers.loop import CheckpointMismatch
 
 WORK_DIR = ".work"
 RECORD_FILE = "stages.json"
@@ -64,6 +68,19 @@ def file_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
             "sha256": digest.hexdigest()}
 
 
+def differences(old: Mapping[str, Any], new: Mapping[str, Any],
+                prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """The leaves in which two nested input records differ, as dotted names -> (old, new)."""
+    found: dict[str, tuple[Any, Any]] = {}
+    for name in sorted(old.keys() | new.keys()):
+        before, after = old.get(name), new.get(name)
+        if isinstance(before, Mapping) and isinstance(after, Mapping):
+            found |= differences(before, after, f"{prefix}{name}.")
+        elif before != after:
+            found[f"{prefix}{name}"] = (before, after)
+    return found
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
@@ -81,8 +98,9 @@ class WorkDir:
             _remove(self.root)
         # created by the first stage that finishes: input refused by the audit leaves nothing
         for leftover in [*self.root.glob(f"{_STAGING}*"),
-                         *self.root.glob(f"policies/{_STAGING}*")]:
-            _remove(leftover)  # a stage killed (not interrupted) while being assembled
+                         *self.root.glob(f"policies/{_STAGING}*"),
+                         *self.root.glob("checkpoints/*.tmp")]:
+            _remove(leftover)  # a stage or checkpoint killed (not interrupted) while written
         self.stages: dict[str, dict[str, Any]] = self._read_record() if resume else {}
 
     def _read_record(self) -> dict[str, dict[str, Any]]:
@@ -186,7 +204,15 @@ class WorkDir:
         if self._stored_fingerprint(directory / "meta.json") == key:
             self.record(stage_name, inputs, done=True, status="reused")
             return self._load_policy(name), True
+        recorded = self.stages.get(stage_name)
         if self.recorded(stage_name) != key:
+            if (checkpoint.exists() and isinstance(recorded, dict) and not recorded.get("done")
+                    and isinstance(recorded.get("inputs"), dict)):
+                # An interrupted training under other settings: refused, not discarded unasked.
+                raise CheckpointMismatch(
+                    checkpoint, differences(recorded["inputs"], inputs),
+                    advice="resume with the settings it was started with, or delete it (or run "
+                    "without --resume) to train it afresh")
             checkpoint.unlink(missing_ok=True)  # another run's: not resumable into this one
         if directory.exists():
             _remove(directory)

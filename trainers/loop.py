@@ -42,7 +42,31 @@ LossFn = Callable[[nn.Module, TensorData, torch.Generator], tuple[Any, ...]]
 PrepareFn = Callable[[nn.Module, TensorData, torch.Generator], list[TensorData]]
 EvalFn = Callable[[nn.Module], dict[str, float]]
 
-CHECKPOINT_VERSION = 1
+# 2: per-rank random states (lists), the world size and the config's type.
+CHECKPOINT_VERSION = 2
+
+# Config fields a resume may change: where and how often checkpoints and logs are written, the
+# progress bar, and how long to train (a run may be continued for more steps or time; with a
+# cosine schedule the decay then follows the new length). Any other difference is refused.
+RESUME_MAY_CHANGE = frozenset(
+    {"checkpoint_path", "checkpoint_every", "log_dir", "progress", "max_steps", "epochs",
+     "max_seconds"}
+)
+
+
+class CheckpointMismatch(ValueError):
+    """A resume whose setting differs from the checkpoint's; ``fields`` maps each differing
+    name to (the checkpoint's value, the value now)."""
+
+    def __init__(self, path: str | os.PathLike[str], fields: Mapping[str, tuple[object, object]],
+                 advice: str = "resume with the checkpoint's settings, or start afresh without "
+                 "it") -> None:
+        self.fields = dict(fields)
+        differences = "; ".join(f"{name}: {old!r} in the checkpoint, {new!r} now"
+                                for name, (old, new) in self.fields.items())
+        super().__init__(
+            f"cannot resume {path}: it was written with other settings ({differences}); {advice}"
+        )
 
 
 def describe(text: str) -> dict[str, str]:
@@ -223,9 +247,43 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, object]) -> N
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, object]:
     """Read a checkpoint safely (tensors and plain values only; nothing is unpickled)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+    if not isinstance(state, dict) or "version" not in state:
         raise ValueError(f"{path} is not a trainers checkpoint (version {CHECKPOINT_VERSION})")
+    if state["version"] != CHECKPOINT_VERSION:
+        raise CheckpointMismatch(path, {"checkpoint version": (state["version"],
+                                                               CHECKPOINT_VERSION)})
     return state
+
+
+def config_values(config: TrainConfig) -> dict[str, object]:
+    """The config as the checkpoint keeps it: plain values, and its type's name."""
+    return {"type": type(config).__name__, **asdict(config)}
+
+
+def check_resume(path: str | os.PathLike[str], state: Mapping[str, object],
+                 config: TrainConfig, world: int) -> None:
+    """Refuse (CheckpointMismatch) a resume under another world size or a config that differs
+    from the checkpoint's outside RESUME_MAY_CHANGE."""
+    saved = state["config"]
+    assert isinstance(saved, dict)
+    now = config_values(config)
+    fields = {name: (saved.get(name), now.get(name)) for name in sorted(saved.keys() | now.keys())
+              if name not in RESUME_MAY_CHANGE and saved.get(name) != now.get(name)}
+    if state["world_size"] != world:
+        fields["world size"] = (state["world_size"], world)
+    if fields:
+        raise CheckpointMismatch(path, fields)
+
+
+def _gather(state: torch.Tensor, world: int, device: torch.device) -> list[torch.Tensor]:
+    """Every rank's `state` (a uint8 tensor of the same size on each), in rank order, on CPU:
+    tensors, not pickled objects, so the checkpoint still loads with weights_only=True."""
+    if world == 1:
+        return [state.clone()]
+    local = state.to(device)  # NCCL gathers CUDA tensors only; gloo takes CPU ones
+    parts = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(parts, local)
+    return [part.cpu() for part in parts]
 
 
 def _summary_writer_class() -> Any:
@@ -262,7 +320,8 @@ def train_loop(
     ``config.eval_every`` steps and after the last; its figures go into ``history``. With
     ``early_stopping_metric`` the run stops after ``patience`` evaluations without a new best and
     the model is left with its best weights. ``resume_from`` continues a run from its checkpoint
-    (same data and config): the result equals the uninterrupted run's.
+    (same data, world size and config up to ``RESUME_MAY_CHANGE``, else ``CheckpointMismatch``):
+    the result equals the uninterrupted run's.
     """
     data = check_data(data)
     # Refuse a log_dir without tensorboard before any work; only rank 0 writes.
@@ -295,10 +354,14 @@ def train_loop(
 
     if resume_from is not None:
         state = load_checkpoint(resume_from)
+        check_resume(resume_from, state, config, world)
         model.load_state_dict(state["model"])  # type: ignore[arg-type]
         optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
-        torch.set_rng_state(state["torch_rng"])  # type: ignore[arg-type]
-        generator.set_state(state["generator"])  # type: ignore[arg-type]
+        # Each rank its own random state: its dropout masks and samples go on as uninterrupted.
+        torch.set_rng_state(state["torch_rng"][rank])  # type: ignore[index]
+        if state["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"][rank], device)  # type: ignore[index]
+        generator.set_state(state["generator"][rank])  # type: ignore[index]
         step, rows_seen = int(state["step"]), int(state["rows_seen"])  # type: ignore[call-overload]
         train_seconds = float(state["train_seconds"])  # type: ignore[arg-type]
         history = list(state["history"])  # type: ignore[call-overload]
@@ -312,12 +375,16 @@ def train_loop(
         generator.manual_seed(config.seed + 7919 * (rank + 1))
 
     def checkpoint_state() -> dict[str, object]:
+        """The run's state; a collective under torchrun (every rank's random state)."""
+        cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         return {
             "version": CHECKPOINT_VERSION,
+            "world_size": world,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "generator": generator.get_state(),
+            "torch_rng": _gather(torch.get_rng_state(), world, device),
+            "cuda_rng": None if cuda_rng is None else _gather(cuda_rng, world, device),
+            "generator": _gather(generator.get_state(), world, device),
             "step": step,
             "rows_seen": rows_seen,
             "train_seconds": train_seconds,
@@ -326,8 +393,7 @@ def train_loop(
             "best_score": best_score,
             "best_step": best_step,
             "evals_since_best": evals_since_best,
-            "config": {k: v for k, v in asdict(config).items()
-                       if k not in ("checkpoint_path", "log_dir")},
+            "config": config_values(config),
         }
 
     def evaluate() -> bool:
@@ -412,8 +478,10 @@ def train_loop(
             if (config.eval_every and step % config.eval_every == 0) or last:
                 stopped_early = evaluate()
             due = config.checkpoint_every and step % config.checkpoint_every == 0
-            if config.checkpoint_path is not None and rank == 0 and (due or last or stopped_early):
-                save_checkpoint(config.checkpoint_path, checkpoint_state())
+            if config.checkpoint_path is not None and (due or last or stopped_early):
+                snapshot = checkpoint_state()  # on every rank: it gathers their random states
+                if rank == 0:
+                    save_checkpoint(config.checkpoint_path, snapshot)
             if stopped_early or out_of_time:
                 break
     finally:

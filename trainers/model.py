@@ -50,23 +50,34 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
-class _Block(nn.Module):
-    """Pre-norm transformer block: masked multi-head self-attention, then a GELU MLP."""
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer block: masked multi-head self-attention, then a GELU MLP.
 
-    def __init__(self, config: ModelConfig) -> None:
+    The policy's block, and the one other sequence models of the project reuse (the sequence
+    reward model). ``forward(x [N, L, hidden], attn_mask)`` takes any mask
+    ``scaled_dot_product_attention`` does: boolean (True = may attend) or additive float (e.g.
+    ALiBi biases with -inf), broadcastable to [N, n_heads, L, L]. Dropout applies to attention
+    weights and to both residual branches in training mode.
+    """
+
+    def __init__(
+        self, hidden: int, n_heads: int, dropout: float = 0.0, ffn_multiplier: int = 4
+    ) -> None:
         super().__init__()
-        self.n_heads = config.n_heads
-        self.dropout = config.dropout
-        self.attn_norm = nn.LayerNorm(config.hidden)
-        self.qkv = nn.Linear(config.hidden, 3 * config.hidden)
-        self.attn_out = nn.Linear(config.hidden, config.hidden)
-        self.ffn_norm = nn.LayerNorm(config.hidden)
+        if hidden % n_heads != 0:
+            raise ValueError(f"hidden ({hidden}) must be divisible by n_heads ({n_heads})")
+        self.n_heads = n_heads
+        self.dropout = dropout
+        self.attn_norm = nn.LayerNorm(hidden)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.attn_out = nn.Linear(hidden, hidden)
+        self.ffn_norm = nn.LayerNorm(hidden)
         self.ffn = nn.Sequential(
-            nn.Linear(config.hidden, config.ffn_multiplier * config.hidden),
+            nn.Linear(hidden, ffn_multiplier * hidden),
             nn.GELU(),
-            nn.Linear(config.ffn_multiplier * config.hidden, config.hidden),
+            nn.Linear(ffn_multiplier * hidden, hidden),
         )
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         n, length, hidden = x.shape
@@ -96,7 +107,10 @@ class SequentialRecommender(nn.Module):
         self.item_embedding = nn.Embedding(config.n_items + 1, config.hidden, padding_idx=0)
         self.position_embedding = nn.Embedding(config.max_len, config.hidden)
         self.input_drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(_Block(config) for _ in range(config.n_blocks))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(config.hidden, config.n_heads, config.dropout, config.ffn_multiplier)
+            for _ in range(config.n_blocks)
+        )
         self.final_norm = nn.LayerNorm(config.hidden)
         self._init_weights()
 
@@ -109,7 +123,7 @@ class SequentialRecommender(nn.Module):
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
         for block in self.blocks:
-            assert isinstance(block, _Block)
+            assert isinstance(block, TransformerBlock)
             for linear in (block.qkv, block.attn_out, block.ffn[0], block.ffn[2]):
                 assert isinstance(linear, nn.Linear)
                 nn.init.normal_(linear.weight, std=0.02)

@@ -21,22 +21,33 @@ rank correlation of the ensemble's member spread with its absolute error (does d
 track error?); and each model's train-versus-held-out RMSE gap. The audit measures; it does not
 decide: the verdict is ``rmdiag.select``'s (``judge``), and ``rmdiag.report`` writes both.
 
-Per-user values. Every figure is the mean over users of a per-user value, which is what lets one
-interval routine (users resampled) serve all of them: for user u with n_u events in a slice of N
-events and U users, ``mse_u = U / N * sum of u's squared errors`` (so the mean over users is the
-event-level MSE; RMSE's interval is the square root of MSE's), likewise MAE and, over users with
-at least one usable pair, pairwise accuracy with the user's pair count in place of n_u. RMSE
-differences use the linearization ``rmse + (mse_u - mse) / (2 rmse)`` per user: its mean is the
-RMSE exactly and its spread is the delta-method one.
+Per-user sums: the ratio estimator. Every figure is a ratio of sums over users, which is what
+lets one kind of interval (users resampled) serve all of them whatever each user's number of
+held-out events: for user u, ``mse`` sums u's squared errors in the slice over u's event count,
+so sum over users of the numerators over the sum of the denominators is the event-level MSE
+(RMSE is its square root, and RMSE's interval the square root of MSE's ends); likewise MAE, and
+pairwise accuracy over the users with a usable pair, with u's correct pairs over u's pair count.
+Each bootstrap resample of users recomputes both sums (``evaluators.intervals.ratio_interval``).
+A paired difference of two models on a slice shares the denominator and resamples users jointly
+(``paired_ratio_difference``); its p-value is a t-test across users of the delta-method
+linearization ``v_u = D + f'(R_a) (a_u - R_a n_u) / mean(n) - f'(R_b) (b_u - R_b n_u) / mean(n)``
+(f the square root for RMSE, the identity otherwise), whose mean is the difference D. With the same
+count for every user (as under leave-last-out) these are the per-user shares' mean and paired
+t-test; with unequal counts the share of a fixed denominator
+(``U / N * sum``) would carry the variance of the counts too. The train-versus-held-out gap is
+such a difference with one denominator per part.
 
-Statistics come from ``evaluators.intervals`` through three small functions
-(``rmdiag.audit.statistics``: ``mean_figure``, ``paired_stats``, ``holm``).
+Statistics come from ``evaluators.intervals`` through small functions
+(``rmdiag.audit.statistics``: ``ratio_figure``, ``paired_ratio_stats``, ``mean_figure``,
+``holm``); the spread-error correlation's interval is ``evaluators.intervals.spearman_interval``
+(all events of the drawn users in each resample).
 
-Modules: ``config`` (AuditConfig, SLICES, METRICS), ``figures`` (Figure), ``statistics`` (the
-interval, paired and Holm wrappers), ``metrics`` (per-user metric values on a slice, spread-error
-correlation), ``models`` (fitting the baselines and the ensemble), ``gap`` (train versus
-held-out), ``inputs`` (audit_inputs, check_auditable, InsufficientDataError), ``result``
-(AuditResult), ``run`` (``audit``).
+Modules: ``config`` (AuditConfig, SLICES, METRICS), ``figures`` (``Figure``, the project's one
+figure class from ``evaluators.intervals``, re-exported), ``statistics`` (the interval, paired and
+Holm wrappers), ``metrics`` (per-user metric sums on a slice, spread-error correlation),
+``models`` (fitting the baselines and the ensemble), ``gap`` (train versus held-out), ``inputs``
+(audit_inputs, check_auditable, InsufficientDataError), ``result`` (AuditResult), ``run``
+(``audit``).
 """
 
 from rmdiag.audit.config import METRICS, SLICES, AuditConfig

@@ -39,6 +39,13 @@ class AuditConfig:
         metadata=_help("a held-out event is unexplored when its item has fewer training events"),
     )
     confidence: float = field(default=0.95, metadata=_help("confidence level of every interval"))
+    power: float = field(
+        default=0.8,
+        metadata=_help(
+            "power of each comparison's detectable difference (the smallest gain it would find "
+            "significant, after Holm, with this probability)"
+        ),
+    )
     n_resamples: int = field(
         default=2000, metadata=_help("bootstrap resamples of users for every interval")
     )
@@ -77,6 +84,8 @@ class AuditConfig:
             problems.append(f"n_members must be >= 1, got {self.n_members}")
         if not 0.5 <= self.confidence < 1:
             problems.append(f"confidence must be in [0.5, 1), got {self.confidence}")
+        if not 0.5 <= self.power < 1:
+            problems.append(f"power must be in [0.5, 1), got {self.power}")
         if self.n_resamples < 100:
             problems.append(f"n_resamples must be >= 100, got {self.n_resamples}")
         if self.min_users < 2 or self.min_pairs < 1 or self.min_count < 1:

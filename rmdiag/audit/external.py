@@ -27,6 +27,8 @@ from rmdiag.data import (
     _to_arrow,
     _validate_id,
     _validate_timestamp,
+    check_header,
+    validate_number,
 )
 from rmdiag.rewards import BASELINES, REWARD_MODELS
 from rmdiag.sequences import event_sequences
@@ -67,6 +69,7 @@ def read_predictions(
         table = _read_file(Path(source))
     else:
         name, table = "<predictions>", _to_arrow(source)
+        check_header(table.column_names, name)
     present = table.column_names
     for column in ("user_id", "item_id", "prediction"):
         if column not in present:
@@ -79,15 +82,8 @@ def read_predictions(
     timed = "timestamp" in present
     times = (_validate_timestamp(table.column("timestamp"), name, "timestamp").to_pylist()
              if timed else [None] * table.num_rows)
-    values = table.column("prediction")
-    _refuse_first(pc.is_null(values), values, "missing prediction", name, "prediction")
-    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
-        raise DataError(f"predictions must be numbers, not {values.type}", source=name,
-                        column="prediction")
-    values = values.cast(pa.float64())
-    _refuse_first(pc.invert(pc.is_finite(values)), values, "prediction {value} is NaN or infinite",
-                  name, "prediction")
-    predictions = values.to_numpy()
+    predictions = validate_number(table.column("prediction"), name, "prediction", "prediction",
+                                  booleans=False).to_numpy()
     if "member" in present:
         member_column = table.column("member")
         _refuse_first(pc.is_null(member_column), member_column, "missing member", name, "member")

@@ -9,10 +9,8 @@ import numpy as np
 
 from rmdiag.audit.config import AuditConfig
 from rmdiag.audit.external import reward_fn_events
-from rmdiag.audit.figures import Figure
-from rmdiag.audit.metrics import rmse_linearized
 from rmdiag.audit.models import reward_model_predictions
-from rmdiag.audit.statistics import mean_figure, paired_stats
+from rmdiag.audit.statistics import paired_ratio_stats, ratio_figure
 from rmdiag.data import Interactions
 from rmdiag.rewards import RewardEnsemble
 from rmdiag.rewards.base import RewardModel
@@ -29,9 +27,10 @@ def train_gap(
     external: Mapping[str, Callable[..., Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """RMSE on (a sample of) training events, each given its earlier training events, against
-    held-out RMSE. The gap is held-out minus train (large gaps mean memorization); users are
-    resampled jointly over the union of both parts' users (a user absent from one part adds
-    nothing to that part's sum)."""
+    held-out RMSE. The gap is held-out minus train (large gaps mean memorization); each RMSE is
+    the square root of a ratio of per-user sums (squared errors over events), users resampled
+    jointly over the union of both parts' users (a user absent from one part adds nothing to
+    that part's sums)."""
     rng = np.random.default_rng(config.seed)
     rows = np.arange(len(train))
     if len(rows) > config.gap_events:
@@ -45,8 +44,10 @@ def train_gap(
     train_index = np.searchsorted(union, sample.users)
     heldout_index = np.searchsorted(union, heldout.users)
 
-    def per_user_mse(index: np.ndarray, squared: np.ndarray) -> np.ndarray:
-        return np.bincount(index, weights=squared, minlength=len(union)) * len(union) / len(index)
+    def per_user(index: np.ndarray, squared: np.ndarray | None = None) -> np.ndarray:
+        return np.bincount(index, weights=squared, minlength=len(union)).astype(np.float64)
+
+    train_events, heldout_events = per_user(train_index), per_user(heldout_index)
 
     stats = {
         "confidence": config.confidence,
@@ -55,14 +56,14 @@ def train_gap(
     }
     out: dict[str, dict[str, Any]] = {}
     for name, pred in predictions.items():
-        train_mse = per_user_mse(train_index, (pred - sample.rewards) ** 2)
-        heldout_mse = per_user_mse(
+        train_squared = per_user(train_index, (pred - sample.rewards) ** 2)
+        heldout_squared = per_user(
             heldout_index, (heldout_predictions[name] - heldout.rewards) ** 2
         )
-        fig = mean_figure(train_mse, **stats)
-        train_rmse = Figure(*(float(np.sqrt(max(v, 0.0))) for v in (fig.value, fig.low, fig.high)))
-        gap, p_value = paired_stats(
-            rmse_linearized(heldout_mse), rmse_linearized(train_mse), **stats
+        train_rmse = ratio_figure(train_squared, train_events, transform="sqrt", **stats)
+        gap, p_value, _ = paired_ratio_stats(
+            heldout_squared, train_squared, heldout_events, train_events, transform="sqrt",
+            **stats
         )
         out[name] = {"train_rmse": train_rmse, "gap": gap, "p_value": p_value}
     return out

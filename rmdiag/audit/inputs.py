@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from rmdiag.data import DataError, Interactions, encode, load, read_table
-from rmdiag.split import leave_last_out
+from rmdiag.split import last_events_out
 
 
 class InsufficientDataError(DataError):
@@ -55,18 +55,20 @@ def audit_inputs(
     data: str | os.PathLike[str] | pa.Table | Any,
     holdout: str | os.PathLike[str] | pa.Table | Any | None = None,
     columns: Mapping[str, str] | None = None,
+    heldout_per_user: int = 2,
 ) -> tuple[Interactions, Interactions]:
     """(train, held-out) for an audit; ``data`` is a path, a table or an ``Interactions``.
 
-    Without ``holdout``: leave-last-out on ``data``; the held-out events are every user's last
-    two events (the split's valid and test), the rest trains. With ``holdout`` (for example
+    Without ``holdout``: leave-last-k-out on ``data``; the held-out events are every user's last
+    ``heldout_per_user`` events (by default two: the pipeline split's valid and test), the rest
+    trains. More events per user give more within-user pairs (up to k(k-1)/2 per user), hence
+    power to see ordering gains. With ``holdout`` (for example
     ratings collected under randomized exposure): all of ``data`` trains and the holdout's
     events are held out; both are encoded together so ids agree.
     """
     if holdout is None:
         log = data if isinstance(data, Interactions) else load(data, columns)
-        split = leave_last_out(log)
-        train, heldout = split.train, split.valid.concat(split.test)
+        train, heldout = last_events_out(log, heldout_per_user)
     else:
         raw, name = read_table(data, columns)
         raw_holdout, holdout_name = read_table(holdout, columns)

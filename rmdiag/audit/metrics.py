@@ -1,16 +1,15 @@
-"""Per-user values of the audit's metrics on a slice of held-out events (see ``rmdiag.audit``),
-and the rank correlation of ensemble spread with error."""
+"""Per-user sums of the audit's metrics on a slice of held-out events (each metric a ratio of
+sums over users, see ``rmdiag.audit``), and the rank correlation of ensemble spread with error."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.stats
 
+from evaluators.intervals import spearman_interval
 from rmdiag.audit.config import AuditConfig
 from rmdiag.audit.figures import Figure, finite_figure
-from rmdiag.audit.statistics import user_resamples
 
 
 def within_user_pairs(users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -63,21 +62,40 @@ class Slice:
         )
 
 
+@dataclass(frozen=True)
+class UserSums:
+    """A metric as a ratio of per-user sums: ``sum(numerator) / sum(denominator)`` over users is
+    its event-level (or pair-level) value, whatever each user's count; users with a zero
+    denominator hold nothing to measure (``evaluators.intervals.ratio_interval``)."""
+
+    numerator: np.ndarray
+    denominator: np.ndarray
+
+    @property
+    def value(self) -> float:
+        return float(self.numerator.sum() / self.denominator.sum())
+
+
 def per_user_metrics(
     pred: np.ndarray, rewards: np.ndarray, piece: Slice, config: AuditConfig
-) -> dict[str, np.ndarray | str]:
-    """Per-user values (see ``rmdiag.audit``) of each metric, or the reason it is unavailable."""
-    out: dict[str, np.ndarray | str] = {}
+) -> dict[str, UserSums | str]:
+    """Per-user sums of each metric (index = the slice's user index), or the reason it is
+    unavailable: ``mse`` and ``mae`` sum squared and absolute errors over the user's events in
+    the slice, over their event count; ``pairwise_accuracy`` sums correct pairs (a tied
+    prediction counts half) over the user's usable pairs."""
+    out: dict[str, UserSums | str] = {}
     if piece.n_users < config.min_users:
         reason = (
             f"{piece.n_users} users in the '{piece.name}' slice; at least {config.min_users} needed"
         )
         return {"mse": reason, "mae": reason, "pairwise_accuracy": reason}
     error = pred[piece.rows] - rewards[piece.rows]
-    scale = piece.n_users / len(piece.rows)
-    out["mse"] = np.bincount(piece.user_index, weights=error**2, minlength=piece.n_users) * scale
-    out["mae"] = (
-        np.bincount(piece.user_index, weights=np.abs(error), minlength=piece.n_users) * scale
+    events = np.bincount(piece.user_index, minlength=piece.n_users).astype(np.float64)
+    out["mse"] = UserSums(
+        np.bincount(piece.user_index, weights=error**2, minlength=piece.n_users), events
+    )
+    out["mae"] = UserSums(
+        np.bincount(piece.user_index, weights=np.abs(error), minlength=piece.n_users), events
     )
     n_pairs = len(piece.pair_sign)
     if n_pairs < config.min_pairs or piece.n_pair_users < config.min_users:
@@ -92,24 +110,19 @@ def per_user_metrics(
         np.sign(slice_pred[piece.pair_first] - slice_pred[piece.pair_second]) * piece.pair_sign
     )
     correct = np.where(agreement > 0, 1.0, np.where(agreement == 0, 0.5, 0.0))
-    pair_users, compact = np.unique(piece.pair_user, return_inverse=True)
-    per_user = np.bincount(compact, weights=correct, minlength=len(pair_users))
-    out["pairwise_accuracy"] = per_user * len(pair_users) / n_pairs
-    out["_pair_users"] = pair_users
+    out["pairwise_accuracy"] = UserSums(
+        np.bincount(piece.pair_user, weights=correct, minlength=piece.n_users),
+        np.bincount(piece.pair_user, minlength=piece.n_users).astype(np.float64),
+    )
     return out
-
-
-def rmse_linearized(mse_values: np.ndarray) -> np.ndarray:
-    """Per-user values whose mean is the RMSE and whose spread is the delta-method one."""
-    mse = float(mse_values.mean())
-    rmse = float(np.sqrt(mse))
-    return rmse + (mse_values - mse) / (2.0 * max(rmse, 1e-12))
 
 
 def spread_error_correlation(
     spread: np.ndarray, abs_error: np.ndarray, piece: Slice, config: AuditConfig
 ) -> Figure:
-    """Spearman correlation of member spread with absolute error, interval over users."""
+    """Spearman correlation of member spread with absolute error, interval over users
+    (``evaluators.intervals.spearman_interval``: each resample takes all events of the users
+    drawn, at most 1000 resamples)."""
     if piece.n_users < config.min_users:
         return Figure.unavailable(
             f"{piece.n_users} users in the '{piece.name}' slice; at least {config.min_users} needed"
@@ -117,23 +130,15 @@ def spread_error_correlation(
     x, y = spread[piece.rows], abs_error[piece.rows]
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return Figure.unavailable("spread or error is constant: the rank correlation is undefined")
-    value = float(scipy.stats.spearmanr(x, y).statistic)
-    # resample users: each draw takes all events of the drawn users
-    order = np.argsort(piece.user_index, kind="stable")
-    counts = np.bincount(piece.user_index, minlength=piece.n_users)
-    starts = np.cumsum(counts) - counts
-    draws = user_resamples(piece.n_users, min(config.n_resamples, 1000), config.seed)
-    estimates = []
-    for drawn in draws:
-        lengths = counts[drawn]
-        rows = order[
-            np.repeat(starts[drawn] - np.cumsum(lengths) + lengths, lengths)
-            + np.arange(lengths.sum())
-        ]
-        if np.ptp(x[rows]) > 0 and np.ptp(y[rows]) > 0:
-            estimates.append(scipy.stats.spearmanr(x[rows], y[rows]).statistic)
-    if len(estimates) < 10:
+    figure = spearman_interval(
+        x,
+        y,
+        piece.user_index,
+        confidence=config.confidence,
+        n_resamples=min(config.n_resamples, 1000),
+        seed=config.seed,
+    )
+    if not figure.available:
         return Figure.unavailable("too few non-degenerate resamples for an interval")
-    tail = (1 - config.confidence) / 2
-    low, high = np.quantile(estimates, [tail, 1 - tail])
-    return finite_figure(value, low, high)
+    return finite_figure(figure.value, figure.low, figure.high,
+                         confidence=figure.confidence, method=figure.method)

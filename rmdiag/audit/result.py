@@ -24,10 +24,19 @@ class AuditResult:
     spread_error: dict[str, Figure]
     gap: dict[str, dict[str, Any]]
     slices: dict[str, dict[str, int]]
+    # calibration[model][slice]: mean_error, ece, reliability (bins), and for binary rewards
+    # log_loss, brier, auc (``rmdiag.audit.calibration``); shift: train_mean, heldout_mean,
+    # heldout_minus_train (figures) and its p_value
+    calibration: dict[str, dict[str, dict[str, Any]]]
+    shift: dict[str, Any]
     config: AuditConfig
     data: dict[str, Any]
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    # the best-of-n over-optimization curve (``rmdiag.overoptimization``), or ``{"reason"}``
+    # when it is unavailable; set by the pipeline after the SFT policy is trained, so ``None``
+    # (and absent from the JSON) when ``audit()`` is called alone
+    overoptimization: dict[str, Any] | None = None
     # per held-out event, for the plots (not in the JSON)
     events: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     predictions: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
@@ -57,11 +66,13 @@ class AuditResult:
                 for name, parts in self.gap.items()
             },
             "slices": self.slices,
+            "calibration": _figures_to_json(self.calibration),
+            "shift": _figures_to_json(self.shift),
             "data": self.data,
             "config": dataclasses.asdict(self.config),
             "seconds": round(self.seconds, 3),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
-        }
+        } | ({} if self.overoptimization is None else {"overoptimization": self.overoptimization})
 
     @classmethod
     def from_json(
@@ -77,7 +88,7 @@ class AuditResult:
         ``seconds`` and ``timings`` come back rounded as ``to_json()`` wrote them."""
 
         def figure(value: dict[str, Any]) -> Figure:
-            return Figure(value["value"], value["low"], value["high"], value.get("reason"))
+            return Figure(value["value"], value["low"], value["high"], reason=value.get("reason"))
 
         return cls(
             models={
@@ -96,11 +107,40 @@ class AuditResult:
                 for name, parts in payload["gap"].items()
             },
             slices=payload["slices"],
+            calibration=_figures_from_json(payload.get("calibration", {})),
+            shift=_figures_from_json(payload.get("shift", {})),
             config=AuditConfig(**payload["config"]),
             data=payload["data"],
             seconds=float(payload["seconds"]),
             timings={k: float(v) for k, v in payload["timings"].items()},
+            overoptimization=payload.get("overoptimization"),
             events=dict(events or {}),
             predictions=dict(predictions or {}),
             ensemble=ensemble,
         )
+
+
+def _is_figure_json(value: Any) -> bool:
+    return isinstance(value, dict) and {"value", "low", "high"} <= set(value)
+
+
+def _figures_to_json(value: Any) -> Any:
+    """Nested dicts and lists of Figures (and plain values) as JSON."""
+    if isinstance(value, Figure):
+        return value.as_dict()
+    if isinstance(value, dict):
+        return {k: _figures_to_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_figures_to_json(v) for v in value]
+    return value
+
+
+def _figures_from_json(value: Any) -> Any:
+    """The inverse of ``_figures_to_json``."""
+    if _is_figure_json(value):
+        return Figure(value["value"], value["low"], value["high"], reason=value.get("reason"))
+    if isinstance(value, dict):
+        return {k: _figures_from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_figures_from_json(v) for v in value]
+    return value

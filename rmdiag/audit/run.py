@@ -9,24 +9,29 @@ from typing import Any
 import numpy as np
 import torch
 
+from rmdiag.audit.calibration import calibration, is_binary, shift
 from rmdiag.audit.config import METRICS, SLICES, AuditConfig
 from rmdiag.audit.external import DEFAULT_NAME, check_name, reward_fn_events
 from rmdiag.audit.figures import Figure
 from rmdiag.audit.gap import train_gap
 from rmdiag.audit.inputs import InsufficientDataError, check_auditable
-from rmdiag.audit.metrics import (
-    Slice,
-    per_user_metrics,
-    rmse_linearized,
-    spread_error_correlation,
-)
+from rmdiag.audit.metrics import Slice, UserSums, per_user_metrics, spread_error_correlation
 from rmdiag.audit.models import fit_models, reward_model_predictions
 from rmdiag.audit.result import AuditResult
-from rmdiag.audit.statistics import holm, mean_figure, paired_stats
+from rmdiag.audit.statistics import (
+    coverage_warning,
+    detectable_difference,
+    holm,
+    mean_figure,
+    paired_ratio_stats,
+    ratio_figure,
+)
 from rmdiag.data import Interactions
 from rmdiag.rewards import BASELINES
 from rmdiag.rewards.base import torch_threads
 from rmdiag.split import unexplored_mask
+
+HELDOUT_EXPOSURES: tuple[str, ...] = ("log", "random")
 
 
 def audit(
@@ -37,6 +42,7 @@ def audit(
     history: Interactions | None = None,
     reward_model: Callable[..., Any] | Mapping[str, Callable[..., Any]] | None = None,
     external_predictions: Mapping[str, np.ndarray] | None = None,
+    heldout_exposure: str = "log",
 ) -> AuditResult:
     """Fit baselines and a reward-model ensemble on ``train``; measure them on ``heldout``.
 
@@ -51,6 +57,12 @@ def audit(
     read_predictions`` reads them from a file); their train gap is not measured (no
     predictions of training events). Names may not clash with the built-in models'.
 
+    ``heldout_exposure``: ``"log"`` (default) when the held-out events come from the same
+    logging policy as ``train`` (e.g. each user's last events), so the unexplored slice is the
+    held-out events on rarely seen items; ``"random"`` declares them ratings under randomized
+    exposure (``rmdiag audit --holdout FILE --holdout-kind random``): all of them are then the
+    unexplored slice, the place a policy optimized against the model can go.
+
     ``history`` supplies each held-out event's context (its user's events in ``history``
     strictly before it); by default ``train``, so all of a user's held-out events are scored
     from one context, as a policy scores its candidates. (Were the later held-out event's
@@ -61,6 +73,10 @@ def audit(
     """
     config = config or AuditConfig()
     started = time.perf_counter()
+    if heldout_exposure not in HELDOUT_EXPOSURES:
+        raise ValueError(
+            f"heldout_exposure must be one of {HELDOUT_EXPOSURES}, got {heldout_exposure!r}"
+        )
     if reward_model is not None and not isinstance(reward_model, Mapping):
         reward_model = {DEFAULT_NAME: reward_model}
     external_fns = dict(reward_model or {})
@@ -90,7 +106,8 @@ def audit(
         )
     # One thread: the models are small, and on a shared machine extra threads only contend.
     with torch_threads(1):
-        return _audit(train, heldout, config, history, started, external_fns, external)
+        return _audit(train, heldout, config, history, started, external_fns, external,
+                      heldout_exposure)
 
 
 def _audit(
@@ -101,6 +118,7 @@ def _audit(
     started: float,
     external_fns: Mapping[str, Callable[..., Any]] | None = None,
     external: Mapping[str, np.ndarray] | None = None,
+    heldout_exposure: str = "log",
 ) -> AuditResult:
     torch.manual_seed(config.seed)
     history = history if history is not None else train
@@ -124,14 +142,17 @@ def _audit(
     timings["predict"] = time.perf_counter() - started - timings["fit"]
     rewards = heldout.rewards.astype(np.float64)
     users = heldout.users
-    unexplored = unexplored_mask(train, heldout, config.min_count)
+    if heldout_exposure == "random":
+        unexplored = np.ones(len(heldout), dtype=bool)
+    else:
+        unexplored = unexplored_mask(train, heldout, config.min_count)
     pieces = {
         "all": Slice.build("all", np.arange(len(heldout)), users, rewards),
         "unexplored": Slice.build("unexplored", np.flatnonzero(unexplored), users, rewards),
     }
 
     # ---- metrics with intervals
-    per_user: dict[str, dict[str, dict[str, np.ndarray | str]]] = {}
+    per_user: dict[str, dict[str, dict[str, UserSums | str]]] = {}
     models: dict[str, dict[str, dict[str, Figure]]] = {}
     seed = config.seed
     stats = {"confidence": config.confidence, "n_resamples": config.n_resamples}
@@ -150,17 +171,33 @@ def _audit(
                 if isinstance(value, str):
                     figures[metric] = Figure.unavailable(value)
                     continue
-                fig = mean_figure(value, seed=seed, **stats)
-                if metric == "rmse" and fig.available:
-                    fig = Figure(
-                        *(float(np.sqrt(max(v, 0.0))) for v in (fig.value, fig.low, fig.high))
-                    )
-                figures[metric] = fig
+                figures[metric] = ratio_figure(
+                    value.numerator,
+                    value.denominator,
+                    transform="sqrt" if metric == "rmse" else "identity",
+                    seed=seed,
+                    **stats,
+                )
             models[name][slice_name] = figures
+
+    # ---- calibration per model and slice, and the exposure shift
+    binary = is_binary(np.r_[train.rewards, rewards])
+    calibration_figures = {
+        name: {
+            slice_name: calibration(pred, rewards, piece, binary=binary,
+                                    min_users=config.min_users, seed=seed, **stats)
+            for slice_name, piece in pieces.items()
+        }
+        for name, pred in predictions.items()
+    }
+    exposure_shift = shift(train.users, train.rewards.astype(np.float64), users, rewards,
+                           confidence=config.confidence, n_resamples=config.n_resamples,
+                           seed=seed)
 
     # ---- paired comparisons, every reward model against every baseline
     comparisons: list[dict[str, Any]] = []
     tested: list[int] = []
+    spreads: dict[int, tuple[int, float]] = {}  # (users, spread of the paired test), for power
     for name in rm_predictions:
         for baseline in BASELINES:
             for slice_name in SLICES:
@@ -182,12 +219,20 @@ def _audit(
                             difference=Figure.unavailable(a if isinstance(a, str) else b),
                             p_value=None,
                             p_adjusted=None,
+                            detectable_difference=None,
                         )
                     else:
-                        if metric == "rmse":
-                            a, b = rmse_linearized(a), rmse_linearized(b)
-                        difference, p_value = paired_stats(a, b, seed=seed, **stats)
+                        # the same events: one denominator, users resampled jointly
+                        difference, p_value, comparison = paired_ratio_stats(
+                            a.numerator,
+                            b.numerator,
+                            a.denominator,
+                            transform="sqrt" if metric == "rmse" else "identity",
+                            seed=seed,
+                            **stats,
+                        )
                         entry.update(difference=difference, p_value=p_value, p_adjusted=None)
+                        spreads[len(comparisons)] = (comparison.n, comparison.spread)
                         tested.append(len(comparisons))
                     comparisons.append(entry)
     # Holm within each family: one (slice, metric) question, every reward model x baseline.
@@ -201,6 +246,12 @@ def _audit(
             adjusted = holm([comparisons[i]["p_value"] for i in family])
             for index, value in zip(family, adjusted, strict=True):
                 comparisons[index]["p_adjusted"] = value
+            # the smallest |difference| this family could have detected (Holm's strictest step)
+            family_alpha = (1 - config.confidence) / max(len(family), 1)
+            for index in family:
+                comparisons[index]["detectable_difference"] = detectable_difference(
+                    *spreads[index], alpha=family_alpha, power=config.power
+                )
 
     # ---- does ensemble spread track error?
     spread = members.std(0)
@@ -259,12 +310,17 @@ def _audit(
                 "users": piece.n_users,
                 "pairs": len(piece.pair_sign),
                 "pair_users": piece.n_pair_users,
+                "coverage_warning": coverage_warning(piece.n_users, f"The '{name}' slice"),
             }
             for name, piece in pieces.items()
         },
+        calibration=calibration_figures,
+        shift=exposure_shift,
         config=config,
         data={
             "source": train.source,
+            "heldout_exposure": heldout_exposure,
+            "binary_rewards": binary,
             "train_events": len(train),
             # the scale of the documented default temperatures (`rmdiag select`)
             "train_reward_std": float(train.rewards.std()) if len(train) else 1.0,

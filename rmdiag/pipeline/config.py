@@ -35,6 +35,14 @@ class RunConfig:
         default=True,
         metadata={"help": "audit the reward-model ensemble (settings: the --audit-* flags)"},
     )
+    overoptimization: bool = field(
+        default=True,
+        metadata={
+            "help": "compute the best-of-n over-optimization curve of the SFT policy against the "
+            "audited reward model (audit.json's `overoptimization`, evidence for the decision); "
+            "on real data it fits two more ensembles, each on half of the users"
+        },
+    )
     sweep: bool = field(
         default=True,
         metadata={
@@ -54,8 +62,9 @@ class RunConfig:
         metadata={
             "help": "continue the run in --out after its last finished stage: reuse each stage "
             "kept in OUT/.work whose inputs (settings, data file, earlier stages) are unchanged, "
-            "resume an interrupted training from its checkpoint, recompute the rest; without "
-            "it a run starts a fresh OUT/.work (exact with the same --policy-threads)"
+            "resume an interrupted training from its checkpoint (refused, exit 2, naming the "
+            "settings that differ, if its inputs changed), recompute the rest; without it a run "
+            "starts a fresh OUT/.work (exact with the same --policy-threads)"
         },
     )
 

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, replace
 from typing import Any
 
-from rmdiag import policies
+from rmdiag import overoptimization, policies
 from rmdiag.audit import AuditConfig, AuditResult, audit, audit_inputs
+from rmdiag.audit.statistics import coverage_warning
 from rmdiag.data import DataError, Interactions, encode, load, validate
 from rmdiag.outputs import publish
 from rmdiag.pipeline.clock import StageClock
@@ -109,12 +111,21 @@ def run(
             if work is not None:
                 work.save_audit(result, keys.audit)
                 work.record("audit", keys.audit_inputs, done=True, status="computed")
-        summary.audit, summary.judgement = result, _judge(result, select_config)
-    stage("select")
-    decision = decide(summary.judgement)
+        summary.audit = result
+    data = policies.policy_data(split, config.max_len)
+    trainer = CachedTrainer(work, keys, stage)
     with torch_threads(policy_config.threads):
-        _policies_stage(summary, decision, split, world, config, policy_config,
-                        select_config.alpha, stage, CachedTrainer(work, keys, stage))
+        # SFT first: the over-optimization curve samples from it, and the decision reads it
+        stage("policies.sft", ": behaviour cloning, early-stopped on validation NDCG")
+        sft = trainer.sft(data, config.max_len, policy_config)
+        if summary.audit is not None:
+            summary.audit.overoptimization = _curve(
+                summary.audit, data, sft, world, config, audit_config, select_config, stage)
+            summary.judgement = _judge(summary.audit, select_config)
+        stage("select")
+        decision = decide(summary.judgement)
+        _policies_stage(summary, decision, data, sft, world, config, policy_config,
+                        select_config.alpha, stage, trainer)
     run_settings = {k: v for k, v in asdict(config).items() if k != "resume"}  # not a result's
     summary.settings = {
         "config": run_settings, "audit_config": asdict(audit_config),
@@ -157,10 +168,30 @@ def _sequence_summary(split: Split, config: RunConfig) -> dict[str, Any]:
         if len(test_sequences) else 0.0,
     }
 
+def _curve(result: AuditResult, data: policies.PolicyData, sft: policies.TrainedPolicy,
+           world: Any | None, config: RunConfig, audit_config: AuditConfig,
+           select_config: SelectConfig, stage: StageClock) -> dict[str, Any]:
+    """audit.json's `overoptimization` in `rmdiag run` (`rmdiag.overoptimization.audit_curve`):
+    the audited ensemble against the true reward on a simulated world, two half ensembles on
+    real data; recomputed on `--resume` (deterministic: the SFT policy and the ensemble are
+    reused, the draws seeded)."""
+    if not config.overoptimization:
+        return overoptimization.unavailable("not computed (--no-overoptimization)")
+    external = result.data.get("external_predictions")
+    how = (": the audited ensemble against the true reward" if world is not None else
+           ": proxy and judge ensembles fitted on two halves of the users")
+    stage("overoptimization", f"{how}, best-of-n over the SFT policy's samples")
+    true_reward = (policies.EncodedReward(world.true_reward, data.log.user_ids,
+                                          data.log.item_ids) if world is not None else None)
+    return overoptimization.audit_curve(
+        sft.model, data, audit_config, alpha=select_config.alpha, ensemble=result.ensemble,
+        true_reward=true_reward, external=external["name"] if external else None)
+
 def _policies_stage(
     summary: RunSummary,
     decision: Decision,
-    split: Split,
+    data: policies.PolicyData,
+    sft: policies.TrainedPolicy,
     world: Any | None,
     config: RunConfig,
     policy_config: policies.PolicyConfig,
@@ -168,14 +199,13 @@ def _policies_stage(
     stage: StageClock,
     trainer: CachedTrainer,
 ) -> None:
-    """Train SFT and the chosen algorithm (swept or at its default temperature) and whatever
-    `--compare` adds; score them all on the test events; fill the summary's policy figures."""
-    data = policies.policy_data(split, config.max_len)
+    """Train the chosen algorithm (swept or at its default temperature) and whatever
+    `--compare` adds from the trained SFT policy; score them all on the test events; fill the
+    summary's policy figures."""
     ensemble = summary.audit.ensemble if summary.audit is not None else None
     true_reward = (policies.EncodedReward(world.true_reward, data.log.user_ids,
                                           data.log.item_ids) if world is not None else None)
-    stage("policies.sft", ": behaviour cloning, early-stopped on validation NDCG")
-    trained = {"sft": trainer.sft(data, config.max_len, policy_config)}
+    trained = {"sft": sft}
     names = list(dict.fromkeys([decision.algorithm, *config.compare_list]))
     names = [n for n in names if n != "sft"]
     skipped: dict[str, str] = {}
@@ -233,6 +263,10 @@ def _policies_stage(
         "simulated": world is not None, "history_excluded": True, "ties": "expected",
         "p_adjustment": "holm over the policies compared with sft, per metric",
         "skipped": skipped,
+        "coverage_warnings": [w for w in (
+            coverage_warning(len(data.test), "The test set"),
+            coverage_warning(int(high.sum()), "The high-reward subset of the test users"),
+        ) if w is not None],
     }
     summary.conclusion = conclusion(summary.policies, decision, policy_config.k, alpha)
     summary.examples = policies.recommendation_examples(
@@ -249,6 +283,10 @@ def audit_files(
     select_config: SelectConfig | None = None,
     predictions: str | os.PathLike[str] | None = None,
     predictions_name: str = "external",
+    holdout_kind: str = "log",
+    heldout_per_user: int = 2,
+    overoptimization_curve: bool = True,
+    policy_config: policies.PolicyConfig | None = None,
 ) -> tuple[AuditResult, Judgement]:
     """``rmdiag audit --data FILE [--holdout FILE] [--predictions FILE] --out DIR`` as a
     function: read, audit, judge, write audit.json, audit.html and the fitted ensemble in
@@ -260,17 +298,38 @@ def audit_files(
     ``predictions_name``, and the verdict is on it; ``data.external_predictions`` counts the
     rows matched and ignored.
 
+    ``holdout_kind="random"`` declares the holdout file ratings under randomized exposure (all
+    of it is then the unexplored slice); ``heldout_per_user`` is k of leave-last-k-out when
+    there is no holdout file.
+
+    With ``overoptimization_curve`` (``rmdiag audit`` without ``--no-overoptimization``) an
+    SFT policy (``policy_config``; default ``PolicyConfig`` without progress bars) is trained on
+    the training events, early-stopped on the held-out ones, and audit.json's
+    ``overoptimization`` is its best-of-n curve against a proxy and a judge ensemble fitted on
+    two halves of the users (``rmdiag.overoptimization.audit_curve``); the judgement reads it.
+
     Raises ``rmdiag.data.DataError`` (``InsufficientDataError`` included) before writing
     anything when the input is bad or cannot support an audit.
     """
     from rmdiag.persist import save_reward_model
 
-    train, heldout = audit_inputs(data, holdout, columns)
+    if holdout_kind == "random" and holdout is None:
+        raise DataError("--holdout-kind random describes a holdout file: give it with --holdout")
+    train, heldout = audit_inputs(data, holdout, columns, heldout_per_user=heldout_per_user)
     external = _external_predictions(predictions, predictions_name, heldout)
     result = audit(train, heldout, config=config,
-                   external_predictions=external and external[0])
+                   external_predictions=external and external[0], heldout_exposure=holdout_kind)
     if external is not None:
         result.data["external_predictions"] = external[1]
+    select_config = select_config or SelectConfig()
+    if overoptimization_curve:
+        started = time.perf_counter()
+        result.overoptimization = _audit_curve(train, heldout, result, select_config,
+                                               policy_config)
+        result.timings["overoptimization"] = time.perf_counter() - started
+    else:
+        result.overoptimization = overoptimization.unavailable(
+            "not computed (--no-overoptimization)")
     judgement = _judge(result, select_config)
     files = audit_files_content(result, judgement)  # rendered before anything is written
     if result.ensemble is not None:
@@ -278,6 +337,23 @@ def audit_files(
                           ids=(train.user_ids, train.item_ids))
     publish(out_dir, files)
     return result, judgement
+
+
+def _audit_curve(train: Interactions, heldout: Interactions, result: AuditResult,
+                 select_config: SelectConfig,
+                 policy_config: policies.PolicyConfig | None) -> dict[str, Any]:
+    """`rmdiag audit`'s curve: an SFT policy trained on the audit's training events (validated
+    on its held-out ones), its best-of-n samples scored by half ensembles (no true reward)."""
+    external = result.data.get("external_predictions")
+    if external is not None:  # unavailable: before training anything
+        return overoptimization.unavailable(overoptimization.external_reason(external["name"]))
+    policy_config = policy_config or policies.PolicyConfig(progress=False)
+    max_len = RunConfig().max_len
+    data = policies.policy_data(Split(train, heldout, heldout), max_len)
+    with torch_threads(policy_config.threads):
+        sft = policies.train_sft(data, max_len, policy_config)
+        return overoptimization.audit_curve(sft.model, data, result.config,
+                                            alpha=select_config.alpha)
 
 
 def _external_predictions(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from rmdiag.audit import METRICS, SLICES, AuditResult, Figure
+from rmdiag.report.curve import curve_note, curve_table, plot_curve
 from rmdiag.report.html import (
     escape,
     figure_cell,
@@ -126,11 +127,71 @@ def _comparisons_table(result: AuditResult, alpha: float) -> str:
         + _cell(c["difference"], "difference")
         + p_cell(c["p_value"], "p_value")
         + p_cell(c["p_adjusted"], "p_adjusted", alpha)
+        + _detectable_cell(c.get("detectable_difference"))
         + "</tr>"
         for c in result.comparisons
     ]
-    header = ["model", "baseline", "slice", "metric", "difference", "p", "p (Holm)"]
+    header = ["model", "baseline", "slice", "metric", "difference", "p", "p (Holm)",
+              "detectable"]
     return table("comparisons", header, rows)
+
+
+def _detectable_cell(value: float | None) -> str:
+    text = "n/a" if value is None else f"±{value:.3g}"
+    return f"<td class='num' data-key='detectable_difference'>{escape(text)}</td>"
+
+
+CALIBRATION_KEYS = ("mean_error", "ece", "log_loss", "brier", "auc")
+
+
+def _calibration_table(result: AuditResult) -> str:
+    """Each model's calibration figures on both slices (the binary ones for 0/1 rewards)."""
+    keys = [k for k in CALIBRATION_KEYS
+            if any(k in parts for slices in result.calibration.values()
+                   for parts in slices.values())]
+    header = [f"{escape(k)}<br><small>{escape(s)}</small>" for s in SLICES for k in keys]
+    rows = [
+        f"<tr><td class='name'>{escape(name)}</td>"
+        + "".join(_cell(slices[s][k], k, inline=False) if k in slices[s] else "<td></td>"
+                  for s in SLICES for k in keys)
+        + "</tr>"
+        for name, slices in result.calibration.items()
+    ]
+    return table("calibration", ["model", *header], rows)
+
+
+def _plot_reliability(result: AuditResult) -> str:
+    """Mean observed against mean predicted reward per quantile bin, on all held-out events."""
+    figure, ax = new_plot(figsize=(5.5, 3.6))
+    bounds = []
+    for name, slices in result.calibration.items():
+        bins = [b for b in slices["all"].get("reliability", []) if b["observed"].available]
+        if not bins:
+            continue
+        x = np.array([b["predicted"].value for b in bins])
+        y = np.array([b["observed"].value for b in bins])
+        low = y - np.array([b["observed"].low for b in bins])
+        high = np.array([b["observed"].high for b in bins]) - y
+        ax.errorbar(x, y, yerr=[low, high], fmt="o-", ms=3, capsize=2, label=plot_text(name),
+                    lw=2 if name == "ensemble" else 1)
+        bounds += [x.min(), x.max(), y.min(), y.max()]
+    if bounds:
+        ax.plot([min(bounds), max(bounds)], [min(bounds), max(bounds)], ":", color="#444",
+                label="calibrated")
+    ax.set_xlabel("mean prediction (quantile bin)")
+    ax.set_ylabel("mean observed reward")
+    ax.legend(fontsize=7)
+    return png(figure, "reliability curve of every model on all held-out events")
+
+
+def _shift_text(result: AuditResult) -> str:
+    shift = result.shift.get("heldout_minus_train")
+    if shift is None:
+        return ""
+    kind = ("ratings under randomized exposure" if result.data.get("heldout_exposure") == "random"
+            else "events of the logging policy")
+    return (f"<p>Exposure shift (held-out {escape(kind)}): held-out minus training mean reward "
+            f"<strong>{escape(shift.text())}</strong>.</p>")
 
 
 def _spread_table(result: AuditResult) -> str:
@@ -138,26 +199,49 @@ def _spread_table(result: AuditResult) -> str:
     return table("spread-error", [escape(k) for k in result.spread_error], [f"<tr>{row}</tr>"])
 
 
+def _curve_section(result: AuditResult, alpha: float) -> list[str]:
+    curve = result.overoptimization
+    if curve is None:
+        return []
+    return ["<h2 id='overoptimization-heading'>Over-optimization: best-of-n</h2>",
+            f"<p class='note'>{curve_note(curve)}</p>", plot_curve(curve),
+            curve_table(curve, alpha)]
+
+
 def render_audit_html(result: AuditResult, judgement: Judgement) -> str:
     """audit.html: the verdict and its reasons, every model's figures, every comparison, the
-    spread/error correlation and three plots."""
+    spread/error correlation, the best-of-n over-optimization curve and three plots."""
     return page("rmdiag audit", [
         "<h1>Reward-model audit</h1>",
         *_intro(result, judgement),
         "<h2>Models</h2>",
         _models_table(result),
+        *(f"<p class='note warning'>⚠ {escape(info['coverage_warning'])}.</p>"
+          for info in result.slices.values() if info.get("coverage_warning")),
         "<h2>Reward models against baselines</h2><p>Difference = model − baseline "
         "(negative is better for RMSE/MAE, positive for pairwise accuracy); p-values from a "
         "paired test across users, Holm-adjusted within each slice and metric (every reward "
         "model against every baseline).</p>",
         _comparisons_table(result, judgement.config.alpha),
+        "<p>detectable: the smallest difference each comparison would find significant with "
+        f"{result.config.power:.0%} power at its family's strictest Holm level (paired t-test, "
+        "from the per-user spread): a non-significant difference inside it is “could not have "
+        "seen one”, not “none”.</p>",
+        "<h2>Calibration</h2>",
+        _shift_text(result),
+        _calibration_table(result),
+        "<p>mean_error: mean prediction − reward (calibration-in-the-large, positive = too "
+        "high); ece: event-weighted mean |mean prediction − mean observed| over ten quantile "
+        "bins of each model's predictions (biased upward when bins are small).</p>",
         "<h2>Does ensemble spread track error?</h2>",
         _spread_table(result),
         "<p>Spearman rank correlation of member spread with the ensemble's "
-        "absolute error per slice; mean_spread is the average member standard deviation.</p>"
+        "absolute error per slice; mean_spread is the average member standard deviation.</p>",
+        *_curve_section(result, judgement.config.alpha),
         "<h2>Plots</h2><div class='plots'>",
         _plot_error_by_slice(result),
         _plot_error_vs_spread(result),
         _plot_error_vs_popularity(result),
+        _plot_reliability(result),
         "</div>",
     ])

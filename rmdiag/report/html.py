@@ -39,6 +39,8 @@ h3 { margin-bottom: 0.3em; }
 .decision { font-size: 1.15em; margin: 0.3em 0; }
 .conclusion { font-weight: 600; border-left: 4px solid #4c72b0; padding-left: 0.7em; }
 .note { color: #666; font-size: 0.9em; }
+.note.warning { color: #8a5300; background: #fff4e0; padding: 0.3em 0.6em;
+  border-left: 3px solid #e0a030; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.88em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.55em; vertical-align: top; }

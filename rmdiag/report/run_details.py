@@ -8,6 +8,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rmdiag.report.curve import curve_note, curve_table
 from rmdiag.report.html import (
     escape,
     figure_cell,
@@ -26,7 +27,9 @@ _HANDLED = {"data", "split", "sequences", "audit", "config", "audit_config", "si
             "decision", "sweep", "policies", "evaluation", "conclusion", "examples"}
 # Keys of the audit that its sections show (the rest go to "Audit diagnostics" as they are).
 _AUDIT_SHOWN = {"verdict", "reasons", "confidence", "models", "comparisons", "spread_error",
-                "gap", "slices", "data", "config", "seconds"}
+                "gap", "slices", "data", "config", "seconds", "calibration", "shift",
+                "overoptimization"}
+_CALIBRATION_KEYS = ("mean_error", "ece", "log_loss", "brier", "auc")
 
 
 def _collapsible(title: str, body: str, opened: bool = False) -> str:
@@ -54,6 +57,9 @@ def _audit_summary(audit: Mapping) -> str:
     if data.get("ensemble_members"):
         members = ", ".join(str(m) for m in data["ensemble_members"])
         body.append(f"<p>Ensemble members: {escape(members)}.</p>")
+    for info in (audit.get("slices") or {}).values():
+        if isinstance(info, Mapping) and isinstance(info.get("coverage_warning"), str):
+            body.append(f"<p class='note warning'>⚠ {escape(info['coverage_warning'])}.</p>")
     if finite(audit.get("seconds")):
         body.append(f"<p class='note'>The audit took {audit['seconds']:.1f} s.</p>")
     return _collapsible(head, "".join(body), opened=True)
@@ -61,7 +67,8 @@ def _audit_summary(audit: Mapping) -> str:
 
 def _comparisons_table(comparisons: Sequence[Mapping], alpha: float) -> str:
     names = ("model", "baseline", "slice", "metric")
-    header = [*names, "difference<br><small>model − baseline</small>", "p", "p (Holm)"]
+    header = [*names, "difference<br><small>model − baseline</small>", "p", "p (Holm)",
+              "detectable"]
     rows = []
     for c in comparisons:
         p_adj = c.get("p_adjusted")
@@ -74,9 +81,48 @@ def _comparisons_table(comparisons: Sequence[Mapping], alpha: float) -> str:
             + figure_cell(c.get("difference"), "difference", signed=True, inline=True)
             + p_cell(c.get("p_value"), "p_value")
             + p_cell(p_adj, "p_adjusted", alpha)
+            + _detectable_cell(c.get("detectable_difference"))
             + "</tr>"
         )
     return table("comparisons", header, rows)
+
+
+def _detectable_cell(value: Any) -> str:
+    text = f"±{value:.3g}" if finite(value) else "n/a"
+    return (f"<td class='num' data-key='detectable_difference' "
+            f"data-value='{escape(value if finite(value) else 'null')}'>{escape(text)}</td>")
+
+
+def _calibration(audit: Mapping) -> str:
+    """The exposure shift, then each model's calibration figures per slice."""
+    parts = []
+    shift = (audit.get("shift") or {}).get("heldout_minus_train")
+    if is_figure(shift):
+        cell = figure_cell(shift, "heldout_minus_train", signed=True, inline=True)
+        parts.append("<p>Exposure shift, held-out minus training mean reward:</p>"
+                     + table("shift", ["held-out − train"], [f"<tr>{cell}</tr>"]))
+    calibration = audit.get("calibration")
+    if isinstance(calibration, Mapping) and calibration:
+        slices = list(dict.fromkeys(s for per in calibration.values() for s in per))
+        keys = [k for k in _CALIBRATION_KEYS
+                if any(k in by for per in calibration.values() for by in per.values())]
+        rows = []
+        for slice_name in slices:
+            rows.append(f'<tr class="group"><th colspan="{len(keys) + 1}">slice '
+                        f"{escape(slice_name)}</th></tr>")
+            for model, per in calibration.items():
+                by = per.get(slice_name) or {}
+                rows.append(f'<tr data-model="{escape(model)}" data-slice="{escape(slice_name)}">'
+                            f"<td class='name'>{escape(model)}</td>"
+                            + "".join(figure_cell(by.get(k), k, signed=k == "mean_error",
+                                                  inline=True) for k in keys)
+                            + "</tr>")
+        parts.append(table("calibration", ["model", *keys], rows)
+                     + "<p class='note'>mean_error: mean prediction − reward (positive = too "
+                     "high); ece: event-weighted mean |mean prediction − mean observed| over "
+                     "quantile bins of each model's predictions. The reliability curves are in "
+                     "audit.html.</p>")
+    return "<h4>Calibration</h4>" + "".join(parts) if parts else ""
 
 
 def _models_table(audit: Mapping) -> str:
@@ -144,6 +190,7 @@ def _diagnostics(audit: Mapping) -> str:
     gap = audit.get("gap")
     if isinstance(gap, Mapping) and gap:
         parts.append(_gap_table(gap))
+    parts.append(_calibration(audit))
     for key, value in audit.items():
         if key not in _AUDIT_SHOWN:
             parts.append(f"<h4>{escape(key)}</h4>{_json_block(value)}")
@@ -163,6 +210,11 @@ def _audit_details(audit: Mapping, alpha: float) -> str:
         ))
     if audit.get("models"):
         parts.append(_collapsible("Reward models and baselines per slice", _models_table(audit)))
+    curve = audit.get("overoptimization")
+    if isinstance(curve, Mapping):
+        parts.append(_collapsible("Over-optimization curve (best-of-n)",
+                                  f"<p class='note'>{curve_note(curve)}</p>"
+                                  + curve_table(curve, alpha)))
     diagnostics = _diagnostics(audit)
     if diagnostics:
         parts.append(_collapsible("Audit diagnostics", diagnostics))
@@ -329,7 +381,10 @@ def _evidence_table(evidence: Mapping, alpha: float) -> str:
     with_p = any(isinstance(f, Mapping) and "p_value" in f for f in evidence.values())
     rows = []
     for name, fig in evidence.items():
-        if is_figure(fig):
+        if is_figure(fig) and "low" not in fig:  # a number without an interval (gold_peak_n)
+            cell = (f'<td class="text" data-key="figure" data-value="{json_attr(fig["value"])}">'
+                    f"{plain(fig['value'])}</td>")
+        elif is_figure(fig):
             cell = figure_cell(fig, "figure", signed=True, inline=True)
         else:
             cell = (f'<td class="text" data-key="figure">{escape(json.dumps(fig, default=str))}'

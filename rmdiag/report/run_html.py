@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rmdiag.report.curve import curve_note, plot_curve
 from rmdiag.report.html import (
     escape,
     figure_attrs,
@@ -176,7 +177,9 @@ def _policies_notes(evaluation: Mapping) -> str:
         notes.append("true reward from the simulated world")
     notes.append("each cell: value, [interval]; Δ: paired difference from the reference "
                  "with its Holm-adjusted p")
-    return f"<p class='note'>{'; '.join(notes)}.</p>"
+    warnings = [w for w in evaluation.get("coverage_warnings") or [] if isinstance(w, str)]
+    return f"<p class='note'>{'; '.join(notes)}.</p>" + "".join(
+        f"<p class='note warning'>⚠ {escape(w)}.</p>" for w in warnings)
 
 
 def _policies_section(
@@ -225,6 +228,9 @@ def _plots_section(
          "Each policy's figure with its interval; dashed line: the reference "
          f"({escape(reference)}).",
          plot_policies(policies, order, ["true_reward", "judge", f"ndcg@{k}"], chosen, reference)),
+        ("Over-optimization: best-of-n",
+         curve_note(audit.get("overoptimization")),
+         plot_curve(audit.get("overoptimization") or {})),
         ("Temperature sweep",
          "Validation metric against the temperature, with intervals; ★ the best value.",
          plot_sweeps(sweep, decision) if sweep else ""),

@@ -7,52 +7,42 @@ of position embeddings, so a hidden state means "the history up to here" whateve
 The reward head scores a candidate from (hidden state, candidate embedding):
 ``mean + item_bias[c] + MLP([h, e_c, h * e_c])``.
 
-Training uses the policy's own sequences (``rmdiag.sequences.user_sequences``): at every position
-the hidden state of the events before predicts the reward of the next event, all positions of a
-sequence at once (teacher forcing), squared error, AdamW, early stopping on ``valid``.
+The blocks are the policy's (``trainers.model.TransformerBlock``, feed-forward 2x wide), and
+training runs through the project's one loop (``trainers.loop.train_loop``): windows of the
+user's sequences (``rmdiag.sequences``), at every position the hidden state of the events before
+predicts the reward of the next event, all positions of a window at once (teacher forcing),
+weighted squared error, AdamW with gradient clipping, and early stopping on the tuning events
+``valid`` (their MSE, evaluated once an epoch; the best epoch's weights are kept).
 """
 
 from __future__ import annotations
 
-import copy
-import math
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rmdiag.data import Interactions
 from rmdiag.rewards.base import RewardModel, columns, event_weights, pad_last, torch_threads
 from rmdiag.sequences import event_sequences, user_sequences
+from trainers.data import TensorData
+from trainers.loop import TrainConfig, train_loop
+from trainers.model import TransformerBlock
 from trainers.protocols import Context
+
+# Feed-forward width of the blocks as a multiple of dim: the model is small, as it was when it
+# had a block of its own (the policy's default is 4).
+FFN_MULTIPLIER = 2
+# State-dict names of the block this model had before it reused the policy's, mapped to the
+# policy block's: reward models saved then load unchanged (same shapes, same computation).
+_OLD_BLOCK_NAMES = {"norm1.": "attn_norm.", "out.": "attn_out.", "norm2.": "ffn_norm.",
+                    "mlp.": "ffn."}
 
 
 def _alibi_slopes(n_heads: int) -> torch.Tensor:
     """Geometric head slopes 2^(-8 i / H), i = 1..H (Press et al., 2022)."""
     return torch.tensor([2.0 ** (-8.0 * (i + 1) / n_heads) for i in range(n_heads)])
-
-
-class _Block(nn.Module):
-    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
-        super().__init__()
-        self.n_heads = n_heads
-        self.norm1 = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.n_heads, d // self.n_heads).unbind(2)
-        attended = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=bias
-        )
-        x = x + self.dropout(self.out(attended.transpose(1, 2).reshape(b, t, d)))
-        return x + self.dropout(self.mlp(self.norm2(x)))
 
 
 class _RewardTransformer(nn.Module):
@@ -63,10 +53,13 @@ class _RewardTransformer(nn.Module):
         nn.init.zeros_(self.item_bias.weight)
         self.reward_proj = nn.Linear(1, dim)
         self.start = nn.Parameter(torch.zeros(dim))
-        self.blocks = nn.ModuleList(_Block(dim, n_heads, dropout) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(dim, n_heads, dropout, FFN_MULTIPLIER) for _ in range(n_layers)
+        )
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Sequential(nn.Linear(3 * dim, dim), nn.GELU(), nn.Linear(dim, 1))
         self.register_buffer("slopes", _alibi_slopes(n_heads), persistent=False)
+        self._register_load_state_dict_pre_hook(_rename_old_block_keys)
 
     def encode(self, items: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, L + 1, d] of left-padded histories [B, L] (standardized rewards).
@@ -102,9 +95,36 @@ class _RewardTransformer(nn.Module):
         return out + self.item_bias(candidates).squeeze(-1)
 
 
+def _rename_old_block_keys(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Load hook: rename the former block's parameters (``_OLD_BLOCK_NAMES``) in place."""
+    blocks = f"{prefix}blocks."
+    for key in [k for k in state_dict if k.startswith(blocks)]:
+        index, _, rest = key[len(blocks):].partition(".")
+        for old, new in _OLD_BLOCK_NAMES.items():
+            if rest.startswith(old):
+                state_dict[f"{blocks}{index}.{new}{rest[len(old):]}"] = state_dict.pop(key)
+                break
+
+
 # Pseudo-events shrinking the initial item biases toward zero (the same scale as the baselines'
 # shrinkage grid; the bias keeps training afterwards).
 ITEM_PRIOR_STRENGTH = 5.0
+
+
+def _sequence_loss(
+    network: nn.Module, batch: TensorData, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``train_loop``'s loss: the weighted squared error of every next-event reward (rewards
+    standardized) given the events before it, summed, and the summed weight."""
+    assert isinstance(network, _RewardTransformer)
+    items, rewards = batch["items"], batch["rewards"]
+    inputs, targets = items[:, :-1], items[:, 1:]
+    hidden = network.encode(inputs, rewards[:, :-1])[:, 1:]
+    # hidden[:, j] summarises inputs up to column j, i.e. everything before targets[:, j]
+    # (the start token for a sequence's first event).
+    pred = network.score(hidden, targets.unsqueeze(-1)).squeeze(-1)
+    weight = (targets > 0).float() * batch["weights"][:, 1:]
+    return ((pred - rewards[:, 1:]) ** 2 * weight).sum(), weight.sum()
 
 
 class SequenceRewardModel(RewardModel):
@@ -148,8 +168,8 @@ class SequenceRewardModel(RewardModel):
         return (torch.as_tensor(rewards, dtype=torch.float32) - self.mean_) / self.scale_
 
     def _validation_loss(self, valid_batch: tuple[torch.Tensor, ...]) -> float:
+        """MSE of the tuning events (real scale), the network in eval mode."""
         items, rewards, targets, target_rewards = valid_batch
-        self.network_.eval()
         with torch.no_grad():
             pred = self._forward_last(items, rewards, targets[:, None])[:, 0]
         return float(torch.mean((pred - target_rewards) ** 2))
@@ -188,8 +208,7 @@ class SequenceRewardModel(RewardModel):
             max(np.sqrt(np.average((reward - self.mean_) ** 2, weights=weight)), 1e-6)
         )
         self.n_items_ = train.n_items
-        torch.manual_seed(self.seed)
-        generator = torch.Generator().manual_seed(self.seed)
+        torch.manual_seed(self.seed)  # the initial weights; train_loop seeds the rest
         self.network_ = _RewardTransformer(
             train.n_items, self.dim, self.n_layers, self.n_heads, self.dropout
         )
@@ -208,8 +227,12 @@ class SequenceRewardModel(RewardModel):
         seq_weight = torch.ones(len(seq_items))
         if user_weight is not None:
             seq_weight = torch.as_tensor(np.asarray(user_weight, dtype=np.float32)[seq_users])
-        keep = (seq_items > 0).any(1) & (seq_weight > 0)
-        seq_items, seq_rewards, seq_weight = seq_items[keep], seq_rewards[keep], seq_weight[keep]
+        keep = (seq_items[:, 1:] > 0).any(1) & (seq_weight > 0)  # windows with a target
+        data: TensorData = {
+            "items": seq_items[keep],
+            "rewards": self._standardize(seq_rewards[keep]),
+            "weights": seq_weight[keep][:, None].expand_as(seq_items[keep]).contiguous(),
+        }
 
         valid_batch = None
         if valid is not None and len(valid.table) > 0:
@@ -220,36 +243,40 @@ class SequenceRewardModel(RewardModel):
                 torch.as_tensor(v.targets, dtype=torch.long),
                 torch.as_tensor(v.target_rewards, dtype=torch.float32),
             )
-        optimizer = torch.optim.AdamW(
-            self.network_.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
+        self.fitted_ = True  # the evaluation hook predicts with the network being trained
+        n_rows = len(data["items"])
+        self.validation_history_: list[dict[str, float]] = []
+        if n_rows == 0:  # every user weighted 0: the item prior is all there is
+            self.network_.eval()
+            return self
+        steps_per_epoch = max(1, n_rows // min(self.batch_size, n_rows))  # as train_loop's
+        config = TrainConfig(
+            lr=self.learning_rate,
+            weight_decay=self.weight_decay,
+            beta2=0.999,  # Adam's default: a small regression model, not a sparse softmax
+            batch_size=self.batch_size,
+            epochs=self.epochs,
+            grad_clip=1.0,
+            seed=self.seed,
+            eval_every=steps_per_epoch if valid_batch is not None else 0,
+            early_stopping_metric="neg_valid_mse" if valid_batch is not None else None,
+            patience=self.patience,
+            progress=False,
         )
-        best_loss, best_state, stale = math.inf, None, 0
-        self.fitted_ = True
-        for _ in range(self.epochs):
-            self.network_.train()
-            order = torch.randperm(len(seq_items), generator=generator)
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start : start + self.batch_size]
-                loss = self._sequence_loss(seq_items[rows], seq_rewards[rows], seq_weight[rows])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(self.network_.parameters(), 1.0)
-                optimizer.step()
-            if valid_batch is None:
-                continue
-            loss_value = self._validation_loss(valid_batch)
-            if loss_value < best_loss - 1e-5:
-                best_loss, best_state, stale = (
-                    loss_value,
-                    copy.deepcopy(self.network_.state_dict()),
-                    0,
-                )
-            else:
-                stale += 1
-                if stale >= self.patience:
-                    break
-        if best_state is not None:
-            self.network_.load_state_dict(best_state)
+
+        def eval_fn(module: nn.Module) -> dict[str, float]:
+            assert valid_batch is not None
+            return {"neg_valid_mse": -self._validation_loss(valid_batch)}
+
+        result = train_loop(
+            self.network_,
+            data,
+            _sequence_loss,
+            config,
+            eval_fn=eval_fn if valid_batch is not None else None,
+        )
+        # one entry per epoch evaluated: {"step", "train_seconds", "neg_valid_mse"}
+        self.validation_history_ = result.history
         self.network_.eval()
         return self
 
@@ -285,19 +312,6 @@ class SequenceRewardModel(RewardModel):
             torch.as_tensor(rewards, dtype=torch.float32),
             windows.users,
         )
-
-    def _sequence_loss(
-        self, items: torch.Tensor, rewards: torch.Tensor, user_weight: torch.Tensor
-    ) -> torch.Tensor:
-        """Weighted squared error of every next-event reward given the events before it."""
-        inputs, targets = items[:, :-1], items[:, 1:]
-        hidden = self.network_.encode(inputs, self._standardize(rewards[:, :-1]))[:, 1:]
-        # hidden[:, j] summarises inputs up to column j, i.e. everything before targets[:, j]
-        # (the start token for a sequence's first event).
-        pred = self.network_.score(hidden, targets.unsqueeze(-1)).squeeze(-1)
-        real = (targets > 0).float() * user_weight[:, None]
-        error = (pred - self._standardize(rewards[:, 1:])) ** 2
-        return (error * real).sum() / real.sum().clamp(min=1.0)
 
     def predict(self, context: Context, items: torch.Tensor) -> torch.Tensor:
         self._check_fitted()

@@ -44,6 +44,8 @@ class AuditFigures:
     confidence: float
     train_reward_std: float
     select_config: dict[str, Any]
+    shift: Figure | None = None  # shift.heldout_minus_train (absent in older audit.json)
+    overoptimization: dict[str, Any] | None = None  # the best-of-n curve, when it has figures
 
 
 def _figure(payload: Any, key: str, source: str) -> Figure:
@@ -95,10 +97,36 @@ def read_audit(path: str | os.PathLike[str]) -> AuditFigures:
     select_config = payload.get("select_config", {})
     if not isinstance(select_config, dict):
         raise DataError("key 'select_config' is not an object", source=source)
+    shift = (_figure(payload, "shift.heldout_minus_train", source)
+             if isinstance(payload.get("shift"), dict) else None)
     return AuditFigures(
         models, comparisons, float(require(payload, "confidence", NUMBER, source)),
         float(require(payload, "data.train_reward_std", NUMBER, source)), select_config,
+        shift=shift, overoptimization=_curve(payload, source),
     )
+
+
+def _curve(payload: dict[str, Any], source: str) -> dict[str, Any] | None:
+    """audit.json's ``overoptimization`` as the guard reads it, or None when the file has no
+    curve (older files, ``--no-overoptimization``, predictions files: no evidence either way)."""
+    curve = payload.get("overoptimization")
+    if not isinstance(curve, dict) or "gold_peak_n" not in curve:
+        return None
+    key = "overoptimization"
+    ns = require(payload, f"{key}.n", list, source)
+    require(payload, f"{key}.gold_peak_n", int, source)
+    require(payload, f"{key}.gold_kind", str, source)
+    for series in ("proxy", "gold"):
+        figures = require(payload, f"{key}.{series}", list, source)
+        if len(figures) != len(ns):
+            raise DataError(f"key '{key}.{series}' has {len(figures)} figures for {len(ns)} "
+                            "values of n", source=source)
+        for index, figure in enumerate(figures):
+            _figure({"f": figure}, "f", f"{source}, {key}.{series}[{index}]")
+    for name in ("proxy_gold_gap", "divergence"):
+        _figure(payload, f"{key}.{name}", source)
+    require(payload, f"{key}.divergence.p_value", NUMBER, source)
+    return curve
 
 
 def select_config_from(audit: AuditFigures, source: str,
@@ -118,7 +146,8 @@ def select_decision(path: str | os.PathLike[str],
     audit = read_audit(path)
     config = select_config_from(audit, str(path), overrides)
     judgement = verdict_from(audit.models, audit.comparisons, config, model=MODEL,
-                             confidence=audit.confidence)
+                             confidence=audit.confidence, shift=audit.shift,
+                             overoptimization=audit.overoptimization)
     decision = decide(judgement)
     temperature = policies.default_temperature(decision.algorithm, audit.train_reward_std)
     decision = default_temperature(decision, temperature)

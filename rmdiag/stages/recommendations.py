@@ -26,11 +26,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from evaluators import ranking_metrics
 from rmdiag import policies
-from rmdiag.data import DataError, Interactions, _read_file
+from rmdiag.data import DataError, Interactions, _read_file, _validate_id, validate_number
 from rmdiag.stages.evaluation import evaluation_payload, write_evaluation
 from rmdiag.stages.inputs import DEFAULT_MAX_LEN, split_data
 
@@ -43,10 +42,9 @@ def _first_row(mask: np.ndarray) -> int:
 
 
 def _encode(values: pa.ChunkedArray, raw_ids: np.ndarray, source: str, column: str) -> np.ndarray:
-    """Encoded ids of a column of raw ids (compared as text, so 7 and "7" agree)."""
-    if values.null_count:
-        raise DataError("null id", source=source, column=column,
-                        row=_first_row(np.asarray(pc.is_null(values))))
+    """Encoded ids of a column of raw ids (compared as text, so 7 and "7" agree; an integral
+    float, as a CSV column with one id beyond int64 is read, is refused or cast first)."""
+    values = _validate_id(values, source, column)
     lookup = {str(raw): code for code, raw in enumerate(raw_ids.tolist()) if code > 0}
     text = [str(v) for v in values.to_pylist()]
     codes = np.fromiter((lookup.get(t, 0) for t in text), dtype=np.int64, count=len(text))
@@ -72,14 +70,8 @@ def read_recommendations(
                         "(higher first)", source=source, column="rank")
     if table.num_rows == 0:
         raise DataError("no rows", source=source)
-    values = table.column(column)
-    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
-        raise DataError(f"expected numbers, got {values.type}", source=source, column=column)
-    numbers = np.asarray(pc.fill_null(values.cast(pa.float64()), np.nan), dtype=np.float64)
-    if not np.isfinite(numbers).all():
-        row = _first_row(~np.isfinite(numbers))
-        raise DataError(f"{numbers[row - 1]!r} is not a finite number", source=source,
-                        column=column, row=row)
+    numbers = validate_number(table.column(column), source, column, column,
+                              booleans=False).to_numpy()
     users = _encode(table.column("user_id"), log.user_ids, source, "user_id")
     items = _encode(table.column("item_id"), log.item_ids, source, "item_id")
     pairs = users * (log.n_items + 1) + items

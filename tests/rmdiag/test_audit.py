@@ -323,12 +323,27 @@ def test_too_small_slice_gives_null_with_reason(learnable_last_out) -> None:
 
 
 def test_rmse_interval_is_the_event_level_rmse(learnable) -> None:
+    # every slice, including the unexplored one where users hold unequal numbers of events
     reward = learnable.events["reward"]
+    unexplored = learnable.events["unexplored"]
+    counts = np.unique(learnable.events["user"][unexplored], return_counts=True)[1]
+    assert counts.min() < counts.max()
     for name, prediction in learnable.predictions.items():
-        rmse = math.sqrt(np.mean((prediction - reward) ** 2))
-        assert learnable.models[name]["all"]["rmse"].value == pytest.approx(rmse)
-        mae = np.mean(np.abs(prediction - reward))
-        assert learnable.models[name]["all"]["mae"].value == pytest.approx(mae)
+        for slice_name, rows in (("all", slice(None)), ("unexplored", unexplored)):
+            error = prediction[rows] - reward[rows]
+            figures = learnable.models[name][slice_name]
+            assert figures["rmse"].value == pytest.approx(math.sqrt(np.mean(error**2)))
+            assert figures["mae"].value == pytest.approx(np.mean(np.abs(error)))
+            assert figures["rmse"].low <= figures["rmse"].value <= figures["rmse"].high
+    for c in learnable.comparisons:
+        if c["metric"] != "rmse":
+            continue
+        rows = unexplored if c["slice"] == "unexplored" else slice(None)
+        model, baseline = (learnable.predictions[c[k]][rows] for k in ("model", "baseline"))
+        expected = math.sqrt(np.mean((model - reward[rows]) ** 2)) - math.sqrt(
+            np.mean((baseline - reward[rows]) ** 2)
+        )
+        assert c["difference"].value == pytest.approx(expected, abs=1e-12)
 
 
 def test_write_audit_writes_both_files_and_escapes_user_strings(tmp_path: Path) -> None:
@@ -352,7 +367,7 @@ def test_write_audit_writes_both_files_and_escapes_user_strings(tmp_path: Path) 
     assert sorted(p.name for p in out.iterdir()) == ["audit.html", "audit.json"]
     page = (out / "audit.html").read_text()
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;&amp;.csv" in page
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == 4  # three error plots and the reliability curve
     payload = json.loads((out / "audit.json").read_text())
     assert {"lightgbm", "sequence", "ensemble"} <= set(payload["models"])
 
@@ -443,9 +458,20 @@ def test_pairwise_accuracy_counts_ties_half_and_skips_equal_rewards() -> None:
     perfect = per_user_metrics(rewards, rewards, piece, config)["pairwise_accuracy"]
     constant = per_user_metrics(np.zeros(90), rewards, piece, config)["pairwise_accuracy"]
     reversed_ = per_user_metrics(-rewards, rewards, piece, config)["pairwise_accuracy"]
-    assert perfect.mean() == pytest.approx(1.0)
-    assert constant.mean() == pytest.approx(0.5)
-    assert reversed_.mean() == pytest.approx(0.0)
+    assert perfect.value == pytest.approx(1.0)
+    assert constant.value == pytest.approx(0.5)
+    assert reversed_.value == pytest.approx(0.0)
+    np.testing.assert_array_equal(constant.denominator, 2.0)  # pairs per user
+    np.testing.assert_array_equal(constant.numerator, 1.0)  # two ties, half each
+
+
+def test_the_audit_uses_the_one_figure_class_of_evaluators() -> None:
+    import evaluators.intervals
+
+    assert Figure is evaluators.intervals.Figure
+    assert Figure.unavailable("why").as_dict() == {
+        "value": None, "low": None, "high": None, "reason": "why"
+    }
 
 
 def test_config_refuses_bad_values() -> None:

@@ -131,6 +131,23 @@ BAD_INPUTS = {
         "user_id,item_id,timestamp,reward\n1,2,3,4\n1,2,yesterday,4\n",
         ["j.csv", "'timestamp'", "row 2", "'yesterday'"],
     ),
+    "duplicated column": (
+        "k.csv",
+        "user_id,item_id,timestamp,reward,reward\n1,2,3,4,5\n",
+        ["k.csv", "'reward'", "twice"],
+    ),
+    "20-digit timestamp": (
+        "l.csv",
+        "user_id,item_id,timestamp,reward\n1,2,3,4\n1,2,12345678901234567890,4\n",
+        ["l.csv", "'timestamp'", "row 2", "int64"],
+    ),
+    "id over int64": (
+        "m.tsv",
+        "user_id\titem_id\ttimestamp\treward\n1\t9223372036854775808\t3\t4\n",
+        ["m.tsv", "'item_id'", "row 1", "int64"],
+    ),
+    "short row": ("o.dat", "1::2::3::4\n1::2::3\n", ["o.dat", "row 2", "found 3"]),
+    "empty header name": ("p.csv", "user_id,,timestamp,reward\n1,2,3,4\n", ["column 2", "no name"]),
 }
 
 
@@ -148,6 +165,18 @@ def test_bad_input_is_refused_with_file_column_row(case: str, tmp_path: Path) ->
     out = tmp_path / "out"
     assert main(["run", "--data", str(path), "--out", str(out)]) == 2
     assert not out.exists()
+
+
+def test_text_that_is_odd_but_valid_loads(tmp_path: Path) -> None:
+    # a UTF-8 byte-order mark, CR/CRLF/LF line endings, a signed and a padded timestamp, an
+    # integer reward beyond 2**53 (whose safe cast to float used to raise ArrowInvalid)
+    path = tmp_path / "odd.csv"
+    path.write_bytes(
+        b"\xef\xbb\xbfuser_id,item_id,timestamp,reward\r\n1,2, +5,4\r1,3,7 ,4\n"
+        b"2,3,-1,12345678901234567\n"
+    )
+    log = load(path)
+    assert _canonical(log) == [(1, 2, 5, 4.0), (1, 3, 7, 4.0), (2, 3, -1, 1.2345678901234568e16)]
 
 
 def test_missing_file_and_misnamed_mapping_exit_2_without_output(tmp_path: Path, capsys) -> None:

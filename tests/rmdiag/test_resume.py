@@ -1,6 +1,8 @@
 """`rmdiag run --resume`: an interrupted run (SIGINT while a policy trains) exits 1, leaves no
 partial file and no summary, and resuming it gives the summary of an uninterrupted run; a changed
-policy setting recomputes the policies it affects and reuses the audit (issue 11, point 3)."""
+policy setting recomputes the policies it affects and reuses the audit (issue 11, point 3). A run
+killed (SIGKILL) mid-training resumes to the same summary, and resuming an interrupted training
+under other settings exits 2 naming them (issue 14, point 2)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pytest
 
 from rmdiag.cli import main
 from rmdiag.workdir import RECORD_FILE, WORK_DIR, WorkDir
+from trainers import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 # A tiny world and fast settings (as tests/rmdiag/test_pipeline.py); one torch thread, which
@@ -48,8 +51,10 @@ def stages_of(out: Path) -> dict[str, dict[str, Any]]:
     return json.loads((out / WORK_DIR / RECORD_FILE).read_text())["stages"]
 
 
-def interrupt_while_training(out: Path, checkpoint: str, timeout: float = 120.0) -> int:
-    """Start `rmdiag run` in a subprocess, SIGINT it once `checkpoint` exists; its exit code."""
+def signal_while_training(out: Path, checkpoint: str, signum: int,
+                          timeout: float = 120.0) -> tuple[int, str]:
+    """Start `rmdiag run` in a subprocess, send it `signum` once `checkpoint` exists; its exit
+    code and stderr."""
     env = os.environ | {"PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     process = subprocess.Popen(
@@ -64,14 +69,20 @@ def interrupt_while_training(out: Path, checkpoint: str, timeout: float = 120.0)
                 raise AssertionError(f"no {target} before the run ended: "
                                      f"{process.communicate()[1][-2000:]}")
             time.sleep(0.01)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         _, stderr = process.communicate(timeout=timeout)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+    return process.returncode, stderr
+
+
+def interrupt_while_training(out: Path, checkpoint: str) -> int:
+    """SIGINT `rmdiag run` once `checkpoint` exists; its exit code."""
+    code, stderr = signal_while_training(out, checkpoint, signal.SIGINT)
     assert "interrupted" in stderr, stderr[-2000:]
-    return process.returncode
+    return code
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +109,24 @@ def test_an_interrupt_exits_1_and_leaves_no_partial_file(interrupted: tuple[Path
     assert stages["audit"]["done"] and stages["policy:sft"]["done"]
     assert not stages["policy:exp-sft"]["done"]  # in training, with its checkpoint kept
     assert (out / WORK_DIR / "checkpoints" / "exp-sft.pt").exists()
+
+
+def test_resuming_an_interrupted_training_under_other_settings_exits_2_naming_them(
+    interrupted: tuple[Path, int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = interrupted
+    checkpoint = out / WORK_DIR / "checkpoints" / "exp-sft.pt"
+    kept = checkpoint.read_bytes()
+    capsys.readouterr()
+    assert main(["run", "--out", str(out), *FAST, "--resume", "--policy-post-lr", "0.002"]) == 2
+    stderr = capsys.readouterr().err
+    assert "rmdiag run: error: cannot resume" in stderr and "exp-sft.pt" in stderr
+    # the one input that differs, named; SFT's inputs (post_lr is not among them) are unchanged
+    assert "policy_config.post_lr: 0.0005 in the checkpoint, 0.002 now); resume with" in stderr
+    assert "internal failure" not in stderr
+    assert checkpoint.read_bytes() == kept  # the interrupted training is kept for a real resume
+    assert not stages_of(out)["policy:exp-sft"]["done"]
+    assert not (out / "summary.json").exists()
 
 
 def test_resume_gives_the_uninterrupted_summary_and_a_changed_input_recomputes(
@@ -128,6 +157,25 @@ def test_resume_gives_the_uninterrupted_summary_and_a_changed_input_recomputes(
     summary = json.loads((out / "summary.json").read_text())
     assert summary["policies"]["exp-sft"]["steps"] == 100
     assert comparable(summary["audit"]) == summary_of(uninterrupted)["audit"]
+
+
+def test_a_run_killed_during_training_resumes_to_the_uninterrupted_summary(
+    uninterrupted: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # SIGKILL: no handler runs, so whatever was being written stays as it was (a checkpoint's
+    # temp file included), and the steps since the last checkpoint are lost and redone.
+    out = tmp_path / "out"
+    code, _ = signal_while_training(out, "exp-sft.pt", signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert not (out / "summary.json").exists() and not stages_of(out)["policy:exp-sft"]["done"]
+    kept = load_checkpoint(out / WORK_DIR / "checkpoints" / "exp-sft.pt")
+    assert kept["step"] in (150, 300, 450)  # killed inside exp-SFT's 600 steps
+    capsys.readouterr()
+    assert main(["run", "--out", str(out), *FAST, "--resume"]) == 0
+    stderr = capsys.readouterr().err
+    assert "audit: reused" in stderr and "policies.sft: reused" in stderr
+    assert summary_of(out) == summary_of(uninterrupted)
+    assert not list((out / WORK_DIR / "checkpoints").iterdir())  # no temp file left either
 
 
 def test_a_fresh_run_replaces_the_work_directory(tmp_path: Path) -> None:

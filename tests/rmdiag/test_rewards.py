@@ -171,6 +171,60 @@ def test_sequence_model_ignores_extra_left_padding(world_split) -> None:
     torch.testing.assert_close(model(context, items), model(padded, items))
 
 
+def test_sequence_model_reuses_the_policy_block_trains_through_the_loop_and_stops_early(
+    world_split, monkeypatch
+) -> None:
+    import rmdiag.rewards.sequence_model as sequence_module
+    from trainers.loop import train_loop
+    from trainers.model import TransformerBlock
+
+    fit, tune, test = world_split
+    calls = []
+
+    def recording_loop(*args, **kwargs):
+        calls.append(args[3])
+        return train_loop(*args, **kwargs)
+
+    monkeypatch.setattr(sequence_module, "train_loop", recording_loop)
+    params = {**SMALL_SEQ, "epochs": 30, "patience": 2}
+    model = SequenceRewardModel(**params).fit(fit, tune)
+    assert len(calls) == 1 and calls[0].early_stopping_metric == "neg_valid_mse"
+    blocks = list(model.network_.blocks)
+    assert len(blocks) == 2 and all(type(b) is TransformerBlock for b in blocks)
+    # early stopping on the tuning events: it stopped before 30 epochs, and kept the weights of
+    # the best epoch evaluated
+    history = model.validation_history_
+    assert 2 < len(history) < 30
+    best = max(h["neg_valid_mse"] for h in history)
+    assert history[-1]["neg_valid_mse"] < best
+    seqs = event_sequences(fit, tune, model.history_len)
+    prediction = model.predict_arrays(seqs.users, seqs.history_items, seqs.history_rewards,
+                                      seqs.targets)
+    assert -np.mean((prediction - tune.rewards) ** 2) == pytest.approx(best, rel=1e-5)
+    # deterministic with a seed, on CPU
+    again = SequenceRewardModel(**params).fit(fit, tune)
+    np.testing.assert_array_equal(again.predict_events(fit, test), model.predict_events(fit, test))
+
+
+def test_sequence_model_loads_weights_saved_with_its_former_block(world_split) -> None:
+    from rmdiag.rewards.sequence_model import _RewardTransformer
+
+    fit, tune, test = world_split
+    model = SequenceRewardModel(**{**SMALL_SEQ, "epochs": 1}).fit(fit, tune)
+    expected = model.predict_events(fit, test)
+    former = {"attn_norm.": "norm1.", "attn_out.": "out.", "ffn_norm.": "norm2.", "ffn.": "mlp."}
+    old_state = {}
+    for key, value in model.network_.state_dict().items():
+        for new, old in former.items():
+            key = key.replace(f".{new}", f".{old}") if key.startswith("blocks.") else key
+        old_state[key] = value
+    assert "blocks.0.norm1.weight" in old_state and "blocks.1.mlp.2.bias" in old_state
+    network = _RewardTransformer(fit.n_items, model.dim, model.n_layers, model.n_heads, 0.1)
+    network.load_state_dict(old_state)
+    model.network_ = network.eval()
+    np.testing.assert_array_equal(model.predict_events(fit, test), expected)
+
+
 def test_ensemble_members_mean_spread_and_bootstrap(world_split) -> None:
     fit, tune, test = world_split
     ensemble = RewardEnsemble(

@@ -10,6 +10,7 @@ import torch
 
 from trainers import (
     ALGORITHMS,
+    CQLConfig,
     GRPOConfig,
     SequentialRecommender,
     SFTConfig,
@@ -19,7 +20,7 @@ from trainers import (
     train_sft,
 )
 from trainers.data import TensorData
-from trainers.loop import TrainConfig, learning_rate
+from trainers.loop import CheckpointMismatch, TrainConfig, learning_rate
 from trainers.testing import NoisyEnsemble, ToyWorld, ToyWorldConfig
 
 Make = Callable[..., SequentialRecommender]
@@ -287,3 +288,65 @@ def test_two_process_torchrun_matches_one_process(tmp_path: Path) -> None:
     for name in ("sft", "cql", "grpo"):
         for key, value in one[name]["state"].items():
             assert torch.allclose(value, two[name]["state"][key], atol=5e-5, rtol=1e-4), (name, key)
+
+
+def _torchrun(script: Path, *args: str, timeout: float = 150) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+              "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+              "--master_port", str(_free_port()), str(script), *args]
+    done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_two_process_resume_is_exact(make_model: Make, tmp_path: Path) -> None:
+    # Uninterrupted vs checkpointed at step 3, crashed at 5 and resumed by new processes: the
+    # same weights bit for bit, which needs each rank to get its own random state back.
+    worker = Path(__file__).with_name("ddp_resume_worker.py")
+    _torchrun(worker, str(tmp_path / "whole.pt"), str(tmp_path), "first")
+    _torchrun(worker, str(tmp_path / "resumed.pt"), str(tmp_path), "resume")
+    whole = torch.load(tmp_path / "whole.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    for name in ("sft", "dpo"):
+        assert whole[name].keys() == resumed[name].keys()
+        for key, value in whole[name].items():
+            assert torch.equal(value, resumed[name][key]), (name, key)
+
+    state = load_checkpoint(tmp_path / "sft.pt")  # weights_only: tensors and plain values
+    assert state["world_size"] == 2 and state["step"] == 6
+    assert len(state["torch_rng"]) == len(state["generator"]) == 2  # type: ignore[arg-type]
+    assert not torch.equal(*state["torch_rng"])  # type: ignore[misc]  # the ranks' own states
+    # The checkpoint's own config under one process: refused for the world size alone.
+    saved = dict(state["config"])  # type: ignore[call-overload]
+    assert saved.pop("type") == "SFTConfig"
+    with pytest.raises(CheckpointMismatch, match="world size: 2 in the checkpoint, 1 now"):
+        train_sft(make_model(), _data(), SFTConfig(**saved), resume_from=tmp_path / "sft.pt")
+
+
+def test_resume_with_other_settings_is_refused_naming_them(make_model: Make,
+                                                           tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    settings = dict(lr=3e-3, batch_size=16, max_steps=4, checkpoint_path=str(path),
+                    progress=False)
+    train_sft(make_model(), _data(), SFTConfig(**settings))
+    with pytest.raises(CheckpointMismatch) as refused:
+        changed = settings | {"lr": 1e-3, "seed": 1}
+        train_sft(make_model(), _data(), SFTConfig(**changed), resume_from=path)
+    assert refused.value.fields == {"lr": (3e-3, 1e-3), "seed": (0, 1)}
+    assert "lr: 0.003 in the checkpoint, 0.001 now; seed: 0 in the checkpoint, 1 now" in str(
+        refused.value)
+    with pytest.raises(CheckpointMismatch, match="type: 'SFTConfig' in the checkpoint, "
+                                                 "'CQLConfig' now"):
+        ALGORITHMS["cql"][1](make_model(), _data(), CQLConfig(**settings), resume_from=path)
+    # What may change: where checkpoints and logs go, how often, the bar, and the length.
+    longer = settings | {"checkpoint_path": str(tmp_path / "next.pt"), "checkpoint_every": 2,
+                         "progress": True, "max_steps": 6, "max_seconds": 60.0}
+    result = train_sft(make_model(), _data(), SFTConfig(**longer), resume_from=path)
+    assert result.steps == 6
+    # A checkpoint of another format version is refused as such, not misread.
+    old = load_checkpoint(path) | {"version": 1}
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(CheckpointMismatch, match="checkpoint version: 1 in the checkpoint"):
+        train_sft(make_model(), _data(), SFTConfig(**settings), resume_from=tmp_path / "old.pt")
