@@ -52,6 +52,16 @@ def stages_of(out: Path) -> dict[str, dict[str, Any]]:
     return json.loads((out / WORK_DIR / RECORD_FILE).read_text())["stages"]
 
 
+def _default_signals() -> None:
+    """In the child before exec: `signum` at its default and unblocked. A child inherits both
+    from the test process, where an earlier test's library (threads that block signals, or an
+    ignored SIGINT) may have changed them -- then the child's Python installs no KeyboardInterrupt
+    handler, or never sees the signal, and the run ends as if never interrupted."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def signal_while_training(out: Path, checkpoint: str, signum: int,
                           timeout: float = 120.0) -> tuple[int, str]:
     """Start `rmdiag run` in a subprocess, send it `signum` once `checkpoint` exists; its exit
@@ -61,6 +71,7 @@ def signal_while_training(out: Path, checkpoint: str, signum: int,
     process = subprocess.Popen(
         [sys.executable, "-m", "rmdiag.cli", "run", "--out", str(out), *FAST],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_signals,
     )
     target = out / WORK_DIR / "checkpoints" / checkpoint
     deadline = time.monotonic() + timeout
