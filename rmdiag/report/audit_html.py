@@ -8,6 +8,8 @@ import numpy as np
 from rmdiag.audit import METRICS, SLICES, AuditResult, Figure
 from rmdiag.report.curve import curve_note, curve_table, plot_curve
 from rmdiag.report.html import (
+    CALIBRATION_KEYS,
+    detectable_cell,
     escape,
     figure_cell,
     new_plot,
@@ -127,21 +129,13 @@ def _comparisons_table(result: AuditResult, alpha: float) -> str:
         + _cell(c["difference"], "difference")
         + p_cell(c["p_value"], "p_value")
         + p_cell(c["p_adjusted"], "p_adjusted", alpha)
-        + _detectable_cell(c.get("detectable_difference"))
+        + detectable_cell(c.get("detectable_difference"))
         + "</tr>"
         for c in result.comparisons
     ]
     header = ["model", "baseline", "slice", "metric", "difference", "p", "p (Holm)",
               "detectable"]
     return table("comparisons", header, rows)
-
-
-def _detectable_cell(value: float | None) -> str:
-    text = "n/a" if value is None else f"±{value:.3g}"
-    return f"<td class='num' data-key='detectable_difference'>{escape(text)}</td>"
-
-
-CALIBRATION_KEYS = ("mean_error", "ece", "log_loss", "brier", "auc")
 
 
 def _calibration_table(result: AuditResult) -> str:

@@ -193,6 +193,17 @@ def figure_cell(
     return f"<td{cls}{attrs}>{body}</td>"
 
 
+# audit.json's calibration figures, in the order both reports show them
+CALIBRATION_KEYS = ("mean_error", "ece", "log_loss", "brier", "auc")
+
+
+def detectable_cell(value: Any) -> str:
+    """A comparison's detectable difference (the smallest it could find significant)."""
+    text = f"±{value:.3g}" if finite(value) else "n/a"
+    return (f"<td class='num' data-key='detectable_difference' "
+            f"data-value='{escape(value if finite(value) else 'null')}'>{escape(text)}</td>")
+
+
 def p_cell(value: Any, key: str, alpha: float | None = None) -> str:
     """A p-value's <td>, bold when it is below ``alpha`` (if given)."""
     significant = alpha is not None and finite(value) and value < alpha

@@ -10,6 +10,8 @@ from typing import Any
 
 from rmdiag.report.curve import curve_note, curve_table
 from rmdiag.report.html import (
+    CALIBRATION_KEYS,
+    detectable_cell,
     escape,
     figure_cell,
     finite,
@@ -29,7 +31,6 @@ _HANDLED = {"data", "split", "sequences", "audit", "config", "audit_config", "si
 _AUDIT_SHOWN = {"verdict", "reasons", "confidence", "models", "comparisons", "spread_error",
                 "gap", "slices", "data", "config", "seconds", "calibration", "shift",
                 "overoptimization"}
-_CALIBRATION_KEYS = ("mean_error", "ece", "log_loss", "brier", "auc")
 
 
 def _collapsible(title: str, body: str, opened: bool = False) -> str:
@@ -81,16 +82,10 @@ def _comparisons_table(comparisons: Sequence[Mapping], alpha: float) -> str:
             + figure_cell(c.get("difference"), "difference", signed=True, inline=True)
             + p_cell(c.get("p_value"), "p_value")
             + p_cell(p_adj, "p_adjusted", alpha)
-            + _detectable_cell(c.get("detectable_difference"))
+            + detectable_cell(c.get("detectable_difference"))
             + "</tr>"
         )
     return table("comparisons", header, rows)
-
-
-def _detectable_cell(value: Any) -> str:
-    text = f"±{value:.3g}" if finite(value) else "n/a"
-    return (f"<td class='num' data-key='detectable_difference' "
-            f"data-value='{escape(value if finite(value) else 'null')}'>{escape(text)}</td>")
 
 
 def _calibration(audit: Mapping) -> str:
@@ -104,7 +99,7 @@ def _calibration(audit: Mapping) -> str:
     calibration = audit.get("calibration")
     if isinstance(calibration, Mapping) and calibration:
         slices = list(dict.fromkeys(s for per in calibration.values() for s in per))
-        keys = [k for k in _CALIBRATION_KEYS
+        keys = [k for k in CALIBRATION_KEYS
                 if any(k in by for per in calibration.values() for by in per.values())]
         rows = []
         for slice_name in slices:
