@@ -33,9 +33,9 @@ import numpy as np
 import scipy.stats
 
 from evaluators.intervals import grouped_bootstrap
-from rmdiag.audit.figures import Figure, finite_figure
+from rmdiag.audit.figures import Figure
 from rmdiag.audit.metrics import Slice
-from rmdiag.audit.statistics import paired_ratio_stats, ratio_figure
+from rmdiag.audit.statistics import finite, paired_ratio_stats, ratio_figure
 
 N_BINS = 10
 CLIP = 1e-6
@@ -77,13 +77,6 @@ def auc(pred: np.ndarray, labels: np.ndarray) -> float:
     return float(u / (n_positive * n_negative))
 
 
-def _bootstrapped(figure: Figure) -> Figure:
-    if not figure.available:
-        return figure
-    return finite_figure(figure.value, figure.low, figure.high,  # type: ignore[arg-type]
-                         confidence=figure.confidence, method=figure.method)
-
-
 def calibration(
     pred: np.ndarray,
     rewards: np.ndarray,
@@ -119,7 +112,7 @@ def calibration(
         return np.bincount(cell, weights=values, minlength=n * n_used).reshape(n, n_used)
 
     predicted, observed, in_bin = cell_sums(p), cell_sums(y), cell_sums(np.ones(len(p)))
-    out["ece"] = _bootstrapped(grouped_bootstrap(
+    out["ece"] = finite(grouped_bootstrap(
         _ece, np.arange(n), predicted, observed, events, **stats))
     out["reliability"] = [
         {
@@ -138,7 +131,7 @@ def calibration(
         out["auc"] = (
             Figure.unavailable("one class only in this slice: AUC is undefined")
             if y.min() == y.max()
-            else _bootstrapped(grouped_bootstrap(
+            else finite(grouped_bootstrap(
                 auc, users, p, y, confidence=confidence,
                 n_resamples=min(n_resamples, AUC_RESAMPLES), seed=seed))
         )

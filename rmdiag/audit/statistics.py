@@ -41,16 +41,20 @@ def coverage_warning(n_users: int, what: str) -> str | None:
     )
 
 
-def _finite(figure: Figure) -> Figure:
-    assert figure.value is not None and figure.low is not None and figure.high is not None
-    return finite_figure(figure.value, figure.low, figure.high,
+def finite(figure: Figure) -> Figure:
+    """An evaluators figure as the audit reports it: its interval holding its value, or
+    unavailable (with a reason) when it is not finite or was unavailable already."""
+    if not figure.available:
+        return figure
+    assert figure.low is not None and figure.high is not None
+    return finite_figure(figure.value, figure.low, figure.high,  # type: ignore[arg-type]
                          confidence=figure.confidence, method=figure.method)
 
 
 def mean_figure(values: np.ndarray, *, confidence: float, n_resamples: int, seed: int) -> Figure:
     """Mean of per-user values with a bootstrap interval, users resampled
     (``evaluators.intervals.mean_interval``)."""
-    return _finite(mean_interval(values, INTERVAL_METHOD, confidence, n_resamples, seed))
+    return finite(mean_interval(values, INTERVAL_METHOD, confidence, n_resamples, seed))
 
 
 def ratio_figure(
@@ -68,7 +72,7 @@ def ratio_figure(
     users = int(np.count_nonzero(np.asarray(denominator) > 0))
     if users < 2:
         return Figure.unavailable(f"{users} user(s) with events here; an interval needs 2")
-    return _finite(ratio_interval(numerator, denominator, INTERVAL_METHOD, confidence,
+    return finite(ratio_interval(numerator, denominator, INTERVAL_METHOD, confidence,
                                   n_resamples, seed, transform))
 
 
@@ -92,7 +96,7 @@ def paired_ratio_stats(
         numerator_a, numerator_b, denominator_a, denominator_b, INTERVAL_METHOD, confidence,
         n_resamples, seed, transform
     )
-    return _finite(comparison.difference), comparison.p_t, comparison
+    return finite(comparison.difference), comparison.p_t, comparison
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
