@@ -464,6 +464,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rmdiag {args.command}: interrupted", file=sys.stderr)
         return EXIT_FAILURE
+    except MemoryError as error:  # a failure of the machine, not of the input or of our code
+        print(f"rmdiag {args.command}: out of memory: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     except Exception as error:  # noqa: BLE001 - the exit code is the contract
         if _refused_resume(error):
             print(f"rmdiag {args.command}: error: {error}", file=sys.stderr)

@@ -14,6 +14,7 @@ import inspect
 import multiprocessing
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Self
 
 import numpy as np
@@ -110,12 +111,21 @@ class RewardEnsemble(RewardModel):
             # "spawn" because forking a process that already ran OpenMP can deadlock.
             context = multiprocessing.get_context("spawn")
             workers = min(self.n_jobs, len(models))
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = [
-                    pool.submit(_fit_member, model, train, valid, weight, 1)
-                    for model, weight in zip(models, weights, strict=True)
-                ]
-                self.members_ = [future.result() for future in futures]
+            try:
+                with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                    futures = [
+                        pool.submit(_fit_member, model, train, valid, weight, 1)
+                        for model, weight in zip(models, weights, strict=True)
+                    ]
+                    self.members_ = [future.result() for future in futures]
+            except BrokenProcessPool as error:
+                # A worker only dies this way when it is killed; on Linux that is the kernel's
+                # out-of-memory killer. Say so, not a pool traceback.
+                raise MemoryError(
+                    f"a worker fitting an ensemble member ({workers} at once, "
+                    f"{len(train):,} events) was killed, most likely by the system for lack of "
+                    "memory; fit fewer members at once (--threads 1) or on fewer events"
+                ) from error
         else:
             threads = torch.get_num_threads()
             self.members_ = [

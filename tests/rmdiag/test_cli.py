@@ -134,3 +134,35 @@ def test_audit_command_writes_both_files_or_nothing(tmp_path: Path, capsys) -> N
         assert main(["audit", *args, "--out", str(refused), *fast[:2]]) == 2
         assert not refused.exists()
     assert "constant" in capsys.readouterr().err.lower()
+
+
+def test_a_worker_killed_for_memory_exits_1_with_a_line_not_a_traceback(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    # The pool's worker is killed by the OOM killer in real life; here its BrokenProcessPool is
+    # raised where the pool would raise it, and the CLI must say "out of memory" and exit 1.
+    from concurrent.futures.process import BrokenProcessPool
+
+    from rmdiag.rewards import ensemble
+
+    class DeadPool:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def __enter__(self) -> DeadPool:
+            raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+
+        def __exit__(self, *exc) -> None:
+            return None
+
+    monkeypatch.setattr(ensemble, "ProcessPoolExecutor", DeadPool)
+    data = tmp_path / "log.parquet"
+    assert main(["simulate", "--users", "60", "--items", "30", "--out", str(data)]) == 0
+    out = tmp_path / "audit"
+    code = main(["audit", "--data", str(data), "--out", str(out), "--no-overoptimization",
+                 "--threads", "2"])
+    stderr = capsys.readouterr().err
+    assert code == 1
+    assert "out of memory" in stderr and "killed" in stderr
+    assert "Traceback" not in stderr
+    assert not out.exists()
