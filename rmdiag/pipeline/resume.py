@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
+
+import numpy as np
 
 from rmdiag import policies
 from rmdiag.audit import AuditConfig
@@ -19,6 +22,20 @@ from rmdiag.workdir import WorkDir, file_identity, fingerprint
 _SCORING_ONLY = ("high_reward", "confidence", "n_resamples", "progress")
 _POST_ONLY = ("post_steps", "post_lr")
 
+def simulation_record(simulation: Any) -> dict[str, Any]:
+    """A simulation's settings as recorded and fingerprinted: a `SimulationConfig` as it is; a
+    `World` (e.g. one fitted to a real log, `world_from_interactions`) as its config and a
+    digest of its parameter arrays, which the config alone does not determine."""
+    if not hasattr(simulation, "parameters"):
+        return asdict(simulation)
+    digest = hashlib.sha256()
+    for field in fields(simulation.parameters):
+        value = getattr(simulation.parameters, field.name)
+        digest.update(field.name.encode())
+        digest.update(np.ascontiguousarray(value).tobytes() if isinstance(value, np.ndarray)
+                      else repr(value).encode())
+    return asdict(simulation.config) | {"parameters_sha256": digest.hexdigest()}
+
 class StageKeys:
     """The inputs (and so the fingerprints) of the stages `rmdiag run` keeps in `.work`."""
 
@@ -28,7 +45,7 @@ class StageKeys:
         source: dict[str, Any] = {}
         if work is not None:  # hashing the file is only worth it when a resume may read it
             source = ({"file": file_identity(data), "columns": dict(columns or {})}
-                      if data is not None else {"simulation": asdict(simulation)})
+                      if data is not None else {"simulation": simulation_record(simulation)})
         split = {"split": config.split} | (
             {"test_quantile": config.test_quantile, "valid_quantile": config.valid_quantile}
             if config.split == "temporal" else {})

@@ -16,7 +16,7 @@ from rmdiag.data import DataError, Interactions, encode, load, validate
 from rmdiag.outputs import publish
 from rmdiag.pipeline.clock import StageClock
 from rmdiag.pipeline.config import RunConfig
-from rmdiag.pipeline.resume import CachedTrainer, StageKeys
+from rmdiag.pipeline.resume import CachedTrainer, StageKeys, simulation_record
 from rmdiag.pipeline.summary import RunSummary, conclusion
 from rmdiag.report import audit_files_content
 from rmdiag.rewards.base import torch_threads
@@ -44,7 +44,10 @@ def load_or_simulate(
         return load(data, columns), None
     from rmdiag.simulate import SimulationConfig, World
 
-    world = World(simulation if simulation is not None else SimulationConfig())
+    if isinstance(simulation, World):  # a world built or fitted by the caller
+        world = simulation
+    else:
+        world = World(simulation if simulation is not None else SimulationConfig())
     source = "<simulated world>"
     return encode(validate(world.generate(), source), source=source), world
 
@@ -69,7 +72,10 @@ def run(
 ) -> RunSummary:
     """Run the job (module docstring); with `out`, write every file there, only once everything
     succeeded, and keep each finished stage in `out/.work` (`config.resume` reuses them). Bad
-    input raises `rmdiag.data.DataError` before any work."""
+    input raises `rmdiag.data.DataError` before any work. Without `data`, `simulation` is the
+    world: a `SimulationConfig` (default: the built-in one) or a `World`, e.g. one fitted to a
+    real log (`rmdiag.simulate.world_from_interactions`), whose true reward then scores every
+    policy."""
     if config.resume and out is None:
         raise ValueError("resume needs the output directory (out) whose .work it continues")
     if data is None and simulation is None:
@@ -130,7 +136,7 @@ def run(
     summary.settings = {
         "config": run_settings, "audit_config": asdict(audit_config),
         "select_config": asdict(select_config), "policy_config": asdict(policy_config),
-    } | ({"simulation": asdict(simulation)} if world is not None else {})
+    } | ({"simulation": simulation_record(simulation)} if world is not None else {})
     stage(None)
     summary.timings = stage.seconds
     if out is not None:

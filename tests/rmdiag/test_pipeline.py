@@ -195,3 +195,20 @@ def test_cli_json_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["run", "--out", str(bad), "--compare", "ppo", *fast]) == 0
     skipped = json.loads((bad / "summary.json").read_text())["evaluation"]["skipped"]
     assert "ppo" in skipped
+
+
+def test_run_on_a_world_fitted_to_a_log_scores_with_its_true_reward(tmp_path: Path) -> None:
+    # The paper table's semi-synthetic half: a World object (here fitted to a small log) is the
+    # simulation; its true reward scores the policies and its parameters enter the record.
+    from rmdiag.simulate import world_from_interactions
+
+    table = World(TINY_WORLD).generate()
+    fitted = world_from_interactions(table, rank=4, seed=1, n_iterations=3, calibration_rounds=2)
+    out = tmp_path / "fitted"
+    summary = run(RunConfig(max_len=20, audit=False), out=out, simulation=fitted,
+                  policy_config=FAST_POLICY)
+    written = json.loads((out / "summary.json").read_text())
+    assert is_figure(written["policies"]["sft"]["true_reward"])
+    record = written["simulation"]
+    assert len(record["parameters_sha256"]) == 64 and record["n_users"] == fitted.n_users
+    assert summary.data["events"] == len(fitted.generate())
