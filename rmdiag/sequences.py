@@ -11,6 +11,7 @@ Two shapes serve everything downstream:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -101,6 +102,16 @@ def event_sequences(history: Interactions, events: Interactions, max_len: int) -
     "Before" is by (timestamp, row): both logs carry the source's row number, so events that
     share a timestamp keep the order the log had (DESIGN.md: a stable tie break).
     """
+    (block,) = event_sequence_blocks(history, events, max_len, block_rows=max(len(events), 1))
+    return block
+
+
+def event_sequence_blocks(
+    history: Interactions, events: Interactions, max_len: int, block_rows: int = 8192
+) -> Iterator[Sequences]:
+    """`event_sequences` of `events` in consecutive blocks of `block_rows` events (the last may
+    be shorter), so that a pass over a large log holds one block's [rows, max_len] windows and
+    not the whole log's (10M events x 50: 6 GB of windows and as much again in temporaries)."""
     if max_len < 1:
         raise ValueError(f"max_len must be positive, got {max_len}")
     if history.n_users != events.n_users or history.user_ids is not events.user_ids:
@@ -111,17 +122,22 @@ def event_sequences(history: Interactions, events: Interactions, max_len: int) -
     hist_key = _composite_key(history)
     event_key = _composite_key(events)
     ends = np.searchsorted(hist_key, event_key, side="left").astype(np.int64)
-    ends = np.maximum(ends, starts[events.users])
-    hist_items, hist_rewards = _gather_windows(
-        history.items, history.rewards, starts[events.users], ends, max_len
-    )
-    return Sequences(
-        users=events.users.astype(np.int64),
-        history_items=hist_items,
-        history_rewards=hist_rewards,
-        targets=events.items.astype(np.int64),
-        target_rewards=events.rewards.astype(np.float32),
-    )
+    del hist_key, event_key
+    users, items, rewards = events.users, events.items, events.rewards
+    ends = np.maximum(ends, starts[users])
+    for first in range(0, max(len(events), 1), block_rows):
+        rows = slice(first, first + block_rows)
+        block_users = users[rows]
+        hist_items, hist_rewards = _gather_windows(
+            history.items, history.rewards, starts[block_users], ends[rows], max_len
+        )
+        yield Sequences(
+            users=block_users.astype(np.int64),
+            history_items=hist_items,
+            history_rewards=hist_rewards,
+            targets=items[rows].astype(np.int64),
+            target_rewards=rewards[rows].astype(np.float32),
+        )
 
 
 def _composite_key(log: Interactions) -> np.ndarray:

@@ -28,7 +28,7 @@ from scipy.sparse.linalg import svds
 
 from rmdiag.data import Interactions
 from rmdiag.rewards.base import RewardModel, columns, event_weights
-from rmdiag.sequences import event_sequences
+from rmdiag.sequences import event_sequence_blocks
 from trainers.protocols import Context
 
 FEATURES: tuple[str, ...] = (
@@ -270,6 +270,36 @@ class LightGBMRewardModel(RewardModel):
             return np.zeros((0, len(FEATURES)))
         return np.concatenate(blocks)
 
+    def _event_features(
+        self,
+        history: Interactions,
+        events: Interactions,
+        item_mean: np.ndarray | None = None,
+        user_mean: np.ndarray | None = None,
+        keep: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Feature rows of `events` (their histories from `history`), the rows `keep` selects,
+        built block by block into one matrix: a 10M-event log's whole [events, history]
+        windows, their temporaries and a copy of the kept rows would hold over 16 GB."""
+        out = np.empty((len(events) if keep is None else int(keep.sum()), len(FEATURES)))
+        filled = 0
+        blocks = event_sequence_blocks(history, events, max(self.history_len, 1), CHUNK)
+        for first, seqs in zip(range(0, max(len(events), 1), CHUNK), blocks, strict=True):
+            rows = slice(first, first + len(seqs))
+            block = self._features(
+                seqs.users,
+                seqs.history_items,
+                seqs.history_rewards,
+                seqs.targets[:, None],
+                None if item_mean is None else item_mean[rows, None],
+                None if user_mean is None else user_mean[rows],
+            )
+            if keep is not None:
+                block = block[keep[rows]]
+            out[filled : filled + len(block)] = block
+            filled += len(block)
+        return out
+
     # -- estimator interface ----------------------------------------------------------------
     def fit(
         self,
@@ -283,11 +313,8 @@ class LightGBMRewardModel(RewardModel):
         weight = event_weights(train, user_weight)
         self._fit_statistics(train, weight)
         item_oof, user_oof = self._out_of_fold(train, weight)
-        seqs = event_sequences(train, train, max(self.history_len, 1))
-        x_train = self._features_chunked(
-            seqs.users, seqs.history_items, seqs.history_rewards, seqs.targets, item_oof, user_oof
-        )
         keep = weight > 0  # bootstrap resamples drop the users they did not draw
+        x_train = self._event_features(train, train, item_oof, user_oof, keep)
         params = {
             "objective": "regression",
             "learning_rate": self.learning_rate,
@@ -304,7 +331,7 @@ class LightGBMRewardModel(RewardModel):
             "verbosity": -1,
         }
         train_set = lgb.Dataset(
-            x_train[keep],
+            x_train,
             label=reward[keep],
             weight=weight[keep],
             feature_name=list(FEATURES),
@@ -313,11 +340,9 @@ class LightGBMRewardModel(RewardModel):
         callbacks = []
         valid_sets = []
         if valid is not None and len(valid.table) > 0:
-            v_seqs = event_sequences(train, valid, max(self.history_len, 1))
-            x_valid = self._features_chunked(
-                v_seqs.users, v_seqs.history_items, v_seqs.history_rewards, v_seqs.targets
-            )
-            valid_sets = [lgb.Dataset(x_valid, label=v_seqs.target_rewards, reference=train_set)]
+            x_valid = self._event_features(train, valid)
+            valid_sets = [lgb.Dataset(x_valid, label=valid.rewards.astype(np.float32),
+                                      reference=train_set)]
             callbacks.append(lgb.early_stopping(self.early_stopping_rounds, verbose=False))
         self.booster_ = lgb.train(
             params,

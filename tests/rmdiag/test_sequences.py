@@ -9,7 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rmdiag.data import DataError, Interactions, load
-from rmdiag.sequences import event_sequences, user_sequences, user_sequences_from_parquet
+from rmdiag.sequences import (
+    event_sequence_blocks,
+    event_sequences,
+    user_sequences,
+    user_sequences_from_parquet,
+)
 from rmdiag.split import leave_last_out
 from tests.rmdiag.strategies import logs
 
@@ -74,6 +79,21 @@ def test_event_histories_hold_exactly_the_earlier_events(log: Interactions, max_
         assert (own.history_items[k] > 0).sum() <= min(max_len, k)
     ctx = seqs.context()
     assert ctx.history_items.shape == (len(split.test), max_len)
+
+
+@settings(max_examples=100, deadline=None)
+@given(logs(), st.integers(1, 6), st.integers(1, 7))
+def test_event_sequence_blocks_tile_event_sequences(
+    log: Interactions, max_len: int, block_rows: int
+) -> None:
+    # the blocked path (big logs) is the one-block path cut into consecutive rows
+    whole = event_sequences(log, log, max_len)
+    blocks = list(event_sequence_blocks(log, log, max_len, block_rows))
+    assert [len(b) for b in blocks[:-1]] == [block_rows] * (len(blocks) - 1)
+    for name in ("users", "history_items", "history_rewards", "targets", "target_rewards"):
+        joined = np.concatenate([getattr(b, name) for b in blocks])
+        np.testing.assert_array_equal(joined, getattr(whole, name))
+        assert joined.dtype == getattr(whole, name).dtype
 
 
 def test_streaming_parquet_equals_in_memory(tmp_path: Path) -> None:
