@@ -139,6 +139,7 @@ def run(
     } | ({"simulation": simulation_record(simulation)} if world is not None else {})
     stage(None)
     summary.timings = stage.seconds
+    summary.memory = stage.memory
     if out is not None:
         stage("report", f": writing {out}")
         publish(out, summary.files())

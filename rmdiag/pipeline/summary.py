@@ -37,6 +37,7 @@ class RunSummary:
     examples: list[dict[str, Any]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)  # the configs used, as JSON
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    memory: dict[str, Any] = field(default_factory=dict)  # peak memory per stage (StageClock)
     per_user: pa.Table | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -51,7 +52,8 @@ class RunSummary:
         if self.policies:
             payload |= {"policies": self.policies, "evaluation": self.evaluation,
                         "conclusion": self.conclusion, "examples": self.examples}
-        return payload | self.settings | ({"timings": self.timings} if self.timings else {})
+        return (payload | self.settings | ({"timings": self.timings} if self.timings else {})
+                | ({"memory": self.memory} if self.memory else {}))
 
     def files(self) -> dict[str, str | bytes]:
         """Every output file, rendered in memory (publish them together)."""

@@ -212,3 +212,24 @@ def test_run_on_a_world_fitted_to_a_log_scores_with_its_true_reward(tmp_path: Pa
     record = written["simulation"]
     assert len(record["parameters_sha256"]) == 64 and record["n_users"] == fitted.n_users
     assert summary.data["events"] == len(fitted.generate())
+
+
+def test_each_stage_records_its_own_peak_memory() -> None:
+    # The high-water mark restarts at each stage: a stage that holds 400 MB shows it, the one
+    # after it (which frees it) does not; summary.json carries the record as `memory`.
+    from rmdiag.pipeline.clock import StageClock
+
+    clock = StageClock()
+    clock("small")
+    clock("big")
+    block = np.ones(400 * 2**20 // 8)
+    clock("after")
+    del block
+    clock("end")
+    clock(None)
+    memory = clock.memory
+    assert set(memory) == {"small", "big", "after", "end"}
+    if memory["big"].get("since_start"):
+        pytest.skip("the peak cannot be reset on this system (not Linux)")
+    assert memory["big"]["peak_rss_mib"] - memory["small"]["peak_rss_mib"] > 350
+    assert memory["end"]["peak_rss_mib"] < memory["big"]["peak_rss_mib"] - 350
