@@ -167,10 +167,20 @@ def _targets_arrays(
     return tgt, gains, n_targets, single
 
 
+def _raise_exclude_out_of_range(excl: np.ndarray, n_items: int) -> None:
+    u, x = (int(v) for v in np.argwhere(excl >= n_items)[0])
+    raise ValueError(f"exclude row {u} names item {int(excl[u, x])}, not in [0, {n_items})")
+
+
 def _exclude_array(
-    exclude: Any, n_users: int, n_items: int, padding_column: int | None
+    exclude: Any, n_users: int, n_items: int, padding_column: int | None,
+    check_range: bool = True,
 ) -> np.ndarray:
-    """Exclusions as int64 [U, L], negatives = padding, duplicates allowed."""
+    """Exclusions as int32 or int64 [U, L], negatives = padding, duplicates allowed.
+
+    check_range=False leaves the check that every item is < n_items to the counting kernel,
+    which reads the exclusions anyway (the dense path: one pass less over them).
+    """
     if exclude is None:
         excl = np.full((n_users, 0), -1, dtype=np.int64)
     elif isinstance(exclude, list | tuple):
@@ -193,15 +203,16 @@ def _exclude_array(
             rows_idx, cols = np.nonzero(arr)
             starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
             excl[rows_idx, np.arange(rows_idx.shape[0]) - starts[rows_idx]] = cols
+        elif arr.dtype in (np.int32, np.int64):
+            excl = arr  # as given: the kernels compile for both widths
         elif arr.dtype.kind in "iu":
-            excl = arr.astype(np.int64, copy=False)
+            excl = arr.astype(np.int64)
         else:
             raise ValueError(f"exclude must be a bool mask or integer indices, got {arr.dtype}")
     if excl.shape[0] != n_users:
         raise ValueError(f"exclude has {excl.shape[0]} rows but scores has {n_users} users")
-    if excl.size and excl.max() >= n_items:
-        u, x = (int(v) for v in np.argwhere(excl >= n_items)[0])
-        raise ValueError(f"exclude row {u} names item {int(excl[u, x])}, not in [0, {n_items})")
+    if check_range and excl.size and excl.max() >= n_items:
+        _raise_exclude_out_of_range(excl, n_items)
     if padding_column is not None and not 0 <= padding_column < n_items:
         raise ValueError(f"padding_column {padding_column} not in [0, {n_items})")
     return np.ascontiguousarray(excl)
@@ -212,9 +223,10 @@ class _Counter:
 
     def __init__(
         self, targets: np.ndarray, target_scores: np.ndarray, n_targets: np.ndarray,
-        exclude: np.ndarray, padding_column: int | None,
+        exclude: np.ndarray, padding_column: int | None, n_items: int,
     ):
         n_users, width = target_scores.shape
+        self.n_items = n_items
         self.targets = targets
         self.padding_column = padding_column
         self.extra = -1 if padding_column is None else int(padding_column)
@@ -228,31 +240,33 @@ class _Counter:
         self.nans = np.zeros(n_users, dtype=np.int64)
 
     def add(self, block: np.ndarray, lo: int, rows: slice = slice(None)) -> None:
-        ts = self.target_scores[rows].astype(block.dtype)
+        ts = self.target_scores[rows].astype(block.dtype, copy=False)
         excl = self.exclude[rows]
+        n = np.zeros(block.shape[0], dtype=np.int64)
+        f = np.zeros(block.shape[0], dtype=np.int64)
         if self.single:
             g = np.zeros(block.shape[0], dtype=np.int64)
             e = np.zeros(block.shape[0], dtype=np.int64)
-            n = np.zeros(block.shape[0], dtype=np.int64)
-            f = np.zeros(block.shape[0], dtype=np.int64)
-            _kernels.count_single(block, lo, self.targets[rows], np.ascontiguousarray(ts[:, 0]),
-                                  excl, self.extra, g, e, n, f)
+            _kernels.count_single(block, lo, self.n_items, self.targets[rows],
+                                  np.ascontiguousarray(ts[:, 0]), excl, self.extra, g, e, n, f)
             self.greater[rows, 0] += g
             self.equal[rows, 0] += e
         else:
             g = np.zeros(ts.shape, dtype=np.int64)
             e = np.zeros(ts.shape, dtype=np.int64)
-            n = np.zeros(block.shape[0], dtype=np.int64)
-            f = np.zeros(block.shape[0], dtype=np.int64)
-            _kernels.count_multi(block, lo, self.targets[rows], np.ascontiguousarray(ts),
-                                 self.n_targets[rows], excl, self.extra, g, e, n, f)
+            _kernels.count_multi(block, lo, self.n_items, self.targets[rows],
+                                 np.ascontiguousarray(ts), self.n_targets[rows], excl,
+                                 self.extra, g, e, n, f)
             self.greater[rows] += g
             self.equal[rows] += e
         self.nans[rows] += n
         self.flagged[rows] |= f
 
     def raise_on_excluded_target(self) -> None:
-        bad = np.flatnonzero(self.flagged)
+        out_of_range = np.flatnonzero(self.flagged & _kernels.FLAG_EXCLUDE_OUT_OF_RANGE)
+        if out_of_range.size:
+            _raise_exclude_out_of_range(self.exclude, self.n_items)
+        bad = np.flatnonzero(self.flagged & _kernels.FLAG_TARGET_EXCLUDED)
         if bad.size:
             u = int(bad[0])
             row = self.targets[u][self.targets[u] >= 0]
@@ -345,10 +359,10 @@ def ranking_metrics(
     sc = _scores_array(scores)
     n_users, n_items = sc.shape
     tgt, gains, n_targets, _ = _targets_arrays(targets, relevance, n_users, n_items)
-    excl = _exclude_array(exclude, n_users, n_items, padding_column)
+    excl = _exclude_array(exclude, n_users, n_items, padding_column, check_range=False)
     rows = np.arange(n_users)[:, None]
     target_scores = sc[rows, np.maximum(tgt, 0)]
-    counter = _Counter(tgt, target_scores, n_targets, excl, padding_column)
+    counter = _Counter(tgt, target_scores, n_targets, excl, padding_column, n_items)
     counter.add(sc, 0)
     counter.raise_on_excluded_target()
     _raise_on_nan(counter, lambda u: int(np.flatnonzero(np.isnan(sc[u]))[0]))
@@ -418,7 +432,7 @@ def _count_chunks(
     if chunk_size < 1 or user_chunk_size < 1:
         raise ValueError("chunk sizes must be >= 1")
     n_users = target_scores.shape[0]
-    counter = _Counter(targets, target_scores, n_targets, exclude, padding_column)
+    counter = _Counter(targets, target_scores, n_targets, exclude, padding_column, n_items)
     observed = np.full(target_scores.shape, np.nan)
     nan_at: dict[int, int] = {}
     for u_lo in range(0, n_users, user_chunk_size):
