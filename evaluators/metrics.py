@@ -4,8 +4,10 @@ Every metric of a user follows from two counts per target item: how many candida
 strictly higher (g) and how many score the same (e, the target itself not counted). The target's
 rank is then g+1 (optimistic), g+e+1 (pessimistic), or uniform on g+1..g+e+1 under random
 tie-breaking (expected, the default): a constant scorer gets the chance value, never 1 or 0.
-The counts take one pass over the scores (`evaluators._kernels`), so the cost is about that of
-reading the matrix once; there is no sort.
+The counts take one pass over the scores (`evaluators._kernels`: each row counted whole, then
+its few excluded cells subtracted), so the cost is about that of reading the matrix once; there
+is no sort. The pass runs on the thread count that measured fastest on this machine (see
+`_kernels.ThreadChooser`); the results do not depend on it.
 
 Conventions. Column index = item index. Candidates are all columns except the user's `exclude`d
 items (typically the history) and `padding_column`. NDCG uses the gain of each target (1 for
@@ -35,7 +37,8 @@ __all__ = [
 
 
 def metric_names(ks: Iterable[int]) -> list[str]:
-    """The keys `ranking_metrics` returns for these cutoffs, in order."""
+    """The keys `ranking_metrics` returns for these cutoffs, in order (no metric is computed:
+    ndcg@k for each k, then hr@k for each k, then mrr)."""
     ks = list(ks)
     return [f"ndcg@{k}" for k in ks] + [f"hr@{k}" for k in ks] + ["mrr"]
 
@@ -334,6 +337,31 @@ def ranking_metrics(
 ) -> dict[str, np.ndarray]:
     """Per-user NDCG@k, HR@k and MRR of full-catalog rankings.
 
+    Formulas, per user. Candidates C = all items minus `exclude` and `padding_column`; a
+    target t has rank r_t = 1 + |{i in C : s_i > s_t}| when nothing ties with it. Targets T
+    with gains w_t (1 unless `relevance`); D(n) = sum_{i=1..n} 1/log2(i+1); H(n) = sum 1/i.
+
+        DCG@k  = sum_{t in T} w_t * [r_t <= k] / log2(r_t + 1)
+        IDCG@k = sum_{q=1..min(k, |T|)} w_(q) / log2(q + 1)   (gains sorted descending)
+        NDCG@k = DCG@k / IDCG@k
+        HR@k   = [min_t r_t <= k]
+        MRR    = 1 / min_t r_t                                (no cutoff)
+
+    Ties. With g candidates scoring strictly above t and e others equal to it (m = e + 1 items
+    in its tie block), r_t lies in g+1..g+m. "optimistic" takes r_t = g+1 (targets first in
+    the block, larger gains first), "pessimistic" r_t = g+m (last), and "expected" (default)
+    the exact expectation over a uniformly random order of the block:
+
+        E[DCG@k term] = w_t * (D(min(g+m, k)) - D(min(g, k))) / m
+        E[HR@k]       = 1 - prod_{q<c} (m-r-q)/(m-q),   c = min(k-g, m), 0 when g >= k
+        E[MRR]        = sum_j P(X=j) / (g+j),            X = first of r targets in the block
+
+    where g, m and r (the number of targets in it) are those of the best-scored targets' block;
+    for one target E[HR@k] = clamp(k-g, 0, m)/m and E[MRR] = (H(g+m) - H(g))/m. So a tie never
+    helps or hurts the expected figure beyond chance: a constant scorer over n candidates gets
+    HR@k = min(k, n)/n, NDCG@k = D(min(k, n))/n and MRR = H(n)/n, never 1 or 0; optimistic and
+    pessimistic bound the expected value from above and below. NaN scores raise.
+
     Args:
         scores: float array or CPU tensor [n_users, n_items]; higher ranks first; column = item.
         targets: int [n_users] (one held-out item per user), int [n_users, T] padded with -1,
@@ -391,6 +419,14 @@ def ranking_metrics_chunked(
     [n_users, T] are the targets' scores; they must equal what `score_block` returns for the
     target's cell (checked; a mismatch raises, because the counts would be against another value).
     Peak extra memory is one block plus O(n_users * (T + L)) for counts and exclusions.
+
+    Formulas and ties exactly as `ranking_metrics` (the results are identical to it on the
+    assembled matrix): with r_t the target's rank among the candidates and D(n) =
+    sum_{i<=n} 1/log2(i+1), NDCG@k = sum_t w_t [r_t <= k] / log2(r_t+1) / IDCG@k, HR@k =
+    [min_t r_t <= k], MRR = 1/min_t r_t; for a target with g candidates above it and m-1 tied
+    with it, "expected" averages over the m tied positions (E[NDCG@k] = (D(min(g+m, k)) -
+    D(min(g, k)))/m for one target, E[HR@k] = clamp(k-g, 0, m)/m, E[MRR] = (H(g+m) - H(g))/m),
+    "optimistic" puts the target first among its ties and "pessimistic" last.
     """
     _check_ties(ties)
     ks_arr = _check_ks(ks)
@@ -481,6 +517,14 @@ def ranking_metrics_streaming(
     miscount ties). The targets' scores are first taken from a matrix product of the same shape
     family (the diagonal of user_chunk @ target_items.T); if any differs from the value the
     counting pass saw, the pass is repeated against the observed values.
+
+    Formulas and ties exactly as `ranking_metrics`: with r_t the target's rank among the
+    candidates and D(n) = sum_{i<=n} 1/log2(i+1), NDCG@k = sum_t w_t [r_t <= k] / log2(r_t+1)
+    / IDCG@k, HR@k = [min_t r_t <= k], MRR = 1/min_t r_t; for a target with g candidates above
+    it and m-1 tied with it, "expected" averages over the m tied positions (E[NDCG@k] =
+    (D(min(g+m, k)) - D(min(g, k)))/m for one target, E[HR@k] = clamp(k-g, 0, m)/m, E[MRR] =
+    (H(g+m) - H(g))/m), "optimistic" puts the target first among its ties and "pessimistic"
+    last. Ties are frequent here when embeddings are quantised or items duplicated.
     """
     _check_ties(ties)
     ks_arr = _check_ks(ks)
