@@ -335,97 +335,114 @@ def count_multi(block, lo, n_items, targets, target_scores, n_targets, exclude, 
                  equal, nans, flagged), n_threads)
 
 
-@njit(cache=True, inline="always")
-def _finalize_user(u, greater, equal, target_scores, gains, n_targets, ks, ties, cum_discount,
-                   ndcg, hr, mrr, scratch):  # pragma: no cover
-    """One user's metrics (see `finalize`); scratch: float64 [T], overwritten."""
+@njit(cache=True, nogil=True)
+def _finalize_users(u_lo, u_hi, greater, equal, target_scores, gains, n_targets, ks, ties,
+                    cum_discount, ndcg, hr, mrr, scratch):  # pragma: no cover
+    """Metrics of users u_lo..u_hi-1 (see `finalize`); scratch: float64 [T], overwritten.
+
+    One call per range, not per user: a numba call per user costs ~100 ns of argument and
+    reference-count traffic, ten times the arithmetic of a user.
+    """
     n_k = ks.shape[0]
-    nt = n_targets[u]
-    # ideal DCG: gains sorted descending at ranks 1..
-    # (sorted ascending in place in a scratch row, read from its end)
-    if nt == 1:
-        scratch[0] = gains[u, 0]
-    else:
+    for u in range(u_lo, u_hi):
+        if n_targets[u] == 1 and equal[u, 0] == 0:
+            # one target, tied with nothing: rank g+1 in every tie mode. The same floating-point
+            # operations as the general code below reduce to these (x + 0.0 = x, x / 1 = x, and
+            # the HR and MRR loops run once), so the values are identical; only faster.
+            g = greater[u, 0]
+            w = gains[u, 0]
+            ideal = w * (cum_discount[1] - cum_discount[0])
+            for ik in range(n_k):
+                k = ks[ik]
+                ndcg[ik, u] = w * (cum_discount[min(g + 1, k)] - cum_discount[min(g, k)]) / ideal
+                hr[ik, u] = 1.0 if g < k else 0.0
+            mrr[u] = 1.0 / (g + 1)
+            continue
+        nt = n_targets[u]
+        # ideal DCG: gains sorted descending at ranks 1..
+        # (sorted ascending in place in a scratch row, read from its end)
+        if nt == 1:
+            scratch[0] = gains[u, 0]
+        else:
+            for i in range(nt):
+                scratch[i] = gains[u, i]
+            scratch[:nt].sort()
+        # the best-scored block: ties with the highest target score
+        best = target_scores[u, 0]
+        for i in range(1, nt):
+            if target_scores[u, i] > best:
+                best = target_scores[u, i]
+        r = 0
+        g_best = 0
+        m_best = 0
         for i in range(nt):
-            scratch[i] = gains[u, i]
-        scratch[:nt].sort()
-    # the best-scored block: ties with the highest target score
-    best = target_scores[u, 0]
-    for i in range(1, nt):
-        if target_scores[u, i] > best:
-            best = target_scores[u, i]
-    r = 0
-    g_best = 0
-    m_best = 0
-    for i in range(nt):
-        if target_scores[u, i] == best:
-            r += 1
-            g_best = greater[u, i]
-            m_best = equal[u, i] + 1
-    for ik in range(n_k):
-        k = ks[ik]
-        ideal = 0.0
-        for q in range(min(k, nt)):
-            ideal += scratch[nt - 1 - q] * (cum_discount[q + 1] - cum_discount[q])
-        dcg = 0.0
-        for i in range(nt):
-            g = greater[u, i]
-            m = equal[u, i] + 1
-            if ties == EXPECTED:
-                dcg += gains[u, i] * (
-                    cum_discount[min(g + m, k)] - cum_discount[min(g, k)]
-                ) / m
-            else:
-                # targets tied with i that go before it: larger gain, or equal gain and
-                # smaller slot (a fixed order among equal gains; DCG does not depend on it)
-                ahead = 0
-                for j in range(nt):
-                    if j != i and target_scores[u, j] == target_scores[u, i]:
-                        if gains[u, j] > gains[u, i] or (
-                            gains[u, j] == gains[u, i] and j < i
-                        ):
-                            ahead += 1
-                rank = g + 1 + ahead if ties == OPTIMISTIC else g + m - ahead
-                if rank <= k:
-                    dcg += gains[u, i] * (cum_discount[rank] - cum_discount[rank - 1])
-        ndcg[ik, u] = dcg / ideal
-        if g_best < k:
-            if ties == EXPECTED:
-                # P(no target among the first c positions of the best block)
-                c = min(k - g_best, m_best)
-                miss = 1.0
-                for q in range(c):
-                    miss *= (m_best - r - q) / (m_best - q)
-                    if miss <= 0.0:
-                        miss = 0.0
-                        break
-                hr[ik, u] = 1.0 - miss
-            elif ties == OPTIMISTIC:
-                hr[ik, u] = 1.0
-            elif g_best + m_best - r + 1 <= k:
-                hr[ik, u] = 1.0
-    if ties == EXPECTED:
-        # first target's position X in the block: P(X=1) = r/m,
-        # P(X=j+1)/P(X=j) = (m-j-r+1)/(m-j)
-        p = r / m_best
-        total = 0.0
-        for j in range(1, m_best - r + 2):
-            total += p / (g_best + j)
-            p *= (m_best - j - r + 1) / (m_best - j) if m_best > j else 0.0
-        mrr[u] = total
-    elif ties == OPTIMISTIC:
-        mrr[u] = 1.0 / (g_best + 1)
-    else:
-        mrr[u] = 1.0 / (g_best + m_best - r + 1)
+            if target_scores[u, i] == best:
+                r += 1
+                g_best = greater[u, i]
+                m_best = equal[u, i] + 1
+        for ik in range(n_k):
+            k = ks[ik]
+            ideal = 0.0
+            for q in range(min(k, nt)):
+                ideal += scratch[nt - 1 - q] * (cum_discount[q + 1] - cum_discount[q])
+            dcg = 0.0
+            for i in range(nt):
+                g = greater[u, i]
+                m = equal[u, i] + 1
+                if ties == EXPECTED:
+                    dcg += gains[u, i] * (
+                        cum_discount[min(g + m, k)] - cum_discount[min(g, k)]
+                    ) / m
+                else:
+                    # targets tied with i that go before it: larger gain, or equal gain and
+                    # smaller slot (a fixed order among equal gains; DCG does not depend on it)
+                    ahead = 0
+                    for j in range(nt):
+                        if j != i and target_scores[u, j] == target_scores[u, i]:
+                            if gains[u, j] > gains[u, i] or (
+                                gains[u, j] == gains[u, i] and j < i
+                            ):
+                                ahead += 1
+                    rank = g + 1 + ahead if ties == OPTIMISTIC else g + m - ahead
+                    if rank <= k:
+                        dcg += gains[u, i] * (cum_discount[rank] - cum_discount[rank - 1])
+            ndcg[ik, u] = dcg / ideal
+            if g_best < k:
+                if ties == EXPECTED:
+                    # P(no target among the first c positions of the best block)
+                    c = min(k - g_best, m_best)
+                    miss = 1.0
+                    for q in range(c):
+                        miss *= (m_best - r - q) / (m_best - q)
+                        if miss <= 0.0:
+                            miss = 0.0
+                            break
+                    hr[ik, u] = 1.0 - miss
+                elif ties == OPTIMISTIC:
+                    hr[ik, u] = 1.0
+                elif g_best + m_best - r + 1 <= k:
+                    hr[ik, u] = 1.0
+        if ties == EXPECTED:
+            # first target's position X in the block: P(X=1) = r/m,
+            # P(X=j+1)/P(X=j) = (m-j-r+1)/(m-j)
+            p = r / m_best
+            total = 0.0
+            for j in range(1, m_best - r + 2):
+                total += p / (g_best + j)
+                p *= (m_best - j - r + 1) / (m_best - j) if m_best > j else 0.0
+            mrr[u] = total
+        elif ties == OPTIMISTIC:
+            mrr[u] = 1.0 / (g_best + 1)
+        else:
+            mrr[u] = 1.0 / (g_best + m_best - r + 1)
 
 
 @njit(cache=True, nogil=True)
 def _finalize_serial(greater, equal, target_scores, gains, n_targets, ks, ties, cum_discount,
                      ndcg, hr, mrr):  # pragma: no cover
     scratch = np.empty(max(gains.shape[1], 1))
-    for u in range(greater.shape[0]):
-        _finalize_user(u, greater, equal, target_scores, gains, n_targets, ks, ties,
-                       cum_discount, ndcg, hr, mrr, scratch)
+    _finalize_users(0, greater.shape[0], greater, equal, target_scores, gains, n_targets, ks,
+                    ties, cum_discount, ndcg, hr, mrr, scratch)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -435,9 +452,9 @@ def _finalize_parallel(greater, equal, target_scores, gains, n_targets, ks, ties
     n_tasks = (n_users + 255) // 256
     for task in prange(n_tasks):
         scratch = np.empty(max(gains.shape[1], 1))
-        for u in range(task * 256, min((task + 1) * 256, n_users)):
-            _finalize_user(u, greater, equal, target_scores, gains, n_targets, ks, ties,
-                           cum_discount, ndcg, hr, mrr, scratch)
+        _finalize_users(task * 256, min((task + 1) * 256, n_users), greater, equal,
+                        target_scores, gains, n_targets, ks, ties, cum_discount, ndcg, hr, mrr,
+                        scratch)
 
 
 def finalize(greater, equal, target_scores, gains, n_targets, ks, ties, cum_discount,
