@@ -28,7 +28,7 @@ FLAG_TARGET_EXCLUDED, FLAG_EXCLUDE_OUT_OF_RANGE = 1, 2
 
 
 @njit(cache=True, inline="always")
-def _row_counts(row, s_t):  # pragma: no cover
+def _row_counts(block, u, s_t):  # pragma: no cover
     """(greater, equal, nan) counts over a whole row against the target score s_t.
 
     No exclusions here: the loop is three compares and three adds per score, with no branch and
@@ -38,8 +38,8 @@ def _row_counts(row, s_t):  # pragma: no cover
     n_greater = 0
     n_equal = 0
     n_nan = 0
-    for j in range(row.shape[0]):
-        s = row[j]
+    for j in range(block.shape[1]):
+        s = block[u, j]
         n_greater += s > s_t
         n_equal += s == s_t
         n_nan += s != s
@@ -69,31 +69,29 @@ def _single_users(block, lo, n_items, target, target_score, exclude, extra, grea
     width = block.shape[1]
     stamp = 0
     for u in range(u_lo, u_hi):
-        row = block[u]
         s_t = target_score[u]
-        g, e, n = _row_counts(row, s_t)
+        g, e, n = _row_counts(block, u, s_t)
         stamp += 1
         if stamp == 256:  # the stamps wrap around: clear the marks
             mark[:] = 0
             stamp = 1
         st = np.uint8(stamp)
-        excl = exclude[u]
         top = -1
-        for x in range(excl.shape[0]):
-            j = excl[x] - lo
+        for x in range(exclude.shape[1]):
+            j = exclude[u, x] - lo
             if j >= 0:
                 if j < width:
                     if mark[j] != st:
                         mark[j] = st
-                        s = row[j]
+                        s = block[u, j]
                         g -= s > s_t
                         e -= s == s_t
                 else:
-                    top = max(top, excl[x])
+                    top = max(top, exclude[u, x])
         j = extra - lo
         if j >= 0 and j < width and mark[j] != st:
             mark[j] = st
-            s = row[j]
+            s = block[u, j]
             g -= s > s_t
             e -= s == s_t
         greater[u] += g
@@ -119,11 +117,10 @@ def _multi_users(block, lo, n_items, targets, target_scores, n_targets, exclude,
     width = block.shape[1]
     stamp = 0
     for u in range(u_lo, u_hi):
-        row = block[u]
         nt = n_targets[u]
         n = 0
         for i in range(nt):
-            g, e, n = _row_counts(row, target_scores[u, i])
+            g, e, n = _row_counts(block, u, target_scores[u, i])
             greater[u, i] += g
             equal[u, i] += e
         stamp += 1
@@ -131,16 +128,15 @@ def _multi_users(block, lo, n_items, targets, target_scores, n_targets, exclude,
             mark[:] = 0
             stamp = 1
         st = np.uint8(stamp)
-        excl = exclude[u]
         top = -1
-        for x in range(excl.shape[0] + 1):
-            item = excl[x] if x < excl.shape[0] else extra
+        for x in range(exclude.shape[1] + 1):
+            item = exclude[u, x] if x < exclude.shape[1] else extra
             j = item - lo
             if j >= 0:
                 if j < width:
                     if mark[j] != st:
                         mark[j] = st
-                        s = row[j]
+                        s = block[u, j]
                         for i in range(nt):
                             greater[u, i] -= s > target_scores[u, i]
                             equal[u, i] -= s == target_scores[u, i]
