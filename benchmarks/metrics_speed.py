@@ -2,8 +2,13 @@
 
 One run, on 6040 x 3706 float32 scores (MovieLens-1M's shape) with one target per user and the
 user's history excluded:
-  (a) floor: one bandwidth-bound pass over the matrix, numpy `scores.sum()`;
-  (b) ours: NDCG@{1,5,10,20}, HR@{1,5,10,20}, MRR, ties expected, history excluded;
+  (a) floor: the physical limit of one pass over the matrix, measured the fastest way available
+      here: the best (lowest median) of torch's `sum()` at each thread count 1, 2, 4, .. up to
+      its default, and a memory copy (`np.copyto` into a preallocated buffer, counted as
+      reading the matrix once: read bandwidth = matrix bytes / time). numpy's `sum()` (a
+      pairwise reduction, slower than memory) is printed beside them, not used;
+  (b) ours: NDCG@{1,5,10,20}, HR@{1,5,10,20}, MRR, ties expected, history excluded, timed
+      interleaved with (a) in the same loop, medians over `--repeat` rounds;
   (c) torchmetrics' retrieval metrics (RetrievalNormalizedDCG / RetrievalHitRate / RetrievalMRR
       with `indexes`), history excluded by setting its scores to -inf beforehand (not timed);
       it loops over queries in Python, so it is timed on a 10% user subset beside ours on it;
@@ -14,10 +19,15 @@ torchmetrics and ranx on every user) and prints ratios measured in this run. The
 resample 95% bootstrap of the mean of 6040 values against scipy.stats.bootstrap (BCa and
 percentile; on the per-user NDCG@10 and on continuous values), and the streaming path on
 100,000 users x 50,000 items from 64-dimensional embeddings, measuring its peak extra memory in
-a child process. The last line is one JSON object of headline figures.
+a child process. Then (a) and (b) again on 100,000 users x 20,000 items (8 GB of float32): it
+does not fit in memory beside the other jobs of the machine, so it is timed block by block
+(5,000 users at a time: scores generated per block, not timed; the floor and ours interleaved
+on each block; the sums of the per-block medians are the figures). The last line is one JSON
+object of headline figures; `floor` in it gives, for both shapes, floor_ms, ours_ms, ratio and
+within_2x.
 
-    /work/venv/bin/python benchmarks/metrics_speed.py            # full run
-    /work/venv/bin/python benchmarks/metrics_speed.py --streaming-users 20000   # smaller stream
+    .venv/bin/python -m benchmarks.metrics_speed            # full run
+    .venv/bin/python -m benchmarks.metrics_speed --streaming-users 20000   # smaller stream
 """
 
 from __future__ import annotations
@@ -51,6 +61,105 @@ def timed(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
         result = fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, list[float]]:
+    """Wall times of each function over `repeat` rounds, one call of each per round (after one
+    warm-up round), so that every candidate sees the same machine load."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def torch_thread_counts() -> list[int]:
+    import torch
+
+    top = torch.get_num_threads()
+    counts = [1]
+    while counts[-1] * 2 < top:
+        counts.append(counts[-1] * 2)
+    return counts + ([top] if top > 1 else [])
+
+
+def floor_candidates(scores: np.ndarray, buffer: np.ndarray) -> dict[str, Callable[[], object]]:
+    """Ways to make one pass over `scores`: torch's sum at each thread count, a memory copy
+    (into `buffer`), and numpy's sum (printed only)."""
+    import torch
+
+    tensor = torch.from_numpy(scores)
+    default = torch.get_num_threads()
+
+    def torch_sum(n: int) -> Callable[[], object]:
+        def run() -> object:
+            torch.set_num_threads(n)
+            try:
+                return tensor.sum()
+            finally:
+                torch.set_num_threads(default)
+        return run
+
+    fns: dict[str, Callable[[], object]] = {
+        f"torch sum, {n} thread{'s' if n > 1 else ''}": torch_sum(n)
+        for n in torch_thread_counts()}
+    fns["memory copy (np.copyto)"] = lambda: np.copyto(buffer, scores)
+    fns["numpy sum (comparison only)"] = scores.sum
+    return fns
+
+
+def floor_of(medians: dict[str, float]) -> tuple[str, float]:
+    """(method, seconds) of the fastest pass, numpy's sum left out."""
+    usable = {k: v for k, v in medians.items() if not k.startswith("numpy")}
+    name = min(usable, key=usable.__getitem__)
+    return name, usable[name]
+
+
+def print_floor(label: str, n_bytes: int, medians: dict[str, float], ours: float,
+                note: str = "") -> dict:
+    method, floor = floor_of(medians)
+    print(f"{label}: {n_bytes / 2**20:.0f} MiB of float32{note}")
+    for name, t in medians.items():
+        mark = "  <- floor" if name == method else ""
+        print(f"    {name:30s} {t * 1e3:9.2f} ms  {n_bytes / t / 1e9:6.1f} GB/s{mark}")
+    ratio = ours / floor
+    print(f"    {'ours, ranking_metrics':30s} {ours * 1e3:9.2f} ms  "
+          f"{n_bytes / ours / 1e9:6.1f} GB/s  = {ratio:.2f}x the floor "
+          f"({'within' if ratio <= 2 else 'NOT within'} 2x)")
+    return {"floor_ms": round(floor * 1e3, 2), "ours_ms": round(ours * 1e3, 2),
+            "ratio": round(ratio, 3), "within_2x": bool(ratio <= 2.0), "floor_method": method,
+            "floor_gb_s": round(n_bytes / floor / 1e9, 1),
+            "numpy_sum_ms": round(medians["numpy sum (comparison only)"] * 1e3, 2)}
+
+
+def big_floor(n_users: int, n_items: int, block_users: int, repeat: int, seed: int = 5) -> dict:
+    """Floor and ours on n_users x n_items, block by block of `block_users` users."""
+    rng = np.random.default_rng(seed)
+    items = rng.standard_normal((n_items, DIM), dtype=np.float32)
+    block_users = min(block_users, n_users)
+    block = np.empty((block_users, n_items), np.float32)
+    buffer = np.empty_like(block)
+    sums: dict[str, float] = {}
+    for u_lo in range(0, n_users, block_users):
+        u_n = min(block_users, n_users - u_lo)
+        scores = block[:u_n]
+        np.matmul(rng.standard_normal((u_n, DIM), dtype=np.float32), items.T, out=scores)
+        targets = rng.integers(0, n_items, u_n)
+        lengths = rng.integers(20, 401, u_n)
+        history = rng.integers(0, n_items, (u_n, 400))
+        history[np.arange(400)[None, :] >= lengths[:, None]] = -1
+        history[history == targets[:, None]] = -1
+        fns = floor_candidates(scores, buffer[:u_n])
+        fns["ours"] = lambda s=scores, t=targets, h=history: ranking_metrics(s, t, KS, h)
+        times = interleaved(fns, repeat)
+        for name, ts in times.items():
+            sums[name] = sums.get(name, 0.0) + statistics.median(ts)
+    ours = sums.pop("ours")
+    return {"medians": sums, "ours": ours}
 
 
 def make_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -205,19 +314,26 @@ def main() -> None:
     parser.add_argument("--streaming-items", type=int, default=50_000)
     parser.add_argument("--reference-users", type=int, default=300)
     parser.add_argument("--torchmetrics-users", type=int, default=604)
+    parser.add_argument("--big-users", type=int, default=100_000)
+    parser.add_argument("--big-items", type=int, default=20_000)
+    parser.add_argument("--big-block-users", type=int, default=5_000)
+    parser.add_argument("--big-repeat", type=int, default=3)
     args = parser.parse_args()
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} cpus, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     scores, targets, history = make_data()
     print(f"scores {scores.shape} {scores.dtype}, history lengths 20-400, ks {KS}")
 
-    floor_t, _ = timed(lambda: scores.sum(), args.repeat)
-    ours_t, ours = timed(lambda: ranking_metrics(scores, targets, KS, history, "expected"),
-                         args.repeat)
-    assert isinstance(ours, dict)
-    print(f"(a) floor  scores.sum():          {floor_t * 1e3:8.2f} ms")
-    print(f"(b) ours   9 metrics, ties exp.:  {ours_t * 1e3:8.2f} ms   "
-          f"ratio vs floor {ours_t / floor_t:.2f}")
+    fns = floor_candidates(scores, np.empty_like(scores))
+    fns["ours"] = lambda: ranking_metrics(scores, targets, KS, history, "expected")
+    times = interleaved(fns, args.repeat)
+    ours_t = statistics.median(times.pop("ours"))
+    ours = ranking_metrics(scores, targets, KS, history, "expected")
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    small = print_floor(f"(a, b) floor and ours on {N_USERS} x {N_ITEMS}", scores.nbytes,
+                        medians, ours_t, f", medians of {args.repeat} interleaved rounds")
+    small["shape"] = [N_USERS, N_ITEMS]
+    floor_t = floor_of(medians)[1]
 
     n_ref = args.reference_users
     ref = reference.ranking_metrics(scores[:n_ref], targets[:n_ref], KS, history[:n_ref])
@@ -274,6 +390,18 @@ def main() -> None:
               f"ends differ by <= {100 * b['max_end_diff_rel_width']:.2f}% of scipy's width "
               f"(scipy vs scipy, other seed: {100 * b['scipy_vs_scipy_rel_width']:.2f}%)")
 
+    big_users, big_items = args.big_users, args.big_items
+    big_load = os.getloadavg()[0]
+    big_raw = big_floor(big_users, big_items, args.big_block_users, args.big_repeat)
+    big = print_floor(
+        f"(a, b) floor and ours on {big_users} x {big_items}", big_users * big_items * 4,
+        big_raw["medians"], big_raw["ours"],
+        f", block by block ({args.big_block_users} users a block, sums of per-block medians "
+        f"of {args.big_repeat} interleaved rounds; load average {big_load:.2f} at its start)")
+    big["shape"] = [big_users, big_items]
+    big["blockwise"] = args.big_block_users < big_users
+    big["block_users"] = args.big_block_users
+
     stream = streaming(args.streaming_users, args.streaming_items)
     print(f"streaming {stream['users']} users x {stream['items']} items (d={DIM}): "
           f"{stream['seconds']:.1f} s, peak extra memory {stream['peak_extra_mib']:.0f} MiB")
@@ -296,6 +424,8 @@ def main() -> None:
         "max_abs_diff_vs_ranx": rx_diff,
         "ours_ms": round(ours_t * 1e3, 2),
         "floor_ms": round(floor_t * 1e3, 2),
+        "floor": {"6040x3706": small, f"{big_users}x{big_items}": big},
+        "within_2x_both": bool(small["within_2x"] and big["within_2x"]),
         "streaming_peak_extra_mib": round(stream["peak_extra_mib"], 1),
         "streaming_seconds": round(stream["seconds"], 1),
         "load_average": round(load[0], 2),

@@ -9,6 +9,9 @@ sequentially by one thread, so results do not depend on the number of threads.
 
 from __future__ import annotations
 
+import time
+
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -16,169 +19,350 @@ from numba import njit, prange
 EXPECTED, OPTIMISTIC, PESSIMISTIC = 0, 1, 2
 
 
-# users per parallel task: each task owns one scratch mask row, reused across its users
-_USERS_PER_TASK = 64
+# users per parallel task: each task owns one scratch mark row, reused across its users
+_USERS_PER_TASK = 16
+
+# Bits of `flagged[u]`: the user's target is excluded (or is the padding column); an excluded
+# item lies at or beyond n_items (only reported where the caller passes the catalog size).
+FLAG_TARGET_EXCLUDED, FLAG_EXCLUDE_OUT_OF_RANGE = 1, 2
 
 
 @njit(cache=True, inline="always")
-def _mark(exclude, u, extra, lo, hi, mark, value):  # pragma: no cover
-    """Set mark[item - lo] = value for the user's excluded items inside [lo, hi)."""
-    for x in range(exclude.shape[1]):
-        item = exclude[u, x]
-        if item >= lo and item < hi:
-            mark[item - lo] = value
-    if extra >= lo and extra < hi:
-        mark[extra - lo] = value
+def _row_counts(block, u, s_t):  # pragma: no cover
+    """(greater, equal, nan) counts over a whole row against the target score s_t.
 
-
-@njit(cache=True, inline="always")
-def _count_user_single(row, s_t, mark):  # pragma: no cover
-    """(greater, equal, nan) counts of one user's row against its target score s_t.
-
-    Excluded items are flagged in `mark` (a byte per column) rather than skipped, so the loop
-    has no branches and vectorises.
+    No exclusions here: the loop is three compares and three adds per score, with no branch and
+    no second array, so it vectorises and runs at memory speed. Excluded items are subtracted
+    afterwards by `_drop_excluded`, which touches only the L excluded cells.
     """
     n_greater = 0
     n_equal = 0
     n_nan = 0
-    for j in range(row.shape[0]):
-        s = row[j]
-        keep = 1 - np.int64(mark[j])
-        n_greater += (s > s_t) * keep
-        n_equal += (s == s_t) * keep
+    for j in range(block.shape[1]):
+        s = block[u, j]
+        n_greater += s > s_t
+        n_equal += s == s_t
         n_nan += s != s
     return n_greater, n_equal, n_nan
 
 
 @njit(cache=True, inline="always")
-def _single_users(block, lo, target, target_score, exclude, extra, greater, equal, nans,
-                  flagged, u_lo, u_hi, mark):  # pragma: no cover
-    hi = lo + block.shape[1]
-    for u in range(u_lo, u_hi):
-        _mark(exclude, u, extra, lo, hi, mark, 1)
-        t = target[u, 0]
-        if t >= lo and t < hi and mark[t - lo]:
-            flagged[u] = 1  # the target is excluded: an error, reported by the caller
-        g, e, n = _count_user_single(block[u], target_score[u], mark)
-        _mark(exclude, u, extra, lo, hi, mark, 0)
-        greater[u] += g
-        equal[u] += e
-        nans[u] += n
+def _next_stamp(stamp, mark):  # pragma: no cover
+    """The next user's stamp, 1..255; the marks are cleared when the stamps wrap around."""
+    stamp += 1
+    if stamp == 256:
+        mark[:] = 0
+        stamp = 1
+    return stamp
 
 
 @njit(cache=True, inline="always")
-def _multi_users(block, lo, targets, target_scores, n_targets, exclude, extra, greater, equal,
-                 nans, flagged, u_lo, u_hi, mark):  # pragma: no cover
-    hi = lo + block.shape[1]
+def _single_users(block, lo, n_items, target, target_score, exclude, extra, greater, equal,
+                  nans, flagged, u_lo, u_hi, mark):  # pragma: no cover
+    """Counts for users u_lo..u_hi-1 against their one target each.
+
+    The whole row is counted first (`_row_counts`), then each distinct excluded item in the block
+    is subtracted once. Distinct: `mark[j]` holds the stamp of the last user that subtracted
+    item lo+j (a byte per column, per task), so a duplicate in a user's list is seen as such
+    without a second pass to clear the marks.
+    """
+    width = block.shape[1]
+    stamp = 0
     for u in range(u_lo, u_hi):
-        _mark(exclude, u, extra, lo, hi, mark, 1)
-        row = block[u]
+        s_t = target_score[u]
+        g, e, n = _row_counts(block, u, s_t)
+        stamp += 1
+        if stamp == 256:  # the stamps wrap around: clear the marks
+            mark[:] = 0
+            stamp = 1
+        st = np.uint8(stamp)
+        top = -1
+        for x in range(exclude.shape[1]):
+            j = exclude[u, x] - lo
+            if j >= 0:
+                if j < width:
+                    if mark[j] != st:
+                        mark[j] = st
+                        s = block[u, j]
+                        g -= s > s_t
+                        e -= s == s_t
+                else:
+                    top = max(top, exclude[u, x])
+        j = extra - lo
+        if j >= 0 and j < width and mark[j] != st:
+            mark[j] = st
+            s = block[u, j]
+            g -= s > s_t
+            e -= s == s_t
+        greater[u] += g
+        equal[u] += e
+        nans[u] += n
+        flagged[u] |= _flags(target[u, 0] - lo, width, mark, st, top, n_items)
+
+
+@njit(cache=True, inline="always")
+def _flags(t, width, mark, st, top, n_items):  # pragma: no cover
+    flag = 0
+    if top >= n_items:
+        flag = FLAG_EXCLUDE_OUT_OF_RANGE
+    if t >= 0 and t < width and mark[t] == st:
+        flag |= FLAG_TARGET_EXCLUDED  # an error, reported by the caller
+    return flag
+
+
+@njit(cache=True, inline="always")
+def _multi_users(block, lo, n_items, targets, target_scores, n_targets, exclude, extra, greater,
+                 equal, nans, flagged, u_lo, u_hi, mark):  # pragma: no cover
+    """`_single_users` for target sets: one row count per target, then the exclusions."""
+    width = block.shape[1]
+    stamp = 0
+    for u in range(u_lo, u_hi):
+        nt = n_targets[u]
         n = 0
-        for i in range(n_targets[u]):
-            t = targets[u, i]
-            if t >= lo and t < hi and mark[t - lo]:
-                flagged[u] = 1
-            g, e, n = _count_user_single(row, target_scores[u, i], mark)
+        for i in range(nt):
+            g, e, n = _row_counts(block, u, target_scores[u, i])
             greater[u, i] += g
             equal[u, i] += e
-        _mark(exclude, u, extra, lo, hi, mark, 0)
+        stamp += 1
+        if stamp == 256:
+            mark[:] = 0
+            stamp = 1
+        st = np.uint8(stamp)
+        top = -1
+        for x in range(exclude.shape[1] + 1):
+            item = exclude[u, x] if x < exclude.shape[1] else extra
+            j = item - lo
+            if j >= 0:
+                if j < width:
+                    if mark[j] != st:
+                        mark[j] = st
+                        s = block[u, j]
+                        for i in range(nt):
+                            greater[u, i] -= s > target_scores[u, i]
+                            equal[u, i] -= s == target_scores[u, i]
+                else:
+                    top = max(top, item)
+        flag = 0
+        for i in range(nt):
+            flag |= _flags(targets[u, i] - lo, width, mark, st, top, n_items)
         nans[u] += n
+        flagged[u] |= flag
 
 
-# Two builds of each driver: parallel over tasks of _USERS_PER_TASK users for large blocks, and
-# serial, because a parallel launch costs tens of microseconds to milliseconds of thread
-# wake-up, more than small blocks take. Separate functions so numba caches each.
+# Two builds of each driver, parallel over tasks of _USERS_PER_TASK users and serial; separate
+# functions so numba caches each. Both take a user range [u_lo, u_hi) so that the dispatcher
+# below can time slices of one call. Each user is counted by one thread, start to end, so the
+# counts do not depend on the thread count.
 @njit(parallel=True, cache=True, nogil=True)
-def _count_single_parallel(block, lo, target, target_score, exclude, extra, greater, equal,
-                           nans, flagged):  # pragma: no cover
-    n_users = block.shape[0]
-    n_tasks = (n_users + _USERS_PER_TASK - 1) // _USERS_PER_TASK
+def _count_single_parallel(block, lo, n_items, target, target_score, exclude, extra, greater,
+                           equal, nans, flagged, u_lo, u_hi):  # pragma: no cover
+    n_tasks = (u_hi - u_lo + _USERS_PER_TASK - 1) // _USERS_PER_TASK
     for task in prange(n_tasks):
         mark = np.zeros(block.shape[1], dtype=np.uint8)
-        _single_users(block, lo, target, target_score, exclude, extra, greater, equal, nans,
-                      flagged, task * _USERS_PER_TASK,
-                      min((task + 1) * _USERS_PER_TASK, n_users), mark)
+        first = u_lo + task * _USERS_PER_TASK
+        _single_users(block, lo, n_items, target, target_score, exclude, extra, greater, equal,
+                      nans, flagged, first, min(first + _USERS_PER_TASK, u_hi), mark)
 
 
 @njit(cache=True, nogil=True)
-def _count_single_serial(block, lo, target, target_score, exclude, extra, greater, equal,
-                         nans, flagged):  # pragma: no cover
+def _count_single_serial(block, lo, n_items, target, target_score, exclude, extra, greater,
+                         equal, nans, flagged, u_lo, u_hi):  # pragma: no cover
     mark = np.zeros(block.shape[1], dtype=np.uint8)
-    _single_users(block, lo, target, target_score, exclude, extra, greater, equal, nans,
-                  flagged, 0, block.shape[0], mark)
+    _single_users(block, lo, n_items, target, target_score, exclude, extra, greater, equal, nans,
+                  flagged, u_lo, u_hi, mark)
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _count_multi_parallel(block, lo, targets, target_scores, n_targets, exclude, extra, greater,
-                          equal, nans, flagged):  # pragma: no cover
-    n_users = block.shape[0]
-    n_tasks = (n_users + _USERS_PER_TASK - 1) // _USERS_PER_TASK
+def _count_multi_parallel(block, lo, n_items, targets, target_scores, n_targets, exclude, extra,
+                          greater, equal, nans, flagged, u_lo, u_hi):  # pragma: no cover
+    n_tasks = (u_hi - u_lo + _USERS_PER_TASK - 1) // _USERS_PER_TASK
     for task in prange(n_tasks):
         mark = np.zeros(block.shape[1], dtype=np.uint8)
-        _multi_users(block, lo, targets, target_scores, n_targets, exclude, extra, greater,
-                     equal, nans, flagged, task * _USERS_PER_TASK,
-                     min((task + 1) * _USERS_PER_TASK, n_users), mark)
+        first = u_lo + task * _USERS_PER_TASK
+        _multi_users(block, lo, n_items, targets, target_scores, n_targets, exclude, extra,
+                     greater, equal, nans, flagged, first, min(first + _USERS_PER_TASK, u_hi),
+                     mark)
 
 
 @njit(cache=True, nogil=True)
-def _count_multi_serial(block, lo, targets, target_scores, n_targets, exclude, extra, greater,
-                        equal, nans, flagged):  # pragma: no cover
+def _count_multi_serial(block, lo, n_items, targets, target_scores, n_targets, exclude, extra,
+                        greater, equal, nans, flagged, u_lo, u_hi):  # pragma: no cover
     mark = np.zeros(block.shape[1], dtype=np.uint8)
-    _multi_users(block, lo, targets, target_scores, n_targets, exclude, extra, greater, equal,
-                 nans, flagged, 0, block.shape[0], mark)
+    _multi_users(block, lo, n_items, targets, target_scores, n_targets, exclude, extra, greater,
+                 equal, nans, flagged, u_lo, u_hi, mark)
 
 
-# Threads only for very large blocks. On the 2 shared cores this was built on (load ~4.4), the
-# parallel build took 12 ms on 6040 x 3706 scores against 9 ms serial: the OpenMP workers are
-# split statically and wait for a descheduled sibling. Serially the pass already runs near
-# memory bandwidth; threads help only where a block is big enough to amortise that risk.
-PARALLEL_MIN_CELLS = 1 << 26
+class ThreadChooser:
+    """Picks the thread count of the counting pass by timing it, slice by slice.
+
+    A call's users are processed in slices of about `slice_cells` scores. Each slice runs with
+    one candidate thread count (1, 2, 4, ... up to `numba.get_num_threads()`) and its time per
+    score is recorded; a slice uses the count whose recent median is lowest, except that a count
+    never measured is tried first (its first use is a warm-up and not recorded: it starts the
+    thread pool), and a slower count is re-measured on a short slice every `explore_every` x
+    (its time / the best's) slices, so the choice follows the machine as other work comes and
+    goes while a far slower count costs little. Nothing is guessed from the load
+    average. Which count runs a slice never changes a result (see the kernels above).
+
+    Why measure: on a machine shared with other jobs the OpenMP workers wait for a descheduled
+    sibling, and two threads can take longer than one; on a free machine they take about half.
+    """
+
+    def __init__(self, slice_cells: int = 1 << 22, min_cells: int = 1 << 21,
+                 explore_every: int = 8, window: int = 5):
+        self.slice_cells = slice_cells
+        self.min_cells = min_cells
+        self.explore_every = explore_every
+        self.window = window
+        self.samples: dict[int, list[float]] = {}
+        self.warm: set[int] = set()
+        self.slices = 0
+        self.last_tried: dict[int, int] = {}
+
+    def candidates(self) -> list[int]:
+        top = int(numba.get_num_threads())
+        counts = [1]
+        while counts[-1] * 2 < top:
+            counts.append(counts[-1] * 2)
+        if top > 1:
+            counts.append(top)
+        return counts
+
+    def score(self, n_threads: int) -> float:
+        kept = sorted(self.samples[n_threads])
+        return kept[len(kept) // 2]
+
+    def best(self) -> int:
+        """The measured-fastest count so far (1 before any measurement)."""
+        measured = [n for n in self.candidates() if n in self.samples]
+        return min(measured, key=self.score) if measured else 1
+
+    def pick(self) -> int:
+        counts = self.candidates()
+        for n in counts:
+            if n not in self.samples:
+                return n
+        self.slices += 1
+        best = min(counts, key=self.score)
+        for n in counts:
+            # re-measure a slower count every explore_every * (its time / the best's) slices:
+            # often while it is close, rarely while it is far behind
+            every = self.explore_every * max(1.0, min(self.score(n) / self.score(best), 64.0))
+            if n != best and self.slices - self.last_tried.get(n, 0) >= every:
+                self.last_tried[n] = self.slices
+                return n
+        return best
+
+    def record(self, n_threads: int, seconds: float, cells: int) -> None:
+        if n_threads not in self.warm:
+            self.warm.add(n_threads)
+            return
+        kept = self.samples.setdefault(n_threads, [])
+        kept.append(seconds / max(cells, 1))
+        del kept[: -self.window]
+
+    def run(self, serial, parallel, n_users: int, width: int, args: tuple,
+            n_threads: int | None = None) -> None:
+        """Run `serial(*args, u_lo, u_hi)` / `parallel(...)` over users 0..n_users.
+
+        n_threads: force a count for the whole call (tests, benchmarks); None chooses.
+        """
+        if n_threads is not None or n_users * width < self.min_cells:
+            n = 1 if n_threads is None else n_threads
+            _run_with(serial, parallel, n, args, 0, n_users)
+            return
+        step = max(1, self.slice_cells // max(width, 1))
+        u_lo = 0
+        while u_lo < n_users:
+            n = self.pick()
+            # a re-measurement of a count that is not the current best gets an eighth of a
+            # slice: exploring costs little even when that count is much slower
+            size = step if n == self.best() or n not in self.samples else max(1, step // 8)
+            u_hi = min(u_lo + size, n_users)
+            start = time.perf_counter()
+            _run_with(serial, parallel, n, args, u_lo, u_hi)
+            self.record(n, time.perf_counter() - start, (u_hi - u_lo) * width)
+            u_lo = u_hi
 
 
-def count_single(block, lo, target, target_score, exclude, extra, greater, equal, nans,
-                 flagged) -> None:
+def _run_with(serial, parallel, n_threads: int, args: tuple, u_lo: int | None,
+              u_hi: int | None) -> None:
+    """serial(*args, u_lo, u_hi) or, with n_threads > 1, parallel(...) on that many threads
+    (the user range is left out when u_lo is None)."""
+    if u_lo is not None:
+        args = (*args, u_lo, u_hi)
+    if n_threads <= 1:
+        serial(*args)
+        return
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        parallel(*args)
+    finally:
+        numba.set_num_threads(before)
+
+
+# One chooser per process: its measurements carry over from call to call.
+THREADS = ThreadChooser()
+
+
+def count_single(block, lo, n_items, target, target_score, exclude, extra, greater, equal, nans,
+                 flagged, n_threads=None) -> None:
     """Accumulate, per user, how many candidate scores in `block` are > and == the target's.
 
     block: [U, W] scores of items lo..lo+W-1. target: [U, 1] item; target_score: [U].
     exclude: [U, L] item indices, padding < 0, duplicates allowed; `extra` is one more excluded
-    item for everyone (-1: none). flagged[u] is set when the user's target is excluded.
-    Runs in parallel for blocks of at least PARALLEL_MIN_CELLS cells.
+    item for everyone (-1: none). flagged[u] gets FLAG_TARGET_EXCLUDED when the user's target is
+    excluded and FLAG_EXCLUDE_OUT_OF_RANGE when an excluded item is >= n_items.
+    nans[u] counts NaN scores in the row, excluded items included.
+    Threads: chosen by `THREADS` (measured), or `n_threads` for the whole call.
     """
-    kernel = _count_single_parallel if block.size >= PARALLEL_MIN_CELLS else _count_single_serial
-    kernel(block, lo, target, target_score, exclude, extra, greater, equal, nans, flagged)
+    THREADS.run(_count_single_serial, _count_single_parallel, block.shape[0], block.shape[1],
+                (block, lo, n_items, target, target_score, exclude, extra, greater, equal, nans,
+                 flagged), n_threads)
 
 
-def count_multi(block, lo, targets, target_scores, n_targets, exclude, extra, greater, equal,
-                nans, flagged) -> None:
+def count_multi(block, lo, n_items, targets, target_scores, n_targets, exclude, extra, greater,
+                equal, nans, flagged, n_threads=None) -> None:
     """`count_single` for target sets: targets / target_scores [U, T], first n_targets[u] valid."""
-    kernel = _count_multi_parallel if block.size >= PARALLEL_MIN_CELLS else _count_multi_serial
-    kernel(block, lo, targets, target_scores, n_targets, exclude, extra, greater, equal, nans,
-           flagged)
+    THREADS.run(_count_multi_serial, _count_multi_parallel, block.shape[0],
+                block.shape[1] * max(targets.shape[1], 1),
+                (block, lo, n_items, targets, target_scores, n_targets, exclude, extra, greater,
+                 equal, nans, flagged), n_threads)
 
 
 @njit(cache=True, nogil=True)
-def finalize(
-    greater, equal, target_scores, gains, n_targets, ks, ties, cum_discount
-):  # pragma: no cover
-    """Per-user NDCG@k, HR@k (rows of [len(ks), U]) and MRR [U] from the counts.
+def _finalize_users(u_lo, u_hi, greater, equal, target_scores, gains, n_targets, ks, ties,
+                    cum_discount, ndcg, hr, mrr, scratch):  # pragma: no cover
+    """Metrics of users u_lo..u_hi-1 (see `finalize`); scratch: float64 [T], overwritten.
 
-    A target with g greater and e equal other candidates sits in a tie block of m = e + 1 items
-    at ranks g+1..g+m. Under uniformly random tie-breaking its rank is uniform on that block, so its
-    expected discount is (D[min(g+m, k)] - D[min(g, k)]) / m with D the cumulative discounts.
-    HR and MRR depend only on the best-scored block holding r targets: the first target's
-    position in it is the minimum of r positions drawn without replacement from m.
-    Optimistic puts targets first in their block (largest gain first); pessimistic last
-    (largest gain last).
+    One call per range, not per user: a numba call per user costs ~100 ns of argument and
+    reference-count traffic, ten times the arithmetic of a user.
     """
-    n_users = greater.shape[0]
     n_k = ks.shape[0]
-    ndcg = np.zeros((n_k, n_users))
-    hr = np.zeros((n_k, n_users))
-    mrr = np.zeros(n_users)
-    for u in range(n_users):
+    for u in range(u_lo, u_hi):
+        if n_targets[u] == 1 and equal[u, 0] == 0:
+            # one target, tied with nothing: rank g+1 in every tie mode. The same floating-point
+            # operations as the general code below reduce to these (x + 0.0 = x, x / 1 = x, and
+            # the HR and MRR loops run once), so the values are identical; only faster.
+            g = greater[u, 0]
+            w = gains[u, 0]
+            ideal = w * (cum_discount[1] - cum_discount[0])
+            for ik in range(n_k):
+                k = ks[ik]
+                ndcg[ik, u] = w * (cum_discount[min(g + 1, k)] - cum_discount[min(g, k)]) / ideal
+                hr[ik, u] = 1.0 if g < k else 0.0
+            mrr[u] = 1.0 / (g + 1)
+            continue
         nt = n_targets[u]
         # ideal DCG: gains sorted descending at ranks 1..
-        sorted_gains = np.sort(gains[u, :nt])[::-1]
+        # (sorted ascending in place in a scratch row, read from its end)
+        if nt == 1:
+            scratch[0] = gains[u, 0]
+        else:
+            for i in range(nt):
+                scratch[i] = gains[u, i]
+            scratch[:nt].sort()
         # the best-scored block: ties with the highest target score
         best = target_scores[u, 0]
         for i in range(1, nt):
@@ -196,7 +380,7 @@ def finalize(
             k = ks[ik]
             ideal = 0.0
             for q in range(min(k, nt)):
-                ideal += sorted_gains[q] * (cum_discount[q + 1] - cum_discount[q])
+                ideal += scratch[nt - 1 - q] * (cum_discount[q + 1] - cum_discount[q])
             dcg = 0.0
             for i in range(nt):
                 g = greater[u, i]
@@ -247,6 +431,49 @@ def finalize(
             mrr[u] = 1.0 / (g_best + 1)
         else:
             mrr[u] = 1.0 / (g_best + m_best - r + 1)
+
+
+@njit(cache=True, nogil=True)
+def _finalize_serial(greater, equal, target_scores, gains, n_targets, ks, ties, cum_discount,
+                     ndcg, hr, mrr):  # pragma: no cover
+    scratch = np.empty(max(gains.shape[1], 1))
+    _finalize_users(0, greater.shape[0], greater, equal, target_scores, gains, n_targets, ks,
+                    ties, cum_discount, ndcg, hr, mrr, scratch)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _finalize_parallel(greater, equal, target_scores, gains, n_targets, ks, ties, cum_discount,
+                       ndcg, hr, mrr):  # pragma: no cover
+    n_users = greater.shape[0]
+    n_tasks = (n_users + 255) // 256
+    for task in prange(n_tasks):
+        scratch = np.empty(max(gains.shape[1], 1))
+        _finalize_users(task * 256, min((task + 1) * 256, n_users), greater, equal,
+                        target_scores, gains, n_targets, ks, ties, cum_discount, ndcg, hr, mrr,
+                        scratch)
+
+
+def finalize(greater, equal, target_scores, gains, n_targets, ks, ties, cum_discount,
+             n_threads=None):
+    """Per-user NDCG@k, HR@k (rows of [len(ks), U]) and MRR [U] from the counts.
+
+    A target with g greater and e equal other candidates sits in a tie block of m = e + 1 items
+    at ranks g+1..g+m. Under uniformly random tie-breaking its rank is uniform on that block, so its
+    expected discount is (D[min(g+m, k)] - D[min(g, k)]) / m with D the cumulative discounts.
+    HR and MRR depend only on the best-scored block holding r targets: the first target's
+    position in it is the minimum of r positions drawn without replacement from m.
+    Optimistic puts targets first in their block (largest gain first); pessimistic last
+    (largest gain last).
+    """
+    n_users = greater.shape[0]
+    ndcg = np.zeros((ks.shape[0], n_users))
+    hr = np.zeros((ks.shape[0], n_users))
+    mrr = np.zeros(n_users)
+    if n_threads is None:  # the count the counting pass found fastest
+        n_threads = THREADS.best() if n_users >= 8192 else 1
+    _run_with(_finalize_serial, _finalize_parallel, n_threads,
+              (greater, equal, target_scores, gains, n_targets, ks, ties, cum_discount, ndcg,
+               hr, mrr), None, None)
     return ndcg, hr, mrr
 
 
@@ -340,9 +567,9 @@ def _sign_flip_serial(abs_values, n_resamples, seed):  # pragma: no cover
     return out
 
 
-# As for counting (PARALLEL_MIN_CELLS): on shared cores the static OpenMP split made 10,000 x
-# 6040 draws slower in parallel (100-150 ms) than serially (70-90 ms), so threads start only
-# where a single thread would take seconds.
+# Unlike counting (timed by ThreadChooser), a fixed rule here: on shared cores the static
+# OpenMP split made 10,000 x 6040 draws slower in parallel (100-150 ms) than serially
+# (70-90 ms), so threads start only where a single thread would take seconds.
 PARALLEL_MIN_DRAWS = 1 << 28
 
 

@@ -4,8 +4,10 @@ Every metric of a user follows from two counts per target item: how many candida
 strictly higher (g) and how many score the same (e, the target itself not counted). The target's
 rank is then g+1 (optimistic), g+e+1 (pessimistic), or uniform on g+1..g+e+1 under random
 tie-breaking (expected, the default): a constant scorer gets the chance value, never 1 or 0.
-The counts take one pass over the scores (`evaluators._kernels`), so the cost is about that of
-reading the matrix once; there is no sort.
+The counts take one pass over the scores (`evaluators._kernels`: each row counted whole, then
+its few excluded cells subtracted), so the cost is about that of reading the matrix once; there
+is no sort. The pass runs on the thread count that measured fastest on this machine (see
+`_kernels.ThreadChooser`); the results do not depend on it.
 
 Conventions. Column index = item index. Candidates are all columns except the user's `exclude`d
 items (typically the history) and `padding_column`. NDCG uses the gain of each target (1 for
@@ -35,7 +37,8 @@ __all__ = [
 
 
 def metric_names(ks: Iterable[int]) -> list[str]:
-    """The keys `ranking_metrics` returns for these cutoffs, in order."""
+    """The keys `ranking_metrics` returns for these cutoffs, in order (no metric is computed:
+    ndcg@k for each k, then hr@k for each k, then mrr)."""
     ks = list(ks)
     return [f"ndcg@{k}" for k in ks] + [f"hr@{k}" for k in ks] + ["mrr"]
 
@@ -167,10 +170,20 @@ def _targets_arrays(
     return tgt, gains, n_targets, single
 
 
+def _raise_exclude_out_of_range(excl: np.ndarray, n_items: int) -> None:
+    u, x = (int(v) for v in np.argwhere(excl >= n_items)[0])
+    raise ValueError(f"exclude row {u} names item {int(excl[u, x])}, not in [0, {n_items})")
+
+
 def _exclude_array(
-    exclude: Any, n_users: int, n_items: int, padding_column: int | None
+    exclude: Any, n_users: int, n_items: int, padding_column: int | None,
+    check_range: bool = True,
 ) -> np.ndarray:
-    """Exclusions as int64 [U, L], negatives = padding, duplicates allowed."""
+    """Exclusions as int32 or int64 [U, L], negatives = padding, duplicates allowed.
+
+    check_range=False leaves the check that every item is < n_items to the counting kernel,
+    which reads the exclusions anyway (the dense path: one pass less over them).
+    """
     if exclude is None:
         excl = np.full((n_users, 0), -1, dtype=np.int64)
     elif isinstance(exclude, list | tuple):
@@ -193,15 +206,16 @@ def _exclude_array(
             rows_idx, cols = np.nonzero(arr)
             starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
             excl[rows_idx, np.arange(rows_idx.shape[0]) - starts[rows_idx]] = cols
+        elif arr.dtype in (np.int32, np.int64):
+            excl = arr  # as given: the kernels compile for both widths
         elif arr.dtype.kind in "iu":
-            excl = arr.astype(np.int64, copy=False)
+            excl = arr.astype(np.int64)
         else:
             raise ValueError(f"exclude must be a bool mask or integer indices, got {arr.dtype}")
     if excl.shape[0] != n_users:
         raise ValueError(f"exclude has {excl.shape[0]} rows but scores has {n_users} users")
-    if excl.size and excl.max() >= n_items:
-        u, x = (int(v) for v in np.argwhere(excl >= n_items)[0])
-        raise ValueError(f"exclude row {u} names item {int(excl[u, x])}, not in [0, {n_items})")
+    if check_range and excl.size and excl.max() >= n_items:
+        _raise_exclude_out_of_range(excl, n_items)
     if padding_column is not None and not 0 <= padding_column < n_items:
         raise ValueError(f"padding_column {padding_column} not in [0, {n_items})")
     return np.ascontiguousarray(excl)
@@ -212,9 +226,10 @@ class _Counter:
 
     def __init__(
         self, targets: np.ndarray, target_scores: np.ndarray, n_targets: np.ndarray,
-        exclude: np.ndarray, padding_column: int | None,
+        exclude: np.ndarray, padding_column: int | None, n_items: int,
     ):
         n_users, width = target_scores.shape
+        self.n_items = n_items
         self.targets = targets
         self.padding_column = padding_column
         self.extra = -1 if padding_column is None else int(padding_column)
@@ -228,31 +243,33 @@ class _Counter:
         self.nans = np.zeros(n_users, dtype=np.int64)
 
     def add(self, block: np.ndarray, lo: int, rows: slice = slice(None)) -> None:
-        ts = self.target_scores[rows].astype(block.dtype)
+        ts = self.target_scores[rows].astype(block.dtype, copy=False)
         excl = self.exclude[rows]
+        n = np.zeros(block.shape[0], dtype=np.int64)
+        f = np.zeros(block.shape[0], dtype=np.int64)
         if self.single:
             g = np.zeros(block.shape[0], dtype=np.int64)
             e = np.zeros(block.shape[0], dtype=np.int64)
-            n = np.zeros(block.shape[0], dtype=np.int64)
-            f = np.zeros(block.shape[0], dtype=np.int64)
-            _kernels.count_single(block, lo, self.targets[rows], np.ascontiguousarray(ts[:, 0]),
-                                  excl, self.extra, g, e, n, f)
+            _kernels.count_single(block, lo, self.n_items, self.targets[rows],
+                                  np.ascontiguousarray(ts[:, 0]), excl, self.extra, g, e, n, f)
             self.greater[rows, 0] += g
             self.equal[rows, 0] += e
         else:
             g = np.zeros(ts.shape, dtype=np.int64)
             e = np.zeros(ts.shape, dtype=np.int64)
-            n = np.zeros(block.shape[0], dtype=np.int64)
-            f = np.zeros(block.shape[0], dtype=np.int64)
-            _kernels.count_multi(block, lo, self.targets[rows], np.ascontiguousarray(ts),
-                                 self.n_targets[rows], excl, self.extra, g, e, n, f)
+            _kernels.count_multi(block, lo, self.n_items, self.targets[rows],
+                                 np.ascontiguousarray(ts), self.n_targets[rows], excl,
+                                 self.extra, g, e, n, f)
             self.greater[rows] += g
             self.equal[rows] += e
         self.nans[rows] += n
         self.flagged[rows] |= f
 
     def raise_on_excluded_target(self) -> None:
-        bad = np.flatnonzero(self.flagged)
+        out_of_range = np.flatnonzero(self.flagged & _kernels.FLAG_EXCLUDE_OUT_OF_RANGE)
+        if out_of_range.size:
+            _raise_exclude_out_of_range(self.exclude, self.n_items)
+        bad = np.flatnonzero(self.flagged & _kernels.FLAG_TARGET_EXCLUDED)
         if bad.size:
             u = int(bad[0])
             row = self.targets[u][self.targets[u] >= 0]
@@ -320,6 +337,31 @@ def ranking_metrics(
 ) -> dict[str, np.ndarray]:
     """Per-user NDCG@k, HR@k and MRR of full-catalog rankings.
 
+    Formulas, per user. Candidates C = all items minus `exclude` and `padding_column`; a
+    target t has rank r_t = 1 + |{i in C : s_i > s_t}| when nothing ties with it. Targets T
+    with gains w_t (1 unless `relevance`); D(n) = sum_{i=1..n} 1/log2(i+1); H(n) = sum 1/i.
+
+        DCG@k  = sum_{t in T} w_t * [r_t <= k] / log2(r_t + 1)
+        IDCG@k = sum_{q=1..min(k, |T|)} w_(q) / log2(q + 1)   (gains sorted descending)
+        NDCG@k = DCG@k / IDCG@k
+        HR@k   = [min_t r_t <= k]
+        MRR    = 1 / min_t r_t                                (no cutoff)
+
+    Ties. With g candidates scoring strictly above t and e others equal to it (m = e + 1 items
+    in its tie block), r_t lies in g+1..g+m. "optimistic" takes r_t = g+1 (targets first in
+    the block, larger gains first), "pessimistic" r_t = g+m (last), and "expected" (default)
+    the exact expectation over a uniformly random order of the block:
+
+        E[DCG@k term] = w_t * (D(min(g+m, k)) - D(min(g, k))) / m
+        E[HR@k]       = 1 - prod_{q<c} (m-r-q)/(m-q),   c = min(k-g, m), 0 when g >= k
+        E[MRR]        = sum_j P(X=j) / (g+j),            X = first of r targets in the block
+
+    where g, m and r (the number of targets in it) are those of the best-scored targets' block;
+    for one target E[HR@k] = clamp(k-g, 0, m)/m and E[MRR] = (H(g+m) - H(g))/m. So a tie never
+    helps or hurts the expected figure beyond chance: a constant scorer over n candidates gets
+    HR@k = min(k, n)/n, NDCG@k = D(min(k, n))/n and MRR = H(n)/n, never 1 or 0; optimistic and
+    pessimistic bound the expected value from above and below. NaN scores raise.
+
     Args:
         scores: float array or CPU tensor [n_users, n_items]; higher ranks first; column = item.
         targets: int [n_users] (one held-out item per user), int [n_users, T] padded with -1,
@@ -345,10 +387,10 @@ def ranking_metrics(
     sc = _scores_array(scores)
     n_users, n_items = sc.shape
     tgt, gains, n_targets, _ = _targets_arrays(targets, relevance, n_users, n_items)
-    excl = _exclude_array(exclude, n_users, n_items, padding_column)
+    excl = _exclude_array(exclude, n_users, n_items, padding_column, check_range=False)
     rows = np.arange(n_users)[:, None]
     target_scores = sc[rows, np.maximum(tgt, 0)]
-    counter = _Counter(tgt, target_scores, n_targets, excl, padding_column)
+    counter = _Counter(tgt, target_scores, n_targets, excl, padding_column, n_items)
     counter.add(sc, 0)
     counter.raise_on_excluded_target()
     _raise_on_nan(counter, lambda u: int(np.flatnonzero(np.isnan(sc[u]))[0]))
@@ -377,6 +419,14 @@ def ranking_metrics_chunked(
     [n_users, T] are the targets' scores; they must equal what `score_block` returns for the
     target's cell (checked; a mismatch raises, because the counts would be against another value).
     Peak extra memory is one block plus O(n_users * (T + L)) for counts and exclusions.
+
+    Formulas and ties exactly as `ranking_metrics` (the results are identical to it on the
+    assembled matrix): with r_t the target's rank among the candidates and D(n) =
+    sum_{i<=n} 1/log2(i+1), NDCG@k = sum_t w_t [r_t <= k] / log2(r_t+1) / IDCG@k, HR@k =
+    [min_t r_t <= k], MRR = 1/min_t r_t; for a target with g candidates above it and m-1 tied
+    with it, "expected" averages over the m tied positions (E[NDCG@k] = (D(min(g+m, k)) -
+    D(min(g, k)))/m for one target, E[HR@k] = clamp(k-g, 0, m)/m, E[MRR] = (H(g+m) - H(g))/m),
+    "optimistic" puts the target first among its ties and "pessimistic" last.
     """
     _check_ties(ties)
     ks_arr = _check_ks(ks)
@@ -418,7 +468,7 @@ def _count_chunks(
     if chunk_size < 1 or user_chunk_size < 1:
         raise ValueError("chunk sizes must be >= 1")
     n_users = target_scores.shape[0]
-    counter = _Counter(targets, target_scores, n_targets, exclude, padding_column)
+    counter = _Counter(targets, target_scores, n_targets, exclude, padding_column, n_items)
     observed = np.full(target_scores.shape, np.nan)
     nan_at: dict[int, int] = {}
     for u_lo in range(0, n_users, user_chunk_size):
@@ -467,6 +517,14 @@ def ranking_metrics_streaming(
     miscount ties). The targets' scores are first taken from a matrix product of the same shape
     family (the diagonal of user_chunk @ target_items.T); if any differs from the value the
     counting pass saw, the pass is repeated against the observed values.
+
+    Formulas and ties exactly as `ranking_metrics`: with r_t the target's rank among the
+    candidates and D(n) = sum_{i<=n} 1/log2(i+1), NDCG@k = sum_t w_t [r_t <= k] / log2(r_t+1)
+    / IDCG@k, HR@k = [min_t r_t <= k], MRR = 1/min_t r_t; for a target with g candidates above
+    it and m-1 tied with it, "expected" averages over the m tied positions (E[NDCG@k] =
+    (D(min(g+m, k)) - D(min(g, k)))/m for one target, E[HR@k] = clamp(k-g, 0, m)/m, E[MRR] =
+    (H(g+m) - H(g))/m), "optimistic" puts the target first among its ties and "pessimistic"
+    last. Ties are frequent here when embeddings are quantised or items duplicated.
     """
     _check_ties(ties)
     ks_arr = _check_ks(ks)
