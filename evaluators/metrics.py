@@ -435,6 +435,11 @@ def ranking_metrics_chunked(
     ts = np.asarray(_to_numpy(target_scores), dtype=np.float64).reshape(n_users, -1)
     if ts.shape[1] != tgt.shape[1]:
         raise ValueError(f"target_scores shape {ts.shape} does not match targets {tgt.shape}")
+    raw = None if isinstance(targets, list | tuple) else _to_numpy(targets)
+    if raw is not None and raw.ndim == 2 and raw.shape == ts.shape:
+        # `_targets_arrays` moved each row's valid slots first; the scores must follow them
+        order = np.argsort(raw < 0, axis=1, kind="stable")
+        ts = np.take_along_axis(ts, order, axis=1)
     counter, observed = _count_chunks(score_block, ts, tgt, n_targets, excl, padding_column,
                                       n_items, chunk_size, user_chunk_size)
     differs = _differs(observed, ts, n_targets)

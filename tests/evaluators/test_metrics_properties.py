@@ -185,3 +185,18 @@ def test_chunked_scorer_matches_dense_and_checks_target_scores() -> None:
     np.testing.assert_allclose(_stack(chunked), _stack(ranking_metrics(scores, targets, KS)))
     with pytest.raises(ValueError, match="score_block gives"):
         ranking_metrics_chunked(block, 40, 90, targets, target_scores + 0.5, KS)
+
+
+def test_chunked_target_sets_with_padding_before_a_target_match_dense() -> None:
+    # Padded target sets may hold -1 before a valid target; the target scores are given slot by
+    # slot as the targets are, so they must be reordered with them (they once were not).
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(3, 8))
+    targets = np.array([[-1, 5], [3, -1], [2, 6]])
+    target_scores = np.where(targets >= 0,
+                             np.take_along_axis(scores, np.maximum(targets, 0), 1), 0.0)
+    dense = ranking_metrics(scores, targets, ks=(5,))
+    chunked = ranking_metrics_chunked(lambda a, b, c, d: scores[a:b, c:d], 3, 8, targets,
+                                      target_scores, ks=(5,), chunk_size=3)
+    for name, values in dense.items():
+        np.testing.assert_allclose(chunked[name], values, rtol=0, atol=1e-12)
