@@ -157,12 +157,17 @@ def render_reward_model_table(table: Mapping[str, Any]) -> str:
         rows = [[str(n), f"{kl:.2f}", fmt(p, 3), fmt(g, 3)]
                 for n, kl, p, g in zip(curve["n"], curve["kl"], curve["proxy"], curve["gold"],
                                        strict=True)]
+        if curve["gold_peak_n"] == curve["n"][-1]:  # no "after the peak" to measure
+            peak = (f"the gold still rises significantly at every doubling up to n = "
+                    f"{curve['n'][-1]} (no peak within the grid, so no widening after one)")
+        else:
+            peak = (f"the gold stops rising significantly at n = {curve['gold_peak_n']}, and "
+                    f"after it the proxy − gold gap widens by "
+                    f"{fmt(curve['divergence'], 3, sign=True)} (one-sided p = "
+                    f"{fmt_p(curve['divergence'].get('p_value'))})")
         out.append(f"Best-of-n over the SFT policy's samples (proxy: {curve['proxy_kind']}; "
-                   f"gold: {curve['gold_kind']}); the gold peaks at n = "
-                   f"{curve['gold_peak_n']}, proxy − gold at the largest n "
-                   f"{fmt(curve['proxy_gold_gap'], 3, sign=True)}, widening after the peak "
-                   f"{fmt(curve['divergence'], 3, sign=True)} (one-sided p = "
-                   f"{fmt_p(curve['divergence'].get('p_value'))}):\n\n"
+                   f"gold: {curve['gold_kind']}): {peak}; proxy − gold at n = "
+                   f"{curve['n'][-1]} {fmt(curve['proxy_gold_gap'], 3, sign=True)}:\n\n"
                    + md_table(["n", "KL", "proxy", "gold"], rows))
     out.append(f"Verdict: **{table['verdict']}**.")
     return "\n\n".join(out)
@@ -398,6 +403,22 @@ def run_one(name: str, out: Path, data: Any, columns: Mapping[str, str] | None,
             "reward_models": rm, "policies": policy, "findings": findings(policy)}
 
 
+def render(results: Mapping[str, Any]) -> str:
+    """tables.md from tables.json's content."""
+    sections = [f"# The seeds' findings, measured: `{Path(results['data']).name}`"]
+    for name in ("real", "semi-synthetic"):
+        if name not in results:
+            continue
+        r = results[name]
+        sections.append(f"## {name}: {r['events']:,} events, {r['users']} test users, "
+                        f"{r['seconds']} s")
+        sections.append("### Reward models\n\n" + render_reward_model_table(r["reward_models"]))
+        sections.append("### Policies\n\n" + render_policy_table(r["policies"]))
+        sections.append("Findings (+1 / −1: significantly higher / lower than SFT at Holm "
+                        "α = 0.05; 0: not significant): " + json.dumps(r["findings"]))
+    return "\n\n".join(sections) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="interaction log (default: MovieLens-100K, fetched once)")
@@ -407,7 +428,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="the fitted world's seed")
     parser.add_argument("--semi-synthetic", action=argparse.BooleanOptionalAction, default=True,
                         help="also run on a world fitted to the data (default: on)")
+    parser.add_argument("--render", metavar="TABLES_JSON",
+                        help="only re-render tables.md from a tables.json this wrote")
     args = parser.parse_args(argv)
+    if args.render:
+        print(render(json.loads(Path(args.render).read_text())), end="")
+        return
     columns = None
     if args.column:
         columns = dict(pair.split("=", 1) for pair in args.column)
@@ -432,19 +458,7 @@ def main(argv: list[str] | None = None) -> None:
         results["semi-synthetic"] = run_one("semi-synthetic", out, None, None, world, config)
     results["seconds"] = round(time.perf_counter() - started, 1)
 
-    shown = data.name if isinstance(data, Path) else data
-    sections = [f"# The seeds' findings, measured: `{shown}`"]
-    for name in ("real", "semi-synthetic"):
-        if name not in results:
-            continue
-        r = results[name]
-        sections.append(f"## {name}: {r['events']:,} events, {r['users']} test users, "
-                        f"{r['seconds']} s")
-        sections.append("### Reward models\n\n" + render_reward_model_table(r["reward_models"]))
-        sections.append("### Policies\n\n" + render_policy_table(r["policies"]))
-        sections.append("Findings (+1 / −1: significantly higher / lower than SFT at Holm "
-                        "α = 0.05; 0: not significant): " + json.dumps(r["findings"]))
-    markdown = "\n\n".join(sections) + "\n"
+    markdown = render(results)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tables.md").write_text(markdown)
     (out / "tables.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
