@@ -47,7 +47,8 @@ import pyarrow.parquet as pq
 
 from evaluators.intervals import adjust_pvalues, grouped_bootstrap, paired_difference
 from rmdiag.audit import AuditConfig
-from rmdiag.data import load, read_table
+from rmdiag.cli import column_mapping
+from rmdiag.data import DataError, load, read_table
 from rmdiag.pipeline import RunConfig, run
 from rmdiag.policies import PolicyConfig, summarize_policies
 from rmdiag.simulate import World, world_from_interactions
@@ -434,9 +435,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.render:
         print(render(json.loads(Path(args.render).read_text())), end="")
         return
-    columns = None
-    if args.column:
-        columns = dict(pair.split("=", 1) for pair in args.column)
+    try:
+        columns = column_mapping(args.column)
+    except DataError as error:
+        parser.error(str(error))
     if args.data is None:
         from benchmarks._movielens import movielens_100k_path
 

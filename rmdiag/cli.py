@@ -19,7 +19,7 @@ class UsageError(ValueError):
     """Options that parse but make no sense together (exit 2, like argparse's own errors)."""
 
 
-def _column_mapping(pairs: list[str] | None) -> dict[str, str] | None:
+def column_mapping(pairs: list[str] | None) -> dict[str, str] | None:
     if not pairs:
         return None
     mapping = {}
@@ -146,7 +146,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     summary = run(
         config,
         data=args.data,
-        columns=_column_mapping(args.column),
+        columns=column_mapping(args.column),
         out=args.out,
         simulation=simulation,
         audit_config=audit_config,
@@ -169,7 +169,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         args.data,
         args.out,
         holdout=args.holdout,
-        columns=_column_mapping(args.column),
+        columns=column_mapping(args.column),
         config=dataclass_from_args(AuditConfig, args),
         select_config=dataclass_from_args(SelectConfig, args),
         predictions=args.predictions,
@@ -223,7 +223,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.algorithm,
         args.data,
         args.out,
-        columns=_column_mapping(args.column),
+        columns=column_mapping(args.column),
         reward_model=args.reward_model,
         reference=args.reference,
         decision=args.decision,
@@ -248,13 +248,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise UsageError("--reward-model judges a --policy; a list of recommendations is "
                              "scored by the ranking metrics only")
         payload = evaluate_recommendations_files(
-            args.recommendations, args.data, args.out, columns=_column_mapping(args.column),
+            args.recommendations, args.data, args.out, columns=column_mapping(args.column),
             config=config)
     else:
         from rmdiag.stages.evaluation import evaluate_policy_files
 
         payload = evaluate_policy_files(
-            args.policy, args.data, args.out, columns=_column_mapping(args.column),
+            args.policy, args.data, args.out, columns=column_mapping(args.column),
             reward_model=args.reward_model, config=config)
     for metric, figure in payload["metrics"].items():
         if isinstance(figure, dict) and "value" in figure and figure["value"] is not None:
