@@ -71,10 +71,7 @@ def _single_users(block, lo, n_items, target, target_score, exclude, extra, grea
     for u in range(u_lo, u_hi):
         s_t = target_score[u]
         g, e, n = _row_counts(block, u, s_t)
-        stamp += 1
-        if stamp == 256:  # the stamps wrap around: clear the marks
-            mark[:] = 0
-            stamp = 1
+        stamp = _next_stamp(stamp, mark)
         st = np.uint8(stamp)
         top = -1
         for x in range(exclude.shape[1]):
@@ -123,10 +120,7 @@ def _multi_users(block, lo, n_items, targets, target_scores, n_targets, exclude,
             g, e, n = _row_counts(block, u, target_scores[u, i])
             greater[u, i] += g
             equal[u, i] += e
-        stamp += 1
-        if stamp == 256:
-            mark[:] = 0
-            stamp = 1
+        stamp = _next_stamp(stamp, mark)
         st = np.uint8(stamp)
         top = -1
         for x in range(exclude.shape[1] + 1):
