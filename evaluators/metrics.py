@@ -148,8 +148,7 @@ def _targets_arrays(
             raise ValueError(
                 f"target out of range at row {u}: item {int(tgt[u, i])} not in [0, {n_items})"
             )
-        # valid slots first, preserving order
-        order = np.argsort(~valid, axis=1, kind="stable")
+        order = _valid_first(tgt)
         tgt = np.take_along_axis(tgt, order, axis=1)
         gains = np.take_along_axis(gains, order, axis=1)
         valid = tgt >= 0
@@ -168,6 +167,11 @@ def _targets_arrays(
             u = int(dup[0, 0])
             raise ValueError(f"row {u} lists target item {int(srt[u, dup[0, 1] + 1])} twice")
     return tgt, gains, n_targets, single
+
+
+def _valid_first(targets: np.ndarray) -> np.ndarray:
+    """The per-row order that puts valid target slots (>= 0) first, keeping their order."""
+    return np.argsort(targets < 0, axis=1, kind="stable")
 
 
 def _raise_exclude_out_of_range(excl: np.ndarray, n_items: int) -> None:
@@ -438,8 +442,7 @@ def ranking_metrics_chunked(
     raw = None if isinstance(targets, list | tuple) else _to_numpy(targets)
     if raw is not None and raw.ndim == 2 and raw.shape == ts.shape:
         # `_targets_arrays` moved each row's valid slots first; the scores must follow them
-        order = np.argsort(raw < 0, axis=1, kind="stable")
-        ts = np.take_along_axis(ts, order, axis=1)
+        ts = np.take_along_axis(ts, _valid_first(np.asarray(raw)), axis=1)
     counter, observed = _count_chunks(score_block, ts, tgt, n_targets, excl, padding_column,
                                       n_items, chunk_size, user_chunk_size)
     differs = _differs(observed, ts, n_targets)
