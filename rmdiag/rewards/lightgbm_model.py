@@ -282,16 +282,16 @@ class LightGBMRewardModel(RewardModel):
         built block by block into one matrix: a 10M-event log's whole [events, history]
         windows, their temporaries and a copy of the kept rows would hold over 16 GB."""
         out = np.empty((len(events) if keep is None else int(keep.sum()), len(FEATURES)))
-        filled = 0
-        blocks = event_sequence_blocks(history, events, max(self.history_len, 1), CHUNK)
-        for first, seqs in zip(range(0, max(len(events), 1), CHUNK), blocks, strict=True):
+        first = filled = 0
+        for seqs in event_sequence_blocks(history, events, max(self.history_len, 1), CHUNK):
             rows = slice(first, first + len(seqs))
-            block = self._features(
+            first += len(seqs)
+            block = self._features_chunked(
                 seqs.users,
                 seqs.history_items,
                 seqs.history_rewards,
-                seqs.targets[:, None],
-                None if item_mean is None else item_mean[rows, None],
+                seqs.targets,
+                None if item_mean is None else item_mean[rows],
                 None if user_mean is None else user_mean[rows],
             )
             if keep is not None:
