@@ -180,17 +180,13 @@ class SequenceRewardModel(RewardModel):
         attention scores: at 222,000 users (a 10M-event log) the member held 13.9 GB when the
         system killed it."""
         items, rewards, targets, target_rewards = valid_batch
-        if len(targets) <= PREDICT_BATCH:  # one batch: the exact figure it always was
-            with torch.no_grad():
-                pred = self._forward_last(items, rewards, targets[:, None])[:, 0]
-            return float(torch.mean((pred - target_rewards) ** 2))
-        squared = 0.0
-        for start in range(0, len(targets), PREDICT_BATCH):
-            rows = slice(start, start + PREDICT_BATCH)
-            with torch.no_grad():
-                pred = self._forward_last(items[rows], rewards[rows], targets[rows, None])[:, 0]
-            squared += float(torch.sum((pred.double() - target_rewards[rows].double()) ** 2))
-        return squared / len(targets)
+        with torch.no_grad():  # only the predictions are kept whole: [N] floats
+            pred = torch.cat([
+                self._forward_last(items[rows], rewards[rows], targets[rows, None])[:, 0]
+                for rows in (slice(s, s + PREDICT_BATCH)
+                             for s in range(0, len(targets), PREDICT_BATCH))
+            ])
+        return float(torch.mean((pred - target_rewards) ** 2))
 
     def _forward_last(
         self, items: torch.Tensor, rewards: torch.Tensor, candidates: torch.Tensor
