@@ -181,30 +181,25 @@ def render_reward_model_table(table: Mapping[str, Any]) -> str:
 def per_user_values(path: Path) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]],
                                          np.ndarray]:
     """per_user.parquet as (user ids, policy -> metric -> values in that user order,
-    high-reward-target mask)."""
-    table = pq.read_table(path).to_pydict()
-    policies = list(dict.fromkeys(table["policy"]))
-    rows: dict[str, list[int]] = {p: [] for p in policies}
-    for i, name in enumerate(table["policy"]):
-        rows[name].append(i)
-    first = rows[policies[0]]
-    users = np.array([table["user_id"][i] for i in first])
-    order_of = {u: k for k, u in enumerate(users)}
-    high = np.array([table["high_reward"][i] for i in first], dtype=bool)
-    metrics = [m for m in table if m not in ("user_id", "policy", "target_item_id",
-                                             "target_reward", "high_reward")]
+    high-reward-target mask). `policies.per_user_table` writes every policy's rows in the same
+    user order; that is checked, not assumed."""
+    table = pq.read_table(path)
+    policy = np.asarray(table["policy"].to_pylist())
+    user = np.asarray(table["user_id"].to_pylist())
+    names = list(dict.fromkeys(policy.tolist()))
+    first = policy == names[0]
+    users, high = user[first], table["high_reward"].to_numpy(zero_copy_only=False)[first]
+    metrics = [m for m in table.column_names if m not in ("user_id", "policy", "target_item_id",
+                                                          "target_reward", "high_reward")]
     values: dict[str, dict[str, np.ndarray]] = {}
-    for name in policies:
-        index = np.array([order_of[table["user_id"][i]] for i in rows[name]])
-        values[name] = {}
-        for metric in metrics:
-            column = np.array([table[metric][i] for i in rows[name]], dtype=object)
-            if any(v is None for v in column):
-                continue
-            out = np.empty(len(users))
-            out[index] = column.astype(np.float64)
-            values[name][metric] = out
-    return users, values, high
+    for name in names:
+        rows = policy == name
+        if not np.array_equal(user[rows], users):
+            raise ValueError(f"{path}: policy {name!r} lists the users in another order")
+        columns = {m: table[m].filter(rows) for m in metrics}
+        values[name] = {m: np.asarray(c.to_pylist(), dtype=np.float64)
+                        for m, c in columns.items() if c.null_count == 0}  # e.g. no truth
+    return users, values, high.astype(bool)
 
 
 def accumulated_rewards(log_source: Any, columns: Mapping[str, str] | None,
