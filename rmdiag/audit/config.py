@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rmdiag.rewards import BASELINES, REWARD_MODELS
+from rmdiag.rewards.lightgbm_model import dask_local_workers
 from rmdiag.split import DEFAULT_MIN_COUNT
 
 SLICES: tuple[str, ...] = ("all", "unexplored")
@@ -59,6 +60,16 @@ class AuditConfig:
         default=5000, metadata=_help("training events sampled for the train/held-out gap")
     )
     lightgbm_rounds: int = field(default=200, metadata=_help("LightGBM boosting rounds (max)"))
+    lightgbm_dask: str = field(
+        default="",
+        metadata=_help(
+            "train the LightGBM members on a Dask cluster through lightgbm.dask (needs the "
+            "rmdiag[dask] extra): 'local:N' starts N worker processes for each member's fit, an "
+            "address such as tcp://host:8786 uses a running scheduler; those members are then "
+            "fitted one after another in this process, their trees another draw of, not a copy of, "
+            "in-process training ('': in this process)"
+        ),
+    )
     sequence_epochs: int = field(
         default=20, metadata=_help("sequence reward model epochs (max; early stopping)")
     )
@@ -90,6 +101,13 @@ class AuditConfig:
             problems.append(f"n_resamples must be >= 100, got {self.n_resamples}")
         if self.min_users < 2 or self.min_pairs < 1 or self.min_count < 1:
             problems.append("min_users must be >= 2, min_pairs and min_count >= 1")
+        if self.lightgbm_dask:
+            # the form only: a config read back from audit.json must not need the extra, which
+            # fit_models asks for before it fits anything
+            try:
+                dask_local_workers(self.lightgbm_dask)
+            except ValueError as error:
+                problems.append(f"lightgbm_dask: {error}")
         if problems:
             raise ValueError("invalid AuditConfig: " + "; ".join(problems))
 

@@ -8,11 +8,14 @@ from rmdiag.audit.config import AuditConfig
 from rmdiag.data import Interactions
 from rmdiag.rewards import BASELINES, REWARD_MODELS, RewardEnsemble, last_event_split
 from rmdiag.rewards.base import RewardModel
+from rmdiag.rewards.lightgbm_model import import_dask
 
 
 def fit_models(
     train: Interactions, config: AuditConfig
 ) -> tuple[dict[str, RewardModel], RewardEnsemble]:
+    if config.lightgbm_dask:
+        import_dask()  # a missing rmdiag[dask] extra is named before any model is fitted
     fit_part, tune_part = last_event_split(train)
     if len(fit_part) == 0 or len(np.unique(fit_part.items)) < 2:
         fit_part, tune_part = train, None  # too little data to spare a tuning event per user
@@ -22,7 +25,11 @@ def fit_models(
     for model in baselines.values():
         model.fit(fit_part, tune_part)
     params = {
-        "lightgbm": {"n_rounds": config.lightgbm_rounds, "n_threads": 1},
+        "lightgbm": {
+            "n_rounds": config.lightgbm_rounds,
+            "n_threads": 1,
+            "dask_scheduler": config.lightgbm_dask,
+        },
         "sequence": {"epochs": config.sequence_epochs, "dim": config.sequence_dim},
     }
     ensemble = RewardEnsemble(

@@ -89,6 +89,12 @@ class RewardModel(ABC):
     kind: ClassVar[str] = "reward_model"
     history_len: int = 0
 
+    @property
+    def fits_on_cluster(self) -> bool:
+        """Whether ``fit`` hands its training to a cluster of its own (LightGBM through Dask):
+        an ensemble then fits it in its own process, not in one of its worker processes."""
+        return False
+
     @abstractmethod
     def fit(
         self,

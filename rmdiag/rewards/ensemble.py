@@ -5,7 +5,9 @@ multinomial bootstrap of users (each user's events weighted by how often the use
 members disagree where the data is thin. It satisfies ``trainers.protocols.EnsembleRewardFn``:
 ``members(context, items) -> [M, B, K]``, ``__call__`` is their mean, ``spread`` their standard
 deviation. With ``n_jobs > 1`` members are fitted in "spawn" worker processes, so a script
-that calls ``fit`` must guard its entry point with ``if __name__ == "__main__":``.
+that calls ``fit`` must guard its entry point with ``if __name__ == "__main__":``; members that
+train on a cluster of their own (LightGBM with ``dask_scheduler``) are fitted in this process,
+one after another, meanwhile.
 """
 
 from __future__ import annotations
@@ -105,19 +107,29 @@ class RewardEnsemble(RewardModel):
                 params["seed"] = self.seed + m
             models.append(make_reward_model(kind, **params))
             weights.append(weight)
-        if self.n_jobs > 1 and len(models) > 1:
+        fitted: dict[int, RewardModel] = {}
+        # A member that trains on a cluster (LightGBM through Dask) is fitted in this process,
+        # one after another: the cluster is its parallelism, and a cluster started inside a pool
+        # worker would add processes the pool does not count.
+        on_cluster = [m for m, model in enumerate(models) if model.fits_on_cluster]
+        pooled = [m for m, model in enumerate(models) if not model.fits_on_cluster]
+        threads = torch.get_num_threads()
+        if self.n_jobs > 1 and len(pooled) > 1:
             # One member per process, one thread each: small models do not scale with threads,
             # and oversubscribed threads slow torch and LightGBM by an order of magnitude.
             # "spawn" because forking a process that already ran OpenMP can deadlock.
             context = multiprocessing.get_context("spawn")
-            workers = min(self.n_jobs, len(models))
+            workers = min(self.n_jobs, len(pooled))
             try:
                 with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                    futures = [
-                        pool.submit(_fit_member, model, train, valid, weight, 1)
-                        for model, weight in zip(models, weights, strict=True)
-                    ]
-                    self.members_ = [future.result() for future in futures]
+                    futures = {
+                        m: pool.submit(_fit_member, models[m], train, valid, weights[m], 1)
+                        for m in pooled
+                    }
+                    for m in on_cluster:  # while the pool fits the others
+                        fitted[m] = _fit_member(models[m], train, valid, weights[m], threads)
+                    for m, future in futures.items():
+                        fitted[m] = future.result()
             except BrokenProcessPool as error:
                 # A worker only dies this way when it is killed; on Linux that is the kernel's
                 # out-of-memory killer. Say so, not a pool traceback.
@@ -127,11 +139,9 @@ class RewardEnsemble(RewardModel):
                     "memory; fit fewer members at once (--threads 1) or on fewer events"
                 ) from error
         else:
-            threads = torch.get_num_threads()
-            self.members_ = [
-                _fit_member(model, train, valid, weight, threads)
-                for model, weight in zip(models, weights, strict=True)
-            ]
+            for m, model in enumerate(models):
+                fitted[m] = _fit_member(model, train, valid, weights[m], threads)
+        self.members_ = [fitted[m] for m in range(len(models))]
         self.history_len = max(member.history_len for member in self.members_)
         self.fitted_ = True
         return self

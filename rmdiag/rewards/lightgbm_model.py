@@ -14,11 +14,23 @@ Each (history, candidate) row gets:
   reward-weighted history direction.
 The history of a training row is the user's strictly earlier training events
 (``rmdiag.sequences.event_sequences``), exactly what a held-out event's context holds.
+
+The trees train in this process (``lightgbm.train``) or, with ``dask_scheduler``, on a Dask
+cluster through ``lightgbm.dask`` (the optional ``rmdiag[dask]`` extra): the same features
+(computed here), parameters, validation set and early stopping, LightGBM's data-parallel learner
+over one block of rows per worker. Its trees are another draw, not a copy, of the in-process
+ones: each worker draws its bagging subsample from its own rows and finds the bin boundaries of
+its share of the features from them, so the trees differ about as much as two seeds' do.
 """
 
 from __future__ import annotations
 
-from typing import Self
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+from typing import Any, Self
 
 import lightgbm as lgb
 import numpy as np
@@ -50,12 +62,100 @@ FEATURES: tuple[str, ...] = (
 )
 CHUNK = 8192  # rows per feature block: bounds the [rows, history, dim] similarity tensor
 
+DASK_EXTRA = "LightGBM on a Dask cluster needs the dask extra: pip install 'rmdiag[dask]'"
+# lightgbm.dask trains through the scikit-learn API, which has its own names (and defaults) for
+# these parameters: each is given under that name, so no default of the wrapper competes with an
+# alias of it. num_threads is left out: lightgbm.dask sets it to each worker's thread count.
+_SCIKIT_LEARN_NAMES = {
+    "min_data_in_leaf": "min_child_samples",
+    "feature_fraction": "colsample_bytree",
+    "bagging_fraction": "subsample",
+    "bagging_freq": "subsample_freq",
+    "lambda_l2": "reg_lambda",
+    "seed": "random_state",
+}
+_LOCAL_CLUSTER = re.compile(r"local:(\d+)")
+# a scheme (tcp://, tls://, ...) and anything after it, or host:port
+_SCHEDULER_ADDRESS = re.compile(r"[a-z][a-z0-9+.-]*://\S+|[^\s:/]+:\d+")
+
+
+def dask_local_workers(scheduler: str) -> int | None:
+    """The worker count N of a ``local:N`` Dask scheduler, None for a running scheduler's
+    address (``tcp://host:8786``, ``host:8786``); a ValueError for anything else, "" included."""
+    local = _LOCAL_CLUSTER.fullmatch(scheduler)
+    if local is not None and int(local.group(1)) >= 1:
+        return int(local.group(1))
+    if not scheduler.startswith("local:") and _SCHEDULER_ADDRESS.fullmatch(scheduler):
+        return None
+    raise ValueError(
+        "a Dask scheduler is 'local:N' (N >= 1 worker processes started for the fit) or a "
+        f"running scheduler's address such as tcp://host:8786, got {scheduler!r}"
+    )
+
+
+def import_dask() -> tuple[ModuleType, ModuleType, ModuleType]:
+    """(dask.array, distributed, lightgbm.dask), imported only when asked; an ImportError that
+    names the extra when they are missing."""
+    try:
+        import dask.array as dask_array
+        import distributed
+        import pandas  # noqa: F401 - lightgbm.dask refuses to train without pandas
+        import sklearn  # noqa: F401 - and scikit-learn, whose estimator API it uses
+        from lightgbm import dask as lightgbm_dask
+    except ImportError as error:
+        raise ImportError(f"{DASK_EXTRA} ({error})") from error
+    if tuple(int(part) for part in lgb.__version__.split(".")[:2]) < (4, 7):  # eval_X, eval_y
+        raise ImportError(f"{DASK_EXTRA} (it needs lightgbm >= 4.7, found {lgb.__version__})")
+    return dask_array, distributed, lightgbm_dask
+
+
+@contextmanager
+def dask_client(scheduler: str) -> Iterator[Any]:
+    """A ``distributed.Client`` of ``scheduler`` (``dask_local_workers``), closed on exit; a
+    ``local:N`` cluster is started for the block and shut down after it."""
+    n_workers = dask_local_workers(scheduler)
+    _, distributed, _ = import_dask()
+    if n_workers is None:
+        with distributed.Client(scheduler) as client:
+            yield client
+        return
+    # Processes, one thread each, as the in-process members train: every LightGBM worker needs
+    # its own process (they meet over sockets), and threads beyond the cores only slow it down.
+    with (
+        distributed.LocalCluster(
+            n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+def _blocks_on_workers(
+    client: Any, dask_array: ModuleType, blocks: list[np.ndarray], workers: list[str]
+) -> Any:
+    """One dask array whose chunk i is ``blocks[i]``, held by ``workers[i]``: lightgbm.dask
+    trains each worker on the chunks it holds, so this fixes which rows each worker learns from."""
+    futures = [
+        client.scatter(block, workers=[worker], hash=False)  # equal blocks: one per worker
+        for block, worker in zip(blocks, workers, strict=True)
+    ]
+    return dask_array.concatenate(
+        [
+            dask_array.from_delayed(future, shape=block.shape, dtype=block.dtype)
+            for future, block in zip(futures, blocks, strict=True)
+        ]
+    )
+
 
 class LightGBMRewardModel(RewardModel):
     """Gradient-boosted trees (``lightgbm.train``) on leakage-free features (module docstring).
 
     Defaults follow LightGBM's own (num_leaves 31, learning rate 0.1) with early stopping on
     ``valid``; ``min_data_in_leaf`` is raised to 50 because rating noise is large.
+    ``dask_scheduler``: "" trains in this process; ``local:N`` starts an N-process Dask
+    ``LocalCluster`` for the fit (so a script needs the ``if __name__ == "__main__":`` guard) and
+    closes it afterwards; an address (``tcp://host:8786``) trains on that running cluster, each
+    worker with its own thread count. Needs the ``rmdiag[dask]`` extra.
     """
 
     kind = "lightgbm"
@@ -74,6 +174,7 @@ class LightGBMRewardModel(RewardModel):
         embedding_dim: int = 16,
         n_threads: int = 1,
         seed: int = 0,
+        dask_scheduler: str = "",
     ) -> None:
         self.n_rounds = n_rounds
         self.learning_rate = learning_rate
@@ -87,6 +188,11 @@ class LightGBMRewardModel(RewardModel):
         self.embedding_dim = embedding_dim
         self.n_threads = n_threads
         self.seed = seed
+        self.dask_scheduler = dask_scheduler
+
+    @property
+    def fits_on_cluster(self) -> bool:
+        return bool(self.dask_scheduler)  # the Dask workers train, not this process
 
     # -- statistics learned from the training log ------------------------------------------
     def _shrunk(self, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -309,13 +415,27 @@ class LightGBMRewardModel(RewardModel):
         user_weight: np.ndarray | None = None,
     ) -> Self:
         self._refuse_empty(train)
+        if self.dask_scheduler:  # refused before the features are computed, not after
+            dask_local_workers(self.dask_scheduler)
+            import_dask()
         _, _, reward = columns(train)
         weight = event_weights(train, user_weight)
         self._fit_statistics(train, weight)
         item_oof, user_oof = self._out_of_fold(train, weight)
         keep = weight > 0  # bootstrap resamples drop the users they did not draw
         x_train = self._event_features(train, train, item_oof, user_oof, keep)
-        params = {
+        validation = None
+        if valid is not None and len(valid.table) > 0:
+            validation = (self._event_features(train, valid), valid.rewards.astype(np.float32))
+        if self.dask_scheduler:
+            self.booster_ = self._train_on_dask(x_train, reward[keep], weight[keep], validation)
+        else:
+            self.booster_ = self._train_here(x_train, reward[keep], weight[keep], validation)
+        self.fitted_ = True
+        return self
+
+    def _booster_params(self) -> dict[str, Any]:
+        return {
             "objective": "regression",
             "learning_rate": self.learning_rate,
             "num_leaves": self.num_leaves,
@@ -330,29 +450,76 @@ class LightGBMRewardModel(RewardModel):
             "force_row_wise": True,
             "verbosity": -1,
         }
+
+    def _train_here(
+        self,
+        x: np.ndarray,
+        label: np.ndarray,
+        weight: np.ndarray,
+        validation: tuple[np.ndarray, np.ndarray] | None,
+    ) -> lgb.Booster:
         train_set = lgb.Dataset(
-            x_train,
-            label=reward[keep],
-            weight=weight[keep],
-            feature_name=list(FEATURES),
-            free_raw_data=True,
+            x, label=label, weight=weight, feature_name=list(FEATURES), free_raw_data=True
         )
         callbacks = []
         valid_sets = []
-        if valid is not None and len(valid.table) > 0:
-            x_valid = self._event_features(train, valid)
-            valid_sets = [lgb.Dataset(x_valid, label=valid.rewards.astype(np.float32),
-                                      reference=train_set)]
+        if validation is not None:
+            x_valid, y_valid = validation
+            valid_sets = [lgb.Dataset(x_valid, label=y_valid, reference=train_set)]
             callbacks.append(lgb.early_stopping(self.early_stopping_rounds, verbose=False))
-        self.booster_ = lgb.train(
-            params,
+        return lgb.train(
+            self._booster_params(),
             train_set,
             num_boost_round=self.n_rounds,
             valid_sets=valid_sets,
             callbacks=callbacks,
         )
-        self.fitted_ = True
-        return self
+
+    def _train_on_dask(
+        self,
+        x: np.ndarray,
+        label: np.ndarray,
+        weight: np.ndarray,
+        validation: tuple[np.ndarray, np.ndarray] | None,
+    ) -> lgb.Booster:
+        """``_train_here`` through ``lightgbm.dask``: the rows in one contiguous block per worker,
+        the whole validation set on every worker."""
+        params = self._booster_params()
+        del params["num_threads"]
+        estimator_params = {_SCIKIT_LEARN_NAMES.get(name, name): v for name, v in params.items()}
+        dask_array, _, lightgbm_dask = import_dask()
+        with dask_client(self.dask_scheduler) as client:
+            client.wait_for_workers(1, timeout=120)
+            workers = sorted(client.scheduler_info()["workers"])[: len(x)]
+
+            def spread(values: np.ndarray) -> Any:  # rows, labels and weights split alike
+                blocks = np.array_split(values, len(workers))
+                return _blocks_on_workers(client, dask_array, blocks, workers)
+
+            fit_kwargs: dict[str, Any] = {"feature_name": list(FEATURES)}
+            if validation is not None:
+                # Each worker scores its own share of the validation set and early stopping decides
+                # on each worker apart: with a share each they could stop at different rounds
+                # (and a worker with none fails). The whole set on each makes every decision one.
+                x_valid, y_valid = validation
+                everywhere = len(workers)
+                fit_kwargs["eval_X"] = _blocks_on_workers(
+                    client, dask_array, [x_valid] * everywhere, workers
+                )
+                fit_kwargs["eval_y"] = _blocks_on_workers(
+                    client, dask_array, [y_valid] * everywhere, workers
+                )
+                fit_kwargs["callbacks"] = [
+                    lgb.early_stopping(self.early_stopping_rounds, verbose=False)
+                ]
+            estimator = lightgbm_dask.DaskLGBMRegressor(
+                client=client, n_estimators=self.n_rounds, **estimator_params
+            )
+            with warnings.catch_warnings():
+                # lightgbm.dask warns of the scikit-learn n_jobs it overrides even when unset
+                warnings.filterwarnings("ignore", "Parameter n_jobs will be ignored")
+                estimator.fit(spread(x), spread(label), sample_weight=spread(weight), **fit_kwargs)
+            return estimator.booster_
 
     def predict(self, context: Context, items: torch.Tensor) -> torch.Tensor:
         self._check_fitted()
