@@ -5,7 +5,9 @@ multinomial bootstrap of users (each user's events weighted by how often the use
 members disagree where the data is thin. It satisfies ``trainers.protocols.EnsembleRewardFn``:
 ``members(context, items) -> [M, B, K]``, ``__call__`` is their mean, ``spread`` their standard
 deviation. With ``n_jobs > 1`` members are fitted in "spawn" worker processes, so a script
-that calls ``fit`` must guard its entry point with ``if __name__ == "__main__":``.
+that calls ``fit`` must guard its entry point with ``if __name__ == "__main__":`` -- except
+under torchrun (``rmdiag.distributed``), where every rank fits them in-process (the sequence
+members data-parallel across the ranks, the LightGBM ones identically on each).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, Self
 import numpy as np
 import torch
 
+from rmdiag import distributed
 from rmdiag.data import Interactions
 from rmdiag.rewards.base import RewardModel
 from rmdiag.sequences import event_sequences
@@ -105,7 +108,10 @@ class RewardEnsemble(RewardModel):
                 params["seed"] = self.seed + m
             models.append(make_reward_model(kind, **params))
             weights.append(weight)
-        if self.n_jobs > 1 and len(models) > 1:
+        # Under torchrun the members are fitted in this process, one after another: a worker
+        # would inherit torchrun's RANK and WORLD_SIZE and join (or wait for) the process group,
+        # and each sequence member trains data-parallel with the other ranks anyway.
+        if self.n_jobs > 1 and len(models) > 1 and not distributed.active():
             # One member per process, one thread each: small models do not scale with threads,
             # and oversubscribed threads slow torch and LightGBM by an order of magnitude.
             # "spawn" because forking a process that already ran OpenMP can deadlock.
