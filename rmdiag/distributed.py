@@ -90,8 +90,11 @@ def process_group() -> Iterator[None]:
     leaves it alone, so one group serves every training of the command."""
     started = False
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _initialized():
-        if torch.cuda.is_available():  # NCCL needs each rank on its own GPU
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        # NCCL needs each rank on its own GPU; more ranks than GPUs can only train on the CPU
+        # (gloo), where no GPU is needed.
+        if torch.cuda.is_available() and local < torch.cuda.device_count():
+            torch.cuda.set_device(local)
         dist.init_process_group(backend=backend())
         started = True
     try:
