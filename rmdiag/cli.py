@@ -1,9 +1,19 @@
-"""The `rmdiag` command line. Exit codes are an API: 0 success, 2 bad input or usage, 1 failure."""
+"""The `rmdiag` command line. Exit codes are an API: 0 success, 2 bad input or usage, 1 failure.
+
+Under ``torchrun --nproc-per-node N -m rmdiag COMMAND ...`` (WORLD_SIZE > 1) every rank runs
+the command on one process group (`rmdiag.distributed`): the training commands (`run`,
+`audit`, `train`) train data-parallel and write from rank 0; `simulate`, `select` and
+`evaluate` train nothing and run on rank 0 alone. Rank 0 prints; the other ranks print only
+their own internal failures.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
+import os
 import sys
 import time
 import traceback
@@ -153,6 +163,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         select_config=select_config,
         policy_config=policy_config,
     )
+    if os.environ.get("RANK", "0") != "0":
+        return EXIT_OK  # under torchrun rank 0 scored the policies and prints them
     if args.json:
         print(to_json(summary.to_json()), end="")
     else:
@@ -448,18 +460,48 @@ def _refused_resume(error: Exception) -> bool:
     return loop is not None and isinstance(error, loop.CheckpointMismatch)
 
 
+def _rank_zero_failed(error: Exception) -> bool:
+    """A step rank 0 ran for every rank failed there (it reports it); looked up as above."""
+    module = sys.modules.get("rmdiag.distributed")
+    return module is not None and isinstance(error, module.RankZeroFailed)
+
+
+# Commands that train nothing: under torchrun rank 0 runs them and the other ranks exit at once.
+_RANK_ZERO_COMMANDS = frozenset({"simulate", "select", "evaluate"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse: usage errors are 2, --help/--version are 0
         return int(exit_.code or 0)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _dispatch(args, rank=0)
+    # Launched by torchrun: one process group for the whole command (imported only now: torch).
+    from rmdiag import distributed
+
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0 and args.command in _RANK_ZERO_COMMANDS:
+        return EXIT_OK
+    with distributed.process_group():
+        if rank == 0:
+            return _dispatch(args, rank)
+        with contextlib.redirect_stdout(io.StringIO()):  # rank 0 prints the results
+            return _dispatch(args, rank)
+
+
+def _dispatch(args: argparse.Namespace, rank: int) -> int:
+    """Run the command's handler; its exit code (module docstring). On a rank other than 0
+    only the rank's own internal failure is printed: rank 0 reports bad input, which every
+    rank meets alike, and the failures of what it ran for all (`RankZeroFailed`)."""
     handler: Callable[[argparse.Namespace], int] = args.handler
     started = time.perf_counter()
     try:
         code = handler(args)
     except (DataError, UsageError) as error:
-        print(f"rmdiag {args.command}: error: {error}", file=sys.stderr)
+        if rank == 0:
+            print(f"rmdiag {args.command}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"rmdiag {args.command}: interrupted", file=sys.stderr)
@@ -468,13 +510,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rmdiag {args.command}: out of memory: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except Exception as error:  # noqa: BLE001 - the exit code is the contract
+        if _rank_zero_failed(error):
+            return EXIT_BAD_INPUT if error.bad_input else EXIT_FAILURE  # type: ignore[attr-defined]
         if _refused_resume(error):
-            print(f"rmdiag {args.command}: error: {error}", file=sys.stderr)
+            if rank == 0:
+                print(f"rmdiag {args.command}: error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
         traceback.print_exc()  # the traceback is for us
-        print(f"rmdiag {args.command}: internal failure", file=sys.stderr)
+        where = f" (rank {rank})" if rank else ""
+        print(f"rmdiag {args.command}: internal failure{where}", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"rmdiag {args.command}: done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    if rank == 0:
+        print(f"rmdiag {args.command}: done in {time.perf_counter() - started:.1f} s",
+              file=sys.stderr)
     return code
 
 

@@ -22,6 +22,11 @@ when the record's fingerprint for its policy (written before training starts) ma
 policy's inputs changed since is refused (`trainers.loop.CheckpointMismatch`, which `rmdiag`
 exits 2 on, naming the inputs that differ) rather than silently thrown away with the training
 it holds.
+
+Under torchrun (`rmdiag.distributed`) rank 0 alone reads the record, decides and writes; the
+other ranks ask it whether a stage is kept (and, for a policy, whether its checkpoint is to be
+resumed: rank 0 removes a stale one before it answers), then load a kept stage themselves or
+train it together with rank 0, which saves it. No rank but 0 ever writes here.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from rmdiag import persist
+from rmdiag import distributed, persist
 from rmdiag.audit import AuditResult
 from rmdiag.outputs import to_json, write_atomic
 from rmdiag.policies import TrainedPolicy
@@ -94,6 +99,11 @@ class WorkDir:
 
     def __init__(self, out: str | os.PathLike[str], resume: bool) -> None:
         self.root = Path(out) / WORK_DIR
+        # Rank 0 owns the directory; the others learn what is in it from rank 0 (`share`).
+        self.owner = distributed.is_main()
+        self.stages: dict[str, dict[str, Any]] = {}
+        if not self.owner:
+            return
         if not resume and self.root.exists():
             _remove(self.root)
         # created by the first stage that finishes: input refused by the audit leaves nothing
@@ -115,10 +125,13 @@ class WorkDir:
 
     def record(self, name: str, inputs: Mapping[str, Any], *, done: bool,
                status: str = "computing") -> str:
-        """Write the stage's entry (atomically, with the whole record); returns its fingerprint."""
+        """Write the stage's entry (atomically, with the whole record); returns its fingerprint.
+        Rank 0 only writes it."""
         key = fingerprint(inputs)
         self.stages[name] = {"fingerprint": key, "inputs": dict(inputs), "done": done,
                              "status": status}
+        if not self.owner:
+            return key
         write_atomic(self.root / RECORD_FILE,
                      to_json({"version": RECORD_VERSION, "stages": self.stages}))
         return key
@@ -155,9 +168,13 @@ class WorkDir:
         return self.root / "audit"
 
     def has_audit(self, key: str) -> bool:
-        return self._stored_fingerprint(self.audit_dir / "result.json") == key
+        """Whether the audit is kept with this fingerprint (rank 0's answer on every rank)."""
+        return distributed.share(
+            lambda: self._stored_fingerprint(self.audit_dir / "result.json") == key)
 
     def save_audit(self, result: AuditResult, key: str) -> None:
+        if not self.owner:
+            return
         arrays = {f"events.{k}": np.asarray(v) for k, v in result.events.items()}
         arrays |= {f"predictions.{k}": np.asarray(v) for k, v in result.predictions.items()}
         if any(a.dtype == object for a in arrays.values()):
@@ -199,11 +216,35 @@ class WorkDir:
         `train(checkpoint_path)` (resuming that checkpoint when it belongs to these inputs) and
         saved. Returns it and whether it was reused."""
         key = fingerprint(inputs)
+        # Rank 0 decides (and clears a stale checkpoint) before any rank looks at the disk, so
+        # every rank resumes the same checkpoint or none and trains the same policies.
+        if distributed.share(lambda: self._prepare_policy(name, inputs, key)):
+            return self._load_policy(name), True
+        checkpoint = self.checkpoint(name)
+        policy = train(str(checkpoint))  # every rank: data-parallel under torchrun
+        if not self.owner:
+            return policy, False
+        with self._assemble(self.policy_dir(name)) as tmp:
+            persist.save_policy(policy.model, tmp / "policy", algorithm=policy.algorithm,
+                                temperature=None)
+            (tmp / "meta.json").write_text(to_json({
+                "fingerprint": key, "name": policy.name, "algorithm": policy.algorithm,
+                "temperature": policy.temperature, "steps": policy.steps,
+                "train_seconds": policy.train_seconds,
+            }))
+        self.record(f"policy:{name}", inputs, done=True, status="computed")
+        checkpoint.unlink(missing_ok=True)
+        return policy, False
+
+    def _prepare_policy(self, name: str, inputs: Mapping[str, Any], key: str) -> bool:
+        """(Rank 0) True when the policy is kept with this fingerprint; else make way for its
+        training: refuse an interrupted one under other inputs, drop another run's checkpoint
+        and policy, record the training as started."""
         stage_name = f"policy:{name}"
         directory, checkpoint = self.policy_dir(name), self.checkpoint(name)
         if self._stored_fingerprint(directory / "meta.json") == key:
             self.record(stage_name, inputs, done=True, status="reused")
-            return self._load_policy(name), True
+            return True
         recorded = self.stages.get(stage_name)
         if self.recorded(stage_name) != key:
             if (checkpoint.exists() and isinstance(recorded, dict) and not recorded.get("done")
@@ -218,18 +259,7 @@ class WorkDir:
             _remove(directory)
         self.record(stage_name, inputs, done=False)
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        policy = train(str(checkpoint))
-        with self._assemble(directory) as tmp:
-            persist.save_policy(policy.model, tmp / "policy", algorithm=policy.algorithm,
-                                temperature=None)
-            (tmp / "meta.json").write_text(to_json({
-                "fingerprint": key, "name": policy.name, "algorithm": policy.algorithm,
-                "temperature": policy.temperature, "steps": policy.steps,
-                "train_seconds": policy.train_seconds,
-            }))
-        self.record(stage_name, inputs, done=True, status="computed")
-        checkpoint.unlink(missing_ok=True)
-        return policy, False
+        return False
 
     def _load_policy(self, name: str) -> TrainedPolicy:
         directory = self.policy_dir(name)

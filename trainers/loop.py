@@ -286,6 +286,13 @@ def _gather(state: torch.Tensor, world: int, device: torch.device) -> list[torch
     return [part.cpu() for part in parts]
 
 
+def _agree(flag: bool, device: torch.device) -> bool:
+    """Rank 0's `flag` on every rank (a collective)."""
+    value = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
 def _summary_writer_class() -> Any:
     """TensorBoard's SummaryWriter, or an ImportError that says how to get it."""
     try:
@@ -474,9 +481,17 @@ def train_loop(
                 for name, value in scalars.items():
                     writer.add_scalar(f"train/{name}", value, step)
             out_of_time = config.max_seconds is not None and train_seconds >= config.max_seconds
+            if world > 1 and config.max_seconds is not None:
+                # Each rank measures its own time: rank 0's clock decides for all, else one
+                # rank stops while the others wait in the next step's all-reduce forever.
+                out_of_time = _agree(out_of_time, device)
             last = step >= total_steps or out_of_time
             if (config.eval_every and step % config.eval_every == 0) or last:
                 stopped_early = evaluate()
+                if world > 1 and config.early_stopping_metric is not None:
+                    # The ranks hold the same weights, so their figures agree -- unless the hook
+                    # is not deterministic; rank 0's decision keeps them stepping together.
+                    stopped_early = _agree(stopped_early, device)
             due = config.checkpoint_every and step % config.checkpoint_every == 0
             if config.checkpoint_path is not None and (due or last or stopped_early):
                 snapshot = checkpoint_state()  # on every rank: it gathers their random states

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from rmdiag import distributed
+
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -50,6 +52,7 @@ class StageClock:
         self.memory: dict[str, dict[str, float | bool]] = {}
         self._per_stage = _reset_high_water()
         self._children = _children_peak_mib()
+        self.quiet = not distributed.is_main()  # under torchrun rank 0 names the stages
 
     def _close_memory(self, name: str) -> None:
         peak = _high_water_mib()
@@ -72,11 +75,13 @@ class StageClock:
                                                + now - self.mark, 3)
             self._close_memory(self.current)
         self.current, self.mark = name, now
-        if name is not None:
+        if name is not None and not self.quiet:
             print(f"rmdiag run [{now - self.started:6.1f} s] {name}{detail}", file=sys.stderr,
                   flush=True)
 
     def note(self, text: str) -> None:
         """A line about the current stage, without starting another."""
+        if self.quiet:
+            return
         print(f"rmdiag run [{time.perf_counter() - self.started:6.1f} s] {self.current}{text}",
               file=sys.stderr, flush=True)

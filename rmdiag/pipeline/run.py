@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, replace
 from typing import Any
 
-from rmdiag import overoptimization, policies
+from rmdiag import distributed, overoptimization, policies
 from rmdiag.audit import AuditConfig, AuditResult, audit, audit_inputs
 from rmdiag.audit.statistics import coverage_warning
 from rmdiag.data import DataError, Interactions, encode, load, validate
@@ -75,7 +75,27 @@ def run(
     input raises `rmdiag.data.DataError` before any work. Without `data`, `simulation` is the
     world: a `SimulationConfig` (default: the built-in one) or a `World`, e.g. one fitted to a
     real log (`rmdiag.simulate.world_from_interactions`), whose true reward then scores every
-    policy."""
+    policy.
+
+    Under torchrun (`rmdiag.distributed`) every rank runs it: each training data-parallel,
+    the decision rank 0's, `.work` and the files rank 0's alone; the scoring and the report
+    run on rank 0 only, so the other ranks return once the last policy is trained, with the
+    summary's `policies` empty."""
+    with distributed.process_group():
+        return _run(config, data, columns, out, simulation, audit_config, select_config,
+                    policy_config)
+
+
+def _run(
+    config: RunConfig,
+    data: str | os.PathLike[str] | None,
+    columns: Mapping[str, str] | None,
+    out: str | os.PathLike[str] | None,
+    simulation: Any | None,
+    audit_config: AuditConfig | None,
+    select_config: SelectConfig | None,
+    policy_config: policies.PolicyConfig | None,
+) -> RunSummary:
     if config.resume and out is None:
         raise ValueError("resume needs the output directory (out) whose .work it continues")
     if data is None and simulation is None:
@@ -129,7 +149,10 @@ def run(
                 summary.audit, data, sft, world, config, audit_config, select_config, stage)
             summary.judgement = _judge(summary.audit, select_config)
         stage("select")
-        decision = decide(summary.judgement)
+        # Rank 0's decision on every rank: which policies train next must be the same on all
+        # (the audits agree, the LightGBM members being deterministic, but a figure on the
+        # threshold must not split the ranks between two algorithms).
+        decision = distributed.from_main(decide(summary.judgement))
         _policies_stage(summary, decision, data, sft, world, config, policy_config,
                         select_config.alpha, stage, trainer)
     run_settings = {k: v for k, v in asdict(config).items() if k != "resume"}  # not a result's
@@ -137,10 +160,11 @@ def run(
         "config": run_settings, "audit_config": asdict(audit_config),
         "select_config": asdict(select_config), "policy_config": asdict(policy_config),
     } | ({"simulation": simulation_record(simulation)} if world is not None else {})
+    summary.settings["distributed"] = distributed.describe()  # the processes that trained
     stage(None)
     summary.timings = stage.seconds
     summary.memory = stage.memory
-    if out is not None:
+    if out is not None and distributed.is_main():  # the one writer under torchrun
         stage("report", f": writing {out}")
         publish(out, summary.files())
     return summary
@@ -249,6 +273,8 @@ def _policies_stage(
             if algorithm == decision.algorithm:
                 decision = default_temperature(decision, temperature)
     summary.decision = decision
+    if not distributed.is_main():
+        return  # the scoring and the report are rank 0's: it trains nothing more
     stage("policies.scoring", ": every policy on the test events")
     judge_ = policies.make_judge(ensemble, policy_config)
     per_user = {name: policies.score_policy(policy.model, data.test, policy_config.k, judge_,
@@ -317,7 +343,30 @@ def audit_files(
 
     Raises ``rmdiag.data.DataError`` (``InsufficientDataError`` included) before writing
     anything when the input is bad or cannot support an audit.
+
+    Under torchrun every rank audits (the sequence members and the curve's SFT policy train
+    data-parallel) and rank 0 alone writes.
     """
+    with distributed.process_group():
+        return _audit_files(data, out_dir, holdout, columns, config, select_config, predictions,
+                            predictions_name, holdout_kind, heldout_per_user,
+                            overoptimization_curve, policy_config)
+
+
+def _audit_files(
+    data: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    holdout: str | os.PathLike[str] | None,
+    columns: Mapping[str, str] | None,
+    config: AuditConfig | None,
+    select_config: SelectConfig | None,
+    predictions: str | os.PathLike[str] | None,
+    predictions_name: str,
+    holdout_kind: str,
+    heldout_per_user: int,
+    overoptimization_curve: bool,
+    policy_config: policies.PolicyConfig | None,
+) -> tuple[AuditResult, Judgement]:
     from rmdiag.persist import save_reward_model
 
     if holdout_kind == "random" and holdout is None:
@@ -338,6 +387,8 @@ def audit_files(
         result.overoptimization = overoptimization.unavailable(
             "not computed (--no-overoptimization)")
     judgement = _judge(result, select_config)
+    if not distributed.is_main():  # rank 0 renders and writes
+        return result, judgement
     files = audit_files_content(result, judgement)  # rendered before anything is written
     if result.ensemble is not None:
         save_reward_model(result.ensemble, os.path.join(out_dir, "reward_model"),

@@ -7,7 +7,9 @@ members disagree where the data is thin. It satisfies ``trainers.protocols.Ensem
 deviation. With ``n_jobs > 1`` members are fitted in "spawn" worker processes, so a script
 that calls ``fit`` must guard its entry point with ``if __name__ == "__main__":``; members that
 train on a cluster of their own (LightGBM with ``dask_scheduler``) are fitted in this process,
-one after another, meanwhile.
+one after another, meanwhile. Under torchrun (``rmdiag.distributed``) every rank fits all
+members in-process (the sequence members data-parallel across the ranks, the LightGBM ones
+identically on each).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, Self
 import numpy as np
 import torch
 
+from rmdiag import distributed
 from rmdiag.data import Interactions
 from rmdiag.rewards.base import RewardModel
 from rmdiag.sequences import event_sequences
@@ -114,7 +117,10 @@ class RewardEnsemble(RewardModel):
         on_cluster = [m for m, model in enumerate(models) if model.fits_on_cluster]
         pooled = [m for m, model in enumerate(models) if not model.fits_on_cluster]
         threads = torch.get_num_threads()
-        if self.n_jobs > 1 and len(pooled) > 1:
+        # Under torchrun the members are fitted in this process, one after another: a worker
+        # would inherit torchrun's RANK and WORLD_SIZE and join (or wait for) the process group,
+        # and each sequence member trains data-parallel with the other ranks anyway.
+        if self.n_jobs > 1 and len(pooled) > 1 and not distributed.active():
             # One member per process, one thread each: small models do not scale with threads,
             # and oversubscribed threads slow torch and LightGBM by an order of magnitude.
             # "spawn" because forking a process that already ran OpenMP can deadlock.

@@ -12,6 +12,10 @@ rate, batch size, epochs or steps, seed); `overrides` (the Config flags given on
 line) replace any of its fields. The temperature comes from a decision.json when given (it must
 name the same algorithm), else from the Config. Saved and loaded models must share the data's id
 encoding (`rmdiag.stages.inputs.check_ids`).
+
+Under torchrun (`rmdiag.distributed`) every rank reads the same inputs and trains data-parallel
+(the loop's DistributedDataParallel; A-SFT's advantages computed identically on each rank);
+rank 0 alone saves the policy.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import trainers
-from rmdiag import policies
+from rmdiag import distributed, policies
 from rmdiag.data import DataError
 from rmdiag.outputs import to_json, write_atomic
 from rmdiag.persist import load_policy, save_policy
@@ -123,7 +127,25 @@ def train_files(
 ) -> policies.TrainedPolicy:
     """``rmdiag train`` as a function (module docstring): train, then save the policy into
     `out_dir` (`rmdiag.persist.save_policy`, with the data's ids) and ``training.json`` beside
-    it. Bad input raises DataError before any training."""
+    it. Bad input raises DataError before any training. Under torchrun every rank trains and
+    rank 0 writes (module docstring)."""
+    with distributed.process_group():
+        return _train_files(algorithm, data, out_dir, columns, reward_model, reference, decision,
+                            policy_config, overrides, max_len)
+
+
+def _train_files(
+    algorithm: str,
+    data: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    columns: Mapping[str, str] | None,
+    reward_model: str | os.PathLike[str] | None,
+    reference: str | os.PathLike[str] | None,
+    decision: str | os.PathLike[str] | None,
+    policy_config: policies.PolicyConfig | None,
+    overrides: Mapping[str, Any] | None,
+    max_len: int | None,
+) -> policies.TrainedPolicy:
     if algorithm not in trainers.ALGORITHMS:
         raise DataError(f"unknown algorithm {algorithm!r}; one of {sorted(trainers.ALGORITHMS)}")
     config = policy_config or policies.PolicyConfig()
@@ -167,6 +189,8 @@ def train_files(
             trained = policies.train_policy(algorithm, policy_data, sft, config, temperature,
                                             ensemble, train_data, overrides=overrides)
     value = temperature_value(algorithm, temperature, overrides)
+    if not distributed.is_main():  # the weights are the same on every rank: rank 0 saves them
+        return trained
     save_policy(trained.model, out_dir, algorithm=algorithm, temperature=value,
                 ids=(log.user_ids, log.item_ids))
     record = {
@@ -177,6 +201,7 @@ def train_files(
         "reward_model": None if reward_model is None else str(reward_model),
         "decision": None if decision is None else str(decision),
         "steps": trained.steps, "train_seconds": round(trained.train_seconds, 3),
+        "world_size": distributed.world_size(),  # processes that trained it (torchrun)
         "policy_config": dataclasses.asdict(config), "config_overrides": overrides,
     }
     write_atomic(Path(out_dir) / TRAINING_FILE, to_json(record))
