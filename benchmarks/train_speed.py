@@ -2,14 +2,18 @@
 
 Leave-last-out split (valid = each user's second-last event, test = the last), full-catalog
 ranking with the user's whole history excluded, SASRec-sized policy (hidden 64, 2 blocks,
-2 heads, max length 50). Trains every position of every window at once with full softmax,
+2 heads, max length `--max-len`, 50 by default; 200 is the published ML-1M setting of SASRec
+and HSTU). `--architecture sasrec,hstu` trains each block in turn on the same data, seed and
+time budget (`--max-seconds`) and compares their test NDCG@10 per user, paired (BCa interval
+of the difference, sign-flip p). Trains every position of every window at once with full softmax,
 evaluates on the validation and test events every `--eval-every` steps (evaluation time is not
 training time), stops early on validation NDCG@10, and reports the best-validation model's test
 figures with bootstrap intervals over users. Also measures this machine's fp32 matmul rate and
 the share of it that the training step reaches (FLOPs counted by torch's FlopCounterMode).
 Metrics and intervals come from `evaluators`.
 
-    python benchmarks/train_speed.py [--data FILE] [--threads 2]
+    python benchmarks/train_speed.py [--data FILE] [--threads 2] [--architecture sasrec,hstu]
+        [--max-len 200] [--max-seconds 900]
 
 The last line is one JSON object of headline figures.
 """
@@ -31,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._movielens import movielens_100k_path  # noqa: E402
-from evaluators.intervals import mean_interval  # noqa: E402
+from evaluators.intervals import mean_interval, paired_difference  # noqa: E402
 from evaluators.metrics import ranking_metrics  # noqa: E402
 from rmdiag.data import DataError, Interactions, load  # noqa: E402
 from rmdiag.sequences import event_sequences, user_sequences  # noqa: E402
@@ -46,6 +50,7 @@ from trainers import (  # noqa: E402
     train_sft,
 )
 from trainers.data import TensorData, next_item_targets  # noqa: E402
+from trainers.model import ARCHITECTURES  # noqa: E402
 
 TARGET_NDCG = 0.060
 K = 10
@@ -60,7 +65,7 @@ class HeldOut:
     """Held-out events with their full-history exclusion mask, ready to score."""
 
     def __init__(self, history: Interactions, events: Interactions, max_len: int) -> None:
-        sequences = event_sequences(history, events, max_len)
+        sequences = event_sequences(history, events, max_len, timestamps=True)
         self.context: Context = sequences.context()
         self.targets = torch.from_numpy(sequences.targets)
         full = event_sequences(history, events, max(1, int(np.bincount(history.users).max())))
@@ -97,42 +102,13 @@ def step_flops(model: SequentialRecommender, batch: TensorData) -> int:
     return int(counter.get_total_flops())
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=None, help="ratings file (default ML-100K)")
-    parser.add_argument("--threads", type=int, default=2)
-    # 64 windows x 50 positions per step and lr 5e-3 reached the target in the fewest seconds in
-    # a small sweep (batch 32/64/128, lr 2e-3..1e-2, dropout 0..0.2) on this machine.
-    parser.add_argument("--batch-size", type=int, default=64, help="windows per step")
-    parser.add_argument("--lr", type=float, default=5e-3)
-    parser.add_argument("--dropout", type=float, default=0.2)
-    parser.add_argument("--eval-every", type=int, default=20, help="steps between evaluations")
-    parser.add_argument("--patience", type=int, default=10, help="evaluations without improvement")
-    parser.add_argument("--max-seconds", type=float, default=600.0, help="training time cap")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+def train_one(architecture: str, args: argparse.Namespace, n_items: int, data: TensorData,
+              valid: HeldOut, test: HeldOut, targets_per_row: float) -> dict:
+    """SFT of one architecture from the seed; its curve, final test figures and speed."""
     torch.manual_seed(args.seed)
-    max_len = 50
-
-    try:
-        log = load(args.data if args.data is not None else movielens_100k_path())
-    except (DataError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    split = leave_last_out(log)
-    longest = int(np.bincount(split.train.users).max())
-    user_rows = user_sequences(split.train, max_len=longest)
-    data = sequence_windows(
-        torch.from_numpy(user_rows.items), torch.from_numpy(user_rows.rewards), max_len
-    )
-    targets_per_row = float((data["items"][:, 1:] != 0).sum()) / data["items"].shape[0]
-    valid = HeldOut(split.train, split.valid, max_len)
-    test = HeldOut(split.train.concat(split.valid), split.test, max_len)
-
     model = SequentialRecommender(
-        ModelConfig(n_items=log.n_items, hidden=64, n_blocks=2, n_heads=2, max_len=max_len,
-                    dropout=args.dropout)
+        ModelConfig(n_items=n_items, hidden=64, n_blocks=2, n_heads=2, max_len=args.max_len,
+                    dropout=args.dropout, architecture=architecture)
     )
 
     def evaluate(policy: torch.nn.Module) -> dict[str, float]:
@@ -149,52 +125,128 @@ def main(argv: list[str] | None = None) -> None:
     )
     load_before = os.getloadavg()
     result = train_sft(model, data, config, eval_fn=evaluate)
-    load_after = os.getloadavg()
-
     reached = [row for row in result.history if row["test_ndcg@10"] >= TARGET_NDCG]
-    seconds_to_target = reached[0]["train_seconds"] if reached else None
     final = test.metrics(model)
-    ndcg, hit = interval(final["ndcg"]), interval(final["hr"])
-    events_per_second = result.steps * args.batch_size * targets_per_row / result.train_seconds
-
     peak = matmul_flops_per_second()
     batch = {key: value[: args.batch_size] for key, value in data.items()}
     model.train()
     flops = step_flops(model, batch)
     seconds_per_step = result.train_seconds / result.steps
-    matmul_share = flops / seconds_per_step / peak
+    return {
+        "architecture": architecture,
+        "result": result,
+        "per_user": final,
+        "seconds_to_target": reached[0]["train_seconds"] if reached else None,
+        "test_ndcg@10": interval(final["ndcg"]),
+        "test_hr@10": interval(final["hr"]),
+        "events_per_second": result.steps * args.batch_size * targets_per_row
+        / result.train_seconds,
+        "seconds_per_step": seconds_per_step,
+        "flops": flops,
+        "matmul_peak": peak,
+        "matmul_share": flops / seconds_per_step / peak,
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+    }
 
-    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"data: {log.source}: {len(log)} events, {log.n_users} users, {log.n_items} items; "
-          f"{data['items'].shape[0]} training windows of {max_len + 1}")
-    print(f"machine load (1/5/15 min) before {load_before}, after {load_after}; {uptime}")
-    print(f"threads {args.threads}, batch {args.batch_size} windows, lr {args.lr}, "
-          f"dropout {args.dropout}")
+
+def report(run: dict, args: argparse.Namespace) -> None:
+    result = run["result"]
+    print(f"--- {run['architecture']}: load (1/5/15 min) before {run['load_before']}, after "
+          f"{run['load_after']}")
     for row in result.history:
         print(f"  step {int(row['step']):5d}  train {row['train_seconds']:7.1f}s  "
               f"valid NDCG@10 {row['valid_ndcg@10']:.4f}  test NDCG@10 {row['test_ndcg@10']:.4f}")
-    if seconds_to_target is None:
+    if run["seconds_to_target"] is None:
         print(f"test NDCG@10 never reached {TARGET_NDCG}")
     else:
-        print(f"seconds of training until test NDCG@10 >= {TARGET_NDCG}: {seconds_to_target:.1f}")
+        print(f"seconds of training until test NDCG@10 >= {TARGET_NDCG}: "
+              f"{run['seconds_to_target']:.1f}")
     print(f"best validation at step {result.best_step} of {result.steps} "
           f"({result.train_seconds:.1f}s, stopped early: {result.stopped_early})")
+    ndcg, hit = run["test_ndcg@10"], run["test_hr@10"]
     print(f"test NDCG@10 {ndcg['value']:.4f} [{ndcg['low']:.4f}, {ndcg['high']:.4f}]  "
           f"HR@10 {hit['value']:.4f} [{hit['low']:.4f}, {hit['high']:.4f}] (95% bootstrap)")
-    print(f"throughput {events_per_second:,.0f} training events/s "
-          f"({seconds_per_step * 1000:.1f} ms/step)")
-    print(f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s; training step {flops / 1e9:.2f} GFLOP "
-          f"-> {flops / seconds_per_step / 1e9:.1f} GFLOP/s = {matmul_share:.1%} of peak")
-    print(json.dumps({
-        "seconds_to_target": seconds_to_target,
-        "test_ndcg@10": ndcg,
-        "test_hr@10": hit,
-        "events_per_second": events_per_second,
-        "matmul_share": matmul_share,
-        "train_seconds": result.train_seconds,
-        "steps": result.steps,
-        "load_average": list(load_before),
-    }))
+    print(f"throughput {run['events_per_second']:,.0f} training events/s "
+          f"({run['seconds_per_step'] * 1000:.1f} ms/step)")
+    print(f"fp32 matmul peak {run['matmul_peak'] / 1e9:.1f} GFLOP/s; training step "
+          f"{run['flops'] / 1e9:.2f} GFLOP -> {run['flops'] / run['seconds_per_step'] / 1e9:.1f} "
+          f"GFLOP/s = {run['matmul_share']:.1%} of peak")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=None,
+                        help="any log the data layer reads (default ML-100K)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--architecture", default="sasrec",
+                        help="comma-separated policy blocks to train in turn: sasrec, hstu")
+    parser.add_argument("--max-len", type=int, default=50,
+                        help="history length (200: the published ML-1M setting)")
+    # 64 windows x 50 positions per step and lr 5e-3 reached the target in the fewest seconds in
+    # a small sweep (batch 32/64/128, lr 2e-3..1e-2, dropout 0..0.2) on this machine.
+    parser.add_argument("--batch-size", type=int, default=64, help="windows per step")
+    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument("--eval-every", type=int, default=20, help="steps between evaluations")
+    parser.add_argument("--patience", type=int, default=10, help="evaluations without improvement")
+    parser.add_argument("--max-seconds", type=float, default=600.0,
+                        help="training time budget of each architecture")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    architectures = [name.strip() for name in args.architecture.split(",") if name.strip()]
+    unknown = [name for name in architectures if name not in ARCHITECTURES]
+    if unknown or not architectures or args.max_len < 1:
+        parser.error(f"--architecture takes names from {ARCHITECTURES}; --max-len must be >= 1")
+    torch.set_num_threads(args.threads)
+
+    try:
+        log = load(args.data if args.data is not None else movielens_100k_path())
+    except (DataError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    split = leave_last_out(log)
+    longest = int(np.bincount(split.train.users).max())
+    user_rows = user_sequences(split.train, max_len=longest, timestamps=True)
+    assert user_rows.timestamps is not None
+    data = sequence_windows(
+        torch.from_numpy(user_rows.items), torch.from_numpy(user_rows.rewards), args.max_len,
+        timestamps=torch.from_numpy(user_rows.timestamps),
+    )
+    targets_per_row = float((data["items"][:, 1:] != 0).sum()) / data["items"].shape[0]
+    valid = HeldOut(split.train, split.valid, args.max_len)
+    test = HeldOut(split.train.concat(split.valid), split.test, args.max_len)
+
+    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"data: {log.source}: {len(log)} events, {log.n_users} users, {log.n_items} items; "
+          f"{data['items'].shape[0]} training windows of {args.max_len + 1}")
+    print(f"machine: {uptime}")
+    print(f"threads {args.threads}, batch {args.batch_size} windows, lr {args.lr}, "
+          f"dropout {args.dropout}, budget {args.max_seconds:.0f} s of training each")
+    runs = []
+    for architecture in architectures:
+        runs.append(train_one(architecture, args, log.n_items, data, valid, test,
+                              targets_per_row))
+        report(runs[-1], args)
+    figures = {
+        run["architecture"]: {key: run[key] for key in (
+            "seconds_to_target", "test_ndcg@10", "test_hr@10", "events_per_second",
+            "matmul_share")} | {"train_seconds": run["result"].train_seconds,
+                                "steps": run["result"].steps,
+                                "load_average": list(run["load_before"])}
+        for run in runs
+    }
+    headline: dict = {"max_len": args.max_len, "budget_seconds": args.max_seconds} | figures
+    if len(runs) == 2:
+        first, second = runs
+        compared = paired_difference(second["per_user"]["ndcg"], first["per_user"]["ndcg"])
+        name = f"{second['architecture']}_minus_{first['architecture']}_test_ndcg@10"
+        headline[name] = compared.as_dict()
+        diff = compared.difference
+        print(f"{second['architecture']} - {first['architecture']} test NDCG@10 (paired over "
+              f"{compared.n} users): {diff.value:+.4f} [{diff.low:+.4f}, {diff.high:+.4f}], "
+              f"sign-flip p {compared.p_randomization:.3g}")
+    print(json.dumps(headline))
 
 
 if __name__ == "__main__":

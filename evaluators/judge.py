@@ -70,8 +70,22 @@ class JudgeResult:
         return out
 
 
+_CORE_FIELDS = ("users", "history_items", "history_rewards")
+
+
+def _extra_fields(context: ContextLike) -> dict[str, torch.Tensor]:
+    """Per-user tensor fields of a dataclass context beyond the three (e.g. the trainers'
+    ``history_timestamps`` [B, L]): they travel with their rows wherever the judge moves them."""
+    if not dataclasses.is_dataclass(context) or isinstance(context, type):
+        return {}
+    values = {f.name: getattr(context, f.name) for f in dataclasses.fields(context)
+              if f.name not in _CORE_FIELDS}
+    return {name: value for name, value in values.items() if isinstance(value, torch.Tensor)}
+
+
 def _concat(batches: Iterable[ContextLike]) -> ContextLike:
-    """One context from several batches; shorter histories are left-padded with item 0."""
+    """One context from several batches; shorter histories are left-padded with item 0 (and
+    per-position extra fields with 0)."""
     batches = list(batches)
     if not batches:
         raise ValueError("no context batches to judge")
@@ -80,25 +94,32 @@ def _concat(batches: Iterable[ContextLike]) -> ContextLike:
     def pad(x: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.pad(x, (width - x.shape[1], 0))
 
+    extras = [_extra_fields(b) for b in batches]
+    if any(e.keys() != extras[0].keys() for e in extras):
+        raise ValueError("context batches disagree on their fields")
+    joined = {name: torch.cat([pad(e[name]) if e[name].dim() == 2 else e[name] for e in extras])
+              for name in extras[0]}
     return _replace(
         batches[0],
         torch.cat([b.users for b in batches]),
         torch.cat([pad(b.history_items) for b in batches]),
         torch.cat([pad(b.history_rewards) for b in batches]),
+        **joined,
     )
 
 
-def _slice(context: ContextLike, rows: slice) -> ContextLike:
+def _rows(context: ContextLike, rows: slice | torch.Tensor) -> ContextLike:
+    extras = {name: value[rows] for name, value in _extra_fields(context).items()}
     return _replace(context, context.users[rows], context.history_items[rows],
-                    context.history_rewards[rows])
+                    context.history_rewards[rows], **extras)
 
 
 def _replace(context: ContextLike, users: torch.Tensor, items: torch.Tensor,
-             rewards: torch.Tensor) -> ContextLike:
+             rewards: torch.Tensor, **extras: torch.Tensor) -> ContextLike:
     """A context of the caller's own type when it is a dataclass, else a `_Context`."""
     if dataclasses.is_dataclass(context) and not isinstance(context, type):
         return dataclasses.replace(context, users=users, history_items=items,
-                                   history_rewards=rewards)
+                                   history_rewards=rewards, **extras)
     return _Context(users, items, rewards)
 
 
@@ -207,7 +228,12 @@ class EnsembleJudge:
                     ctx.history_items.device, ctx.history_items.dtype)], dim=1)
                 hist_rewards = torch.cat([ctx.history_rewards[:, 1:], r.mean(0).to(
                     ctx.history_rewards.device, ctx.history_rewards.dtype)], dim=1)
-                ctx = _replace(ctx, ctx.users, hist_items, hist_rewards)
+                # per-position extras (e.g. event times) shift too; the recommended item takes
+                # the latest event's value (consumed now, with no time passing)
+                shifted = {name: torch.cat([value[:, 1:], value[:, -1:]], dim=1)
+                           for name, value in _extra_fields(ctx).items()
+                           if value.shape == ctx.history_items.shape}
+                ctx = _replace(ctx, ctx.users, hist_items, hist_rewards, **shifted)
             member_rewards = torch.cat(member_steps, dim=2)
             true = torch.cat(true_steps, dim=1) if true_reward is not None else None
         if member_rewards.dim() != 3 or member_rewards.shape[1] != context.users.shape[0]:
@@ -251,13 +277,11 @@ class EnsembleJudge:
             keep = np.flatnonzero(tr >= threshold)
             if keep.size < 2:
                 raise ValueError(f"only {keep.size} users have target reward >= {threshold}")
-            rows = torch.as_tensor(keep)
-            context = _replace(context, context.users[rows], context.history_items[rows],
-                               context.history_rewards[rows])
+            context = _rows(context, torch.as_tensor(keep))
         member_values, true_values = [], []
         with torch.no_grad():
             for lo in range(0, keep.size, self.batch_size):
-                batch = _slice(context, slice(lo, lo + self.batch_size))
+                batch = _rows(context, slice(lo, lo + self.batch_size))
                 v, t = self._batch(policy, batch, true_reward)
                 member_values.append(v)
                 if t is not None:

@@ -47,7 +47,7 @@ from rmdiag.sequences import event_sequences, user_sequences
 from rmdiag.split import Split
 from trainers import Context, ModelConfig, RewardFn, SequentialRecommender, policy_scores
 from trainers.data import TensorData
-from trainers.model import frozen_copy
+from trainers.model import ARCHITECTURES, frozen_copy
 from trainers.sft import a_sft_advantages
 
 # Metrics of every policy, in report order. `judge` and `true_reward` are slate values.
@@ -62,6 +62,9 @@ def _help(text: str) -> dict[str, str]:
 class PolicyConfig:
     """How policies are trained and scored; each field is a `--policy-*` flag of `rmdiag run`."""
 
+    architecture: str = field(default="sasrec", metadata=_help(
+        "policy block: 'sasrec' (Kang & McAuley 2018) or 'hstu' (Zhai et al. 2024: pointwise "
+        "attention, update gate, relative position and time biases from the log's timestamps)"))
     hidden: int = field(default=64, metadata=_help("policy width (SASRec: 50; 64 so heads divide)"))
     n_blocks: int = field(default=2, metadata=_help("transformer blocks (SASRec's 2)"))
     n_heads: int = field(default=2, metadata=_help("attention heads"))
@@ -101,6 +104,9 @@ class PolicyConfig:
         problems = []
         if min(self.hidden, self.n_blocks, self.n_heads, self.batch_size, self.k) < 1:
             problems.append("hidden, n_blocks, n_heads, batch_size and k must be >= 1")
+        if self.architecture not in ARCHITECTURES:
+            problems.append(f"architecture must be one of {ARCHITECTURES}, got "
+                            f"{self.architecture!r}")
         if self.hidden % self.n_heads:
             problems.append(f"hidden ({self.hidden}) must be divisible by n_heads")
         if not 0 <= self.dropout < 1:
@@ -191,10 +197,10 @@ class PolicyData:
     median_reward: float
 
 
-def _eval_set(history: Interactions, events: Interactions) -> EvalSet:
+def _eval_set(history: Interactions, events: Interactions, timestamps: bool) -> EvalSet:
     longest = int(np.bincount(history.users, minlength=history.n_users + 1).max()) if len(
         history) else 1
-    seqs = event_sequences(history, events, max(longest, 1))
+    seqs = event_sequences(history, events, max(longest, 1), timestamps=timestamps)
     exclude = np.where(
         (seqs.history_items != 0) & (seqs.history_items != seqs.targets[:, None]),
         seqs.history_items, -1,
@@ -202,25 +208,28 @@ def _eval_set(history: Interactions, events: Interactions) -> EvalSet:
     return EvalSet(seqs.context(), seqs.targets, seqs.target_rewards.astype(np.float64), exclude)
 
 
-def policy_data(split: Split, max_len: int) -> PolicyData:
+def policy_data(split: Split, max_len: int, timestamps: bool = False) -> PolicyData:
     """Trainer tensors from a split: each user's training events cut into windows of `max_len`
     + 1 (every event a target once, `trainers.sequence_windows`), validation events scored from
-    the training history and test events from training + validation history."""
+    the training history and test events from training + validation history. With
+    `timestamps` (an HSTU policy, `uses_timestamps`), every history carries its events' times."""
     train = split.train
     longest = int(np.bincount(train.users, minlength=train.n_users + 1).max()) if len(train) else 1
-    sequences = user_sequences(train, max(longest, 2))
+    sequences = user_sequences(train, max(longest, 2), timestamps=timestamps)
     # every training event is a target once: each user's history cut into windows of
     # max_len + 1 (the most recent first), not only the user's last max_len + 1 events
+    times = sequences.timestamps
     data = trainers.sequence_windows(
         torch.from_numpy(sequences.items[1:]), torch.from_numpy(sequences.rewards[1:]),
         max_len, users=torch.arange(1, train.n_users + 1),
+        timestamps=None if times is None else torch.from_numpy(times[1:]),
     )
     rewards = train.rewards
     return PolicyData(
         log=train,
         train=data,
-        valid=_eval_set(train, split.valid),
-        test=_eval_set(train.concat(split.valid), split.test),
+        valid=_eval_set(train, split.valid, timestamps),
+        test=_eval_set(train.concat(split.valid), split.test, timestamps),
         reward_std=float(rewards.std()) if len(rewards) else 1.0,
         median_reward=float(np.median(rewards)) if len(rewards) else 0.0,
     )
@@ -298,8 +307,13 @@ def new_policy(n_items: int, max_len: int, config: PolicyConfig) -> SequentialRe
     torch.manual_seed(config.seed)
     return SequentialRecommender(ModelConfig(
         n_items=n_items, hidden=config.hidden, n_blocks=config.n_blocks, n_heads=config.n_heads,
-        max_len=max_len, dropout=config.dropout,
+        max_len=max_len, dropout=config.dropout, architecture=config.architecture,
     ))
+
+
+def uses_timestamps(architecture: str) -> bool:
+    """Whether a policy of this architecture reads its histories' times (HSTU's time bias)."""
+    return architecture == "hstu"
 
 
 def validation_hook(data: PolicyData, k: int) -> Callable[[torch.nn.Module], dict[str, float]]:

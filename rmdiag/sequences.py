@@ -28,11 +28,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, eq=False)
 class UserSequences:
-    """items[u] / rewards[u]: user u's last max_len events, left-padded; row 0 is empty."""
+    """items[u] / rewards[u]: user u's last max_len events, left-padded; row 0 is empty.
+    timestamps[u]: their times when asked for (what HSTU's time bias reads), else None."""
 
     items: np.ndarray
     rewards: np.ndarray
     lengths: np.ndarray
+    timestamps: np.ndarray | None = None
 
     @property
     def max_len(self) -> int:
@@ -41,13 +43,15 @@ class UserSequences:
 
 @dataclass(frozen=True, eq=False)
 class Sequences:
-    """One row per target event: the user, the history before it, the target and its reward."""
+    """One row per target event: the user, the history before it, the target and its reward
+    (and the history's times when asked for, else None)."""
 
     users: np.ndarray
     history_items: np.ndarray
     history_rewards: np.ndarray
     targets: np.ndarray
     target_rewards: np.ndarray
+    history_timestamps: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.users.shape[0])
@@ -59,26 +63,50 @@ class Sequences:
         from trainers.protocols import Context
 
         pick = slice(None) if rows is None else rows
+        times = self.history_timestamps
         return Context(
             users=torch.from_numpy(np.ascontiguousarray(self.users[pick])),
             history_items=torch.from_numpy(np.ascontiguousarray(self.history_items[pick])),
             history_rewards=torch.from_numpy(
                 np.ascontiguousarray(self.history_rewards[pick], dtype=np.float32)
             ),
+            history_timestamps=None if times is None else torch.from_numpy(
+                np.ascontiguousarray(times[pick])),
         )
+
+
+def _window_index(
+    starts: np.ndarray, ends: np.ndarray, max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of rows [start:end] truncated to the last max_len, left-padded; and which are
+    real (the rest are padding)."""
+    offsets = np.arange(-max_len, 0, dtype=np.int64)
+    index = ends[:, None] + offsets[None, :]
+    valid = index >= starts[:, None]
+    return np.where(valid, index, 0), valid
+
+
+def _take_windows(values: np.ndarray, index: np.ndarray, valid: np.ndarray,
+                  dtype: type) -> np.ndarray:
+    return np.where(valid, values[index] if len(values) else 0, 0).astype(dtype)
 
 
 def _gather_windows(
     items: np.ndarray, rewards: np.ndarray, starts: np.ndarray, ends: np.ndarray, max_len: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows of items[start:end] truncated to the last max_len and left-padded with 0."""
-    offsets = np.arange(-max_len, 0, dtype=np.int64)
-    index = ends[:, None] + offsets[None, :]
-    valid = index >= starts[:, None]
-    index = np.where(valid, index, 0)
-    out_items = np.where(valid, items[index] if len(items) else 0, 0).astype(np.int64)
-    out_rewards = np.where(valid, rewards[index] if len(rewards) else 0, 0).astype(np.float32)
-    return out_items, out_rewards
+    index, valid = _window_index(starts, ends, max_len)
+    return (_take_windows(items, index, valid, np.int64),
+            _take_windows(rewards, index, valid, np.float32))
+
+
+def _gather_timestamps(
+    log: Interactions, starts: np.ndarray, ends: np.ndarray, max_len: int, wanted: bool
+) -> np.ndarray | None:
+    if not wanted:
+        return None
+    index, valid = _window_index(starts, ends, max_len)
+    return _take_windows(log.timestamps, index, valid, np.int64)
 
 
 def _user_bounds(users: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,27 +115,33 @@ def _user_bounds(users: np.ndarray, n_users: int) -> tuple[np.ndarray, np.ndarra
     return ends - counts, ends
 
 
-def user_sequences(log: Interactions, max_len: int) -> UserSequences:
-    """Each user's last `max_len` events (row u for user u), left-padded with item 0."""
+def user_sequences(log: Interactions, max_len: int, timestamps: bool = False) -> UserSequences:
+    """Each user's last `max_len` events (row u for user u), left-padded with item 0; with
+    `timestamps`, their times too."""
     if max_len < 1:
         raise ValueError(f"max_len must be positive, got {max_len}")
     starts, ends = _user_bounds(log.users, log.n_users)
     items, rewards = _gather_windows(log.items, log.rewards, starts, ends, max_len)
-    return UserSequences(items, rewards, np.minimum(ends - starts, max_len))
+    return UserSequences(items, rewards, np.minimum(ends - starts, max_len),
+                         _gather_timestamps(log, starts, ends, max_len, timestamps))
 
 
-def event_sequences(history: Interactions, events: Interactions, max_len: int) -> Sequences:
-    """For each event in `events`, the user's events in `history` strictly before it.
+def event_sequences(history: Interactions, events: Interactions, max_len: int,
+                    timestamps: bool = False) -> Sequences:
+    """For each event in `events`, the user's events in `history` strictly before it (with
+    `timestamps`, their times too).
 
     "Before" is by (timestamp, row): both logs carry the source's row number, so events that
     share a timestamp keep the order the log had (DESIGN.md: a stable tie break).
     """
-    (block,) = event_sequence_blocks(history, events, max_len, block_rows=max(len(events), 1))
+    (block,) = event_sequence_blocks(history, events, max_len, block_rows=max(len(events), 1),
+                                     timestamps=timestamps)
     return block
 
 
 def event_sequence_blocks(
-    history: Interactions, events: Interactions, max_len: int, block_rows: int = 8192
+    history: Interactions, events: Interactions, max_len: int, block_rows: int = 8192,
+    timestamps: bool = False,
 ) -> Iterator[Sequences]:
     """`event_sequences` of `events` in consecutive blocks of `block_rows` events (the last may
     be shorter), so that a pass over a large log holds one block's [rows, max_len] windows and
@@ -137,6 +171,8 @@ def event_sequence_blocks(
             history_rewards=hist_rewards,
             targets=items[rows].astype(np.int64),
             target_rewards=rewards[rows].astype(np.float32),
+            history_timestamps=_gather_timestamps(history, starts[block_users], ends[rows],
+                                                  max_len, timestamps),
         )
 
 

@@ -6,10 +6,10 @@ dimension (one row per example):
 - sequences (every position trained at once): ``items`` LongTensor[N, L+1] and ``rewards``
   FloatTensor[N, L+1], left-padded with item 0. Position t's target is item t+1 and its history is
   items 0..t. Optional per-target ``weights`` / ``advantages`` [N, L+1] (aligned with ``items``;
-  column 0 unused).
+  column 0 unused) and per-event ``timestamps`` LongTensor[N, L+1] (what HSTU's time bias reads).
 - events (one target per row): ``users`` [N], ``history_items`` / ``history_rewards`` [N, L]
   (a `Context`), ``targets`` [N], ``target_rewards`` [N], optional ``weights`` / ``advantages``
-  [N].
+  [N] and ``history_timestamps`` [N, L].
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ TensorData = dict[str, torch.Tensor]
 
 SEQUENCE_KEYS = ("items", "rewards")
 CONTEXT_KEYS = ("users", "history_items", "history_rewards")
+OPTIONAL_CONTEXT_KEYS = ("history_timestamps",)  # carried wherever a Context's rows travel
 EVENT_KEYS = (*CONTEXT_KEYS, "targets", "target_rewards")
 
 
@@ -35,12 +36,15 @@ def sequence_data(
     rewards: torch.Tensor,
     weights: torch.Tensor | None = None,
     advantages: torch.Tensor | None = None,
+    timestamps: torch.Tensor | None = None,
 ) -> TensorData:
     """Validated sequence data (see module docstring)."""
     data = {"items": torch.as_tensor(items).long(), "rewards": torch.as_tensor(rewards).float()}
     for name, extra in (("weights", weights), ("advantages", advantages)):
         if extra is not None:
             data[name] = torch.as_tensor(extra).float()
+    if timestamps is not None:
+        data["timestamps"] = torch.as_tensor(timestamps).long()
     return check_data(data)
 
 
@@ -52,10 +56,7 @@ def event_data(
     advantages: torch.Tensor | None = None,
 ) -> TensorData:
     """Validated event data: one (history, next item, observed reward) per row."""
-    data = {
-        "users": context.users.long(),
-        "history_items": context.history_items.long(),
-        "history_rewards": context.history_rewards.float(),
+    data = _context_tensors(context) | {
         "targets": torch.as_tensor(targets).long(),
         "target_rewards": torch.as_tensor(target_rewards).float(),
     }
@@ -65,22 +66,33 @@ def event_data(
     return check_data(data)
 
 
+def _context_tensors(context: Context) -> TensorData:
+    data = {
+        "users": context.users.long(),
+        "history_items": context.history_items.long(),
+        "history_rewards": context.history_rewards.float(),
+    }
+    if context.history_timestamps is not None:
+        data["history_timestamps"] = context.history_timestamps.long()
+    return data
+
+
 def context_data(context: Context) -> TensorData:
-    """Histories only (what PPO rolls out from): users, history_items, history_rewards."""
-    return check_data(
-        {
-            "users": context.users.long(),
-            "history_items": context.history_items.long(),
-            "history_rewards": context.history_rewards.float(),
-        }
-    )
+    """Histories only (what PPO rolls out from): users, history_items, history_rewards (and
+    history_timestamps when the context has them)."""
+    return check_data(_context_tensors(context))
+
+
+def context_keys(data: TensorData) -> tuple[str, ...]:
+    """The keys of `data` that make up its `Context` rows."""
+    return CONTEXT_KEYS + tuple(key for key in OPTIONAL_CONTEXT_KEYS if key in data)
 
 
 def rollout_histories(data: TensorData) -> TensorData:
     """The histories a policy rolls out from (PPO, DPO/IPO): every event's context, sequences
     unrolled so that each training position's history is one state."""
     events = sequences_to_events(data)
-    return {key: events[key] for key in CONTEXT_KEYS}
+    return {key: events[key] for key in context_keys(events)}
 
 
 def is_sequence_data(data: TensorData) -> bool:
@@ -89,7 +101,8 @@ def is_sequence_data(data: TensorData) -> bool:
 
 def batch_context(batch: TensorData) -> Context:
     """The `Context` of an event or context batch."""
-    return Context(batch["users"], batch["history_items"], batch["history_rewards"])
+    return Context(batch["users"], batch["history_items"], batch["history_rewards"],
+                   batch.get("history_timestamps"))
 
 
 def sequences_to_events(data: TensorData, users: torch.Tensor | None = None) -> TensorData:
@@ -97,7 +110,7 @@ def sequences_to_events(data: TensorData, users: torch.Tensor | None = None) -> 
 
     Histories keep the row's full width L (left-padded). ``users`` [N] gives each row's user id
     (default: the data's ``users`` if it has them, else 0). Per-target ``weights`` and
-    ``advantages`` carry over.
+    ``advantages`` carry over, and ``timestamps`` become ``history_timestamps``.
     """
     data = check_data(data)
     if not is_sequence_data(data):
@@ -126,6 +139,9 @@ def sequences_to_events(data: TensorData, users: torch.Tensor | None = None) -> 
     for key in ("weights", "advantages"):
         if key in data:
             events[key] = data[key][row, column]
+    if "timestamps" in data:
+        events["history_timestamps"] = torch.where(inside, data["timestamps"][row[:, None], source],
+                                                   0)
     return check_data(events)
 
 
@@ -150,18 +166,25 @@ def check_data(data: TensorData) -> TensorData:
         if data["items"].dim() != 2 or data["items"].shape[1] < 2:
             shape = tuple(data["items"].shape)
             raise ValueError(f"items must be [N, L+1] with L >= 1, got {shape}")
-        for key in ("rewards", "weights", "advantages"):
+        for key in ("rewards", "weights", "advantages", "timestamps"):
             if key in data and data[key].shape != data["items"].shape:
                 raise ValueError(
                     f"{key} has shape {tuple(data[key].shape)}, items {tuple(data['items'].shape)}"
                 )
+    elif "history_timestamps" in data and (
+            data["history_timestamps"].shape != data["history_items"].shape):
+        raise ValueError(
+            f"history_timestamps has shape {tuple(data['history_timestamps'].shape)}, "
+            f"history_items {tuple(data['history_items'].shape)}"
+        )
     if any(bool((value < 0).any()) for key, value in data.items() if key in ("items", "targets")):
         raise ValueError("item ids must be >= 0 (0 is padding)")
     return data
 
 
 def sequence_windows(
-    items: torch.Tensor, rewards: torch.Tensor, window: int, users: torch.Tensor | None = None
+    items: torch.Tensor, rewards: torch.Tensor, window: int, users: torch.Tensor | None = None,
+    timestamps: torch.Tensor | None = None,
 ) -> TensorData:
     """Cut long left-padded per-user sequences [U, T] into training rows [N, window + 1].
 
@@ -170,25 +193,30 @@ def sequence_windows(
     user's first event only when its window has padding before it, as a prediction from an empty
     history). Users with fewer than two events give no row. With ``users`` [U] (each row's user
     id), every window keeps its user in ``users`` (reward models condition on who it is).
+    ``timestamps`` [U, T] (each event's time) are cut alongside into ``timestamps``.
     """
     items = torch.as_tensor(items).long()
     rewards = torch.as_tensor(rewards).float()
+    times = torch.zeros_like(items) if timestamps is None else torch.as_tensor(timestamps).long()
     row_users = torch.zeros(items.shape[0], dtype=torch.long) if users is None else users.long()
-    rows_items, rows_rewards, rows_users = [], [], []
-    for user, user_items, user_rewards in zip(row_users, items, rewards, strict=True):
+    rows_items, rows_rewards, rows_times, rows_users = [], [], [], []
+    for user, user_items, user_rewards, user_times in zip(row_users, items, rewards, times,
+                                                          strict=True):
         keep = user_items != 0
-        seq_items, seq_rewards = user_items[keep], user_rewards[keep]
+        seq_items, seq_rewards, seq_times = user_items[keep], user_rewards[keep], user_times[keep]
         end = seq_items.shape[0]
         while end >= 2:
             start = max(0, end - (window + 1))
             pad = window + 1 - (end - start)
             rows_items.append(F.pad(seq_items[start:end], (pad, 0)))
             rows_rewards.append(F.pad(seq_rewards[start:end], (pad, 0)))
+            rows_times.append(F.pad(seq_times[start:end], (pad, 0)))
             rows_users.append(user)
             end = start + 1 if start > 0 else 0
     if not rows_items:
         raise ValueError("no user has two or more events to train on")
-    data = sequence_data(torch.stack(rows_items), torch.stack(rows_rewards))
+    data = sequence_data(torch.stack(rows_items), torch.stack(rows_rewards),
+                         timestamps=None if timestamps is None else torch.stack(rows_times))
     if users is not None:
         data["users"] = torch.stack(rows_users)
     return data
@@ -231,7 +259,8 @@ def target_states(model: SequentialRecommender, batch: TensorData) -> TargetStat
     """Hidden state, target, reward and baselines of every target in a sequence or event batch."""
     if is_sequence_data(batch):
         items = batch["items"]
-        hidden = model.hidden_states(items[:, :-1])
+        times = batch.get("timestamps")
+        hidden = model.hidden_states(items[:, :-1], None if times is None else times[:, :-1])
         targets = items[:, 1:]
         valid = targets != 0
         hidden, target_ids = hidden[valid], targets[valid]
@@ -243,7 +272,7 @@ def target_states(model: SequentialRecommender, batch: TensorData) -> TargetStat
         weight = batch["weights"][:, 1:][valid] if "weights" in batch else None
         advantage = batch["advantages"][:, 1:][valid] if "advantages" in batch else None
     else:
-        hidden = model.hidden_states(batch["history_items"])[:, -1]
+        hidden = model.hidden_states(batch["history_items"], batch.get("history_timestamps"))[:, -1]
         target_ids = batch["targets"]
         reward = batch["target_rewards"]
         is_item = batch["history_items"] != 0

@@ -34,6 +34,7 @@ from trainers.data import (
     TensorData,
     batch_context,
     check_data,
+    context_keys,
     is_sequence_data,
     sequences_to_events,
 )
@@ -160,8 +161,7 @@ def train_grpo(
     if not bool(keep.any()):
         raise ValueError(f"no logged event has a reward above min_target_reward="
                          f"{config.min_target_reward}")
-    data = {key: data[key][keep] for key in ("users", "history_items", "history_rewards",
-                                             "targets", "target_rewards")}
+    data = {key: data[key][keep] for key in (*context_keys(data), "targets", "target_rewards")}
     trie = item_codes
     if trie is not None and not isinstance(trie, PrefixTrie):
         trie = PrefixTrie(trie)

@@ -1,9 +1,20 @@
-"""The policy: a causal transformer over item-id sequences (SASRec / HSTU-style).
+"""The policy: a causal transformer over item-id sequences, SASRec's block or HSTU's.
 
 Item embeddings are tied to the output layer, so a position's next-item scores are its hidden
 state dotted with every item embedding. Training runs every position of a sequence at once
 (`hidden_states` on [N, L] items, then `log_probs_at` on the targets); serving scores the last
 position (`forward`, the `Scorer` protocol).
+
+Two blocks, chosen by ``ModelConfig.architecture``:
+- ``"sasrec"`` (Kang & McAuley 2018): pre-norm softmax self-attention and a GELU MLP;
+- ``"hstu"`` (Zhai et al. 2024, "Actions Speak Louder than Words"): one projection
+  U, V, Q, K = SiLU(W·LN(x)); pointwise attention A = SiLU(QKᵀ + rab_pos + rab_time) / L_max
+  (no softmax, so the weights keep how strongly the history points somewhere, not only where);
+  y = W_o(LN(A V) ⊙ U), the update gate U; x + y. No feed-forward layer. The relative biases
+  are learned per block: one per distance i − j and one per log-bucket of the time gap
+  ⌊ln max(|t_i − t_j|, 1) / 0.301⌋ (HSTU's bucketing, 128 buckets). HSTU measures the gap from
+  the *next* event's time; here from the attending event's own time, because a serving
+  `Context` holds only past events. Without timestamps the time bias is left out.
 """
 
 from __future__ import annotations
@@ -34,6 +45,11 @@ class ModelConfig:
         "help": "dropout on embeddings, attention and feed-forward outputs"})
     ffn_multiplier: int = field(default=4, metadata={
         "help": "feed-forward width as a multiple of hidden (4x is the transformer default)"})
+    architecture: str = field(default="sasrec", metadata={
+        "help": "block: 'sasrec' (softmax attention + MLP) or 'hstu' (pointwise SiLU attention, "
+                "update gate, relative position and time biases; Zhai et al. 2024)"})
+    time_buckets: int = field(default=128, metadata={
+        "help": "HSTU: log-buckets of the time gap between two events (HSTU's 128)"})
 
     def __post_init__(self) -> None:
         if self.n_items < 1:
@@ -48,6 +64,14 @@ class ModelConfig:
             raise ValueError("max_len and n_blocks must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, got "
+                             f"{self.architecture!r}")
+        if self.time_buckets < 1:
+            raise ValueError(f"time_buckets must be >= 1, got {self.time_buckets}")
+
+
+ARCHITECTURES = ("sasrec", "hstu")
 
 
 class TransformerBlock(nn.Module):
@@ -93,6 +117,59 @@ class TransformerBlock(nn.Module):
         return x + self.drop(self.ffn(self.ffn_norm(x)))
 
 
+def time_gap_bucket(gaps: torch.Tensor, n_buckets: int) -> torch.Tensor:
+    """HSTU's bucket of a time gap in seconds: ⌊ln max(|gap|, 1) / 0.301⌋, at most n_buckets
+    (0.301 = log10 2, so a bucket spans a factor of e^0.301 = 1.35 in the gap)."""
+    logs = torch.log(gaps.abs().clamp(min=1).double()) / 0.301
+    return logs.long().clamp(0, n_buckets)
+
+
+class HSTUBlock(nn.Module):
+    """HSTU's layer (module docstring): pointwise SiLU attention with the update gate and
+    relative position / time biases; ``forward(x [N, L, H], allowed [N, 1, L, L] bool,
+    gap_buckets [N, L, L] (`time_gap_bucket` of t_i - t_j) or None)``. Dropout applies to the
+    gated output, as in HSTU."""
+
+    def __init__(self, hidden: int, n_heads: int, max_len: int, dropout: float = 0.0,
+                 time_buckets: int = 128) -> None:
+        super().__init__()
+        if hidden % n_heads != 0:
+            raise ValueError(f"hidden ({hidden}) must be divisible by n_heads ({n_heads})")
+        self.n_heads = n_heads
+        self.max_len = max_len
+        self.time_buckets = time_buckets
+        self.input_norm = nn.LayerNorm(hidden)
+        self.uvqk = nn.Linear(hidden, 4 * hidden)
+        self.attn_norm = nn.LayerNorm(hidden)
+        self.attn_out = nn.Linear(hidden, hidden)
+        self.drop = nn.Dropout(dropout)
+        # one bias per distance i - j in [0, max_len) and per time bucket, shared by the heads
+        self.position_bias = nn.Parameter(torch.empty(max_len).normal_(std=0.02))
+        self.time_bias = nn.Parameter(torch.empty(time_buckets + 1).normal_(std=0.02))
+
+    def relative_bias(self, length: int, gap_buckets: torch.Tensor | None) -> torch.Tensor:
+        """rab_pos (+ rab_time when the gaps' buckets are given): [1 or N, L, L]."""
+        positions = torch.arange(length, device=self.position_bias.device)
+        distance = (positions[:, None] - positions[None, :]).clamp(0, self.max_len - 1)
+        bias = self.position_bias[distance][None]
+        if gap_buckets is not None:
+            bias = bias + self.time_bias[gap_buckets]
+        return bias
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor,
+                gap_buckets: torch.Tensor | None = None) -> torch.Tensor:
+        n, length, hidden = x.shape
+        u, v, q, k = F.silu(self.uvqk(self.input_norm(x))).chunk(4, dim=-1)
+        heads = (n, length, self.n_heads, hidden // self.n_heads)
+        q, k, v = (t.reshape(heads).transpose(1, 2) for t in (q, k, v))  # [N, heads, L, d]
+        scores = q @ k.transpose(-1, -2) + self.relative_bias(length, gap_buckets)[:, None]
+        # SiLU, not softmax: divided by the longest history so the scale does not depend on
+        # how many items a row has; masked keys contribute exactly zero
+        weights = F.silu(scores).masked_fill(~allowed, 0.0) / self.max_len
+        attended = (weights @ v).transpose(1, 2).reshape(n, length, hidden)
+        return x + self.attn_out(self.drop(self.attn_norm(attended) * u))
+
+
 class SequentialRecommender(nn.Module):
     """Causal next-item transformer with tied item embeddings.
 
@@ -107,10 +184,14 @@ class SequentialRecommender(nn.Module):
         self.item_embedding = nn.Embedding(config.n_items + 1, config.hidden, padding_idx=0)
         self.position_embedding = nn.Embedding(config.max_len, config.hidden)
         self.input_drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(config.hidden, config.n_heads, config.dropout, config.ffn_multiplier)
-            for _ in range(config.n_blocks)
-        )
+        blocks: list[nn.Module]
+        if config.architecture == "hstu":
+            blocks = [HSTUBlock(config.hidden, config.n_heads, config.max_len, config.dropout,
+                                config.time_buckets) for _ in range(config.n_blocks)]
+        else:
+            blocks = [TransformerBlock(config.hidden, config.n_heads, config.dropout,
+                                       config.ffn_multiplier) for _ in range(config.n_blocks)]
+        self.blocks = nn.ModuleList(blocks)
         self.final_norm = nn.LayerNorm(config.hidden)
         self._init_weights()
 
@@ -123,18 +204,24 @@ class SequentialRecommender(nn.Module):
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
         for block in self.blocks:
-            assert isinstance(block, TransformerBlock)
-            for linear in (block.qkv, block.attn_out, block.ffn[0], block.ffn[2]):
+            if isinstance(block, HSTUBlock):
+                linears = [block.uvqk, block.attn_out]
+            else:
+                assert isinstance(block, TransformerBlock)
+                linears = [block.qkv, block.attn_out, block.ffn[0], block.ffn[2]]
+            for linear in linears:
                 assert isinstance(linear, nn.Linear)
                 nn.init.normal_(linear.weight, std=0.02)
                 nn.init.zeros_(linear.bias)
 
-    def hidden_states(self, items: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, items: torch.Tensor,
+                      timestamps: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden state after each position of left-padded item sequences [N, L] -> [N, L, H].
 
         Sequences longer than `max_len` keep their last `max_len` items. Position embeddings count
         from the right end (the latest item is always the last position), so a history's encoding
-        does not depend on how much padding it carries.
+        does not depend on how much padding it carries. ``timestamps`` [N, L] (each item's time)
+        feed HSTU's time bias; the SASRec block ignores them.
         """
         items = items[:, -self.config.max_len :]
         length = items.shape[1]
@@ -149,8 +236,18 @@ class SequentialRecommender(nn.Module):
         diagonal = torch.eye(length, dtype=torch.bool, device=items.device)
         attn_mask = (causal & is_item[:, None, :]) | diagonal
         attn_mask = attn_mask[:, None, :, :]  # broadcast over heads
-        for block in self.blocks:
-            x = block(x, attn_mask)
+        if self.config.architecture == "hstu":
+            buckets = None
+            if timestamps is not None:
+                times = timestamps[:, -self.config.max_len :]
+                # t_i - t_j: attending event i, key j (j <= i where the mask allows)
+                buckets = time_gap_bucket(times[:, :, None] - times[:, None, :],
+                                          self.config.time_buckets)
+            for block in self.blocks:
+                x = block(x, attn_mask, buckets)
+        else:
+            for block in self.blocks:
+                x = block(x, attn_mask)
         return self.final_norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -159,7 +256,7 @@ class SequentialRecommender(nn.Module):
 
     def forward(self, context: Context) -> torch.Tensor:
         """`Scorer`: next-item scores [B, n_items + 1]; column 0 is -inf."""
-        hidden = self.hidden_states(context.history_items)[:, -1]
+        hidden = self.hidden_states(context.history_items, context.history_timestamps)[:, -1]
         scores = self.logits(hidden)
         scores[:, 0] = float("-inf")
         return scores

@@ -138,7 +138,8 @@ def _run(
                 work.save_audit(result, keys.audit)
                 work.record("audit", keys.audit_inputs, done=True, status="computed")
         summary.audit = result
-    data = policies.policy_data(split, config.max_len)
+    data = policies.policy_data(split, config.max_len,
+                                policies.uses_timestamps(policy_config.architecture))
     trainer = CachedTrainer(work, keys, stage)
     with torch_threads(policy_config.threads):
         # SFT first: the over-optimization curve samples from it, and the decision reads it
@@ -407,7 +408,8 @@ def _audit_curve(train: Interactions, heldout: Interactions, result: AuditResult
         return overoptimization.unavailable(overoptimization.external_reason(external["name"]))
     policy_config = policy_config or policies.PolicyConfig(progress=False)
     max_len = RunConfig().max_len
-    data = policies.policy_data(Split(train, heldout, heldout), max_len)
+    data = policies.policy_data(Split(train, heldout, heldout), max_len,
+                                policies.uses_timestamps(policy_config.architecture))
     with torch_threads(policy_config.threads):
         sft = policies.train_sft(data, max_len, policy_config)
         return overoptimization.audit_curve(sft.model, data, result.config,

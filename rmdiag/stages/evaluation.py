@@ -95,7 +95,8 @@ def evaluate_policy_files(
     check_ids(policy, log, "policy")
     ensemble = reward_model_for(reward_model, log)
     with torch_threads(config.threads):
-        policy_data = policies.policy_data(split, model.config.max_len)
+        policy_data = policies.policy_data(
+            split, model.config.max_len, policies.uses_timestamps(model.config.architecture))
         judge = policies.make_judge(ensemble, config)
         values = policies.score_policy(model, policy_data.test, config.k, judge)
     name = metadata["algorithm"]

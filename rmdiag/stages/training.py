@@ -43,8 +43,8 @@ from rmdiag.stages.inputs import (
 
 # `PolicyConfig` fields `rmdiag train` reads (`--policy-*`): SFT's, and those of post-training
 # (which keeps its reference's shape); the scoring ones are `rmdiag evaluate`'s.
-SFT_FIELDS = ("hidden", "n_blocks", "n_heads", "dropout", "batch_size", "lr", "sft_epochs", "k",
-              "threads", "progress", "seed")
+SFT_FIELDS = ("architecture", "hidden", "n_blocks", "n_heads", "dropout", "batch_size", "lr",
+              "sft_epochs", "k", "threads", "progress", "seed")
 POST_FIELDS = ("batch_size", "post_steps", "post_lr", "threads", "progress", "seed")
 TRAINING_FILE = "training.json"
 
@@ -179,7 +179,8 @@ def _train_files(
     max_len = max_len or DEFAULT_MAX_LEN
     ensemble = reward_model_for(reward_model, log)
     with torch_threads(config.threads):
-        policy_data = policies.policy_data(split, max_len)
+        architecture = sft.model.config.architecture if sft is not None else config.architecture
+        policy_data = policies.policy_data(split, max_len, policies.uses_timestamps(architecture))
         if sft is None:
             trained = policies.train_sft(policy_data, max_len, config, overrides=overrides)
         else:

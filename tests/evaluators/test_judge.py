@@ -125,6 +125,47 @@ def test_batches_of_contexts_give_the_same_result() -> None:
     assert parts.value == whole.value
 
 
+@dataclass(frozen=True)
+class TimedCtx:
+    """A context with a fourth per-user field (as the trainers' `history_timestamps`)."""
+
+    users: torch.Tensor
+    history_items: torch.Tensor
+    history_rewards: torch.Tensor
+    history_timestamps: torch.Tensor
+
+
+def prefer_recent_gap(context: TimedCtx) -> torch.Tensor:
+    """Scores item (last gap mod N_ITEMS) + 1 highest: the policy reads the extra field, which
+    must stay aligned with its rows through the judge's filtering, batching and rollout."""
+    assert context.history_timestamps.shape == context.history_items.shape
+    gap = context.history_timestamps[:, -1] - context.history_timestamps[:, -2]
+    best = gap % N_ITEMS + 1
+    return -(torch.arange(N_ITEMS + 1)[None] - best[:, None]).abs().float()
+
+
+def test_extra_context_fields_travel_with_their_rows() -> None:
+    ctx = _context()
+    times = torch.zeros(6, 4, dtype=torch.long)
+    times[:, -1] = torch.tensor([3, 7, 11, 5, 9, 13])  # gap to the previous event (time 0)
+    timed = TimedCtx(ctx.users, ctx.history_items, ctx.history_rewards, times)
+    rewards = torch.tensor([1.0, 5.0, 4.0, 2.0, 5.0, 3.0])
+    judge = EnsembleJudge(LinearEnsemble([1.0]), k=1, batch_size=2, n_resamples=200)
+    result = judge.evaluate(prefer_recent_gap, timed, rewards, min_target_reward=4.0)
+    # users 1, 2, 4 (gaps 7, 11, 9) get items 8, 12, 10 -- none of them seen
+    np.testing.assert_allclose(result.per_user, np.array([8, 12, 10]) / N_ITEMS)
+    parts = judge.evaluate(prefer_recent_gap, [timed, timed])
+    np.testing.assert_allclose(parts.per_user, np.tile(np.array([4, 8, 12, 6, 10, 14]), 2)
+                               / N_ITEMS)
+    # a rollout's recommendation takes the latest time, so the next step's gap is 0: item 1,
+    # or item 2 for user 0, who has seen item 1; the value is the mean of the two steps
+    rollout = EnsembleJudge(LinearEnsemble([1.0]), mode="rollout", horizon=2, gamma=1.0,
+                            n_resamples=200).evaluate(prefer_recent_gap, timed)
+    second = np.array([2, 1, 1, 1, 1, 1])
+    np.testing.assert_allclose(rollout.per_user, (np.array([4, 8, 12, 6, 10, 14]) + second)
+                               / 2 / N_ITEMS, rtol=1e-6)
+
+
 def test_high_target_reward_filter() -> None:
     judge = EnsembleJudge(LinearEnsemble([1.0]), k=1, n_resamples=200)
     rewards = torch.tensor([1.0, 5.0, 4.0, 2.0, 5.0, 3.0])

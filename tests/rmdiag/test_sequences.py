@@ -40,17 +40,24 @@ def _padded(events: list, max_len: int) -> tuple[list[int], list[float]]:
     return [0] * pad + [e[2] for e in tail], [0.0] * pad + [e[3] for e in tail]
 
 
+def _padded_times(events: list, max_len: int) -> list[int]:
+    tail = events[-max_len:] if events else []
+    return [0] * (max_len - len(tail)) + [e[0] for e in tail]
+
+
 @settings(max_examples=150, deadline=None)
 @given(logs(), st.integers(1, 6))
 def test_user_sequences_match_a_python_reference(log: Interactions, max_len: int) -> None:
-    seqs = user_sequences(log, max_len)
+    seqs = user_sequences(log, max_len, timestamps=True)
     by_user = _events_by_user(log)
     assert seqs.items.shape == (log.n_users + 1, max_len)
     assert not seqs.items[0].any()
+    assert seqs.timestamps is not None and user_sequences(log, max_len).timestamps is None
     for u in range(1, log.n_users + 1):
         items, rewards = _padded(by_user.get(u, []), max_len)
         assert seqs.items[u].tolist() == items
         np.testing.assert_allclose(seqs.rewards[u], rewards)
+        assert seqs.timestamps[u].tolist() == _padded_times(by_user.get(u, []), max_len)
 
 
 @settings(max_examples=150, deadline=None)
@@ -58,7 +65,8 @@ def test_user_sequences_match_a_python_reference(log: Interactions, max_len: int
 def test_event_histories_hold_exactly_the_earlier_events(log: Interactions, max_len: int) -> None:
     split = leave_last_out(log)
     history = split.train.concat(split.valid)
-    seqs = event_sequences(history, split.test, max_len)
+    seqs = event_sequences(history, split.test, max_len, timestamps=True)
+    assert seqs.history_timestamps is not None
     by_user = _events_by_user(history)
     assert len(seqs) == len(split.test)
     for k, (u, t, r) in enumerate(
@@ -73,12 +81,15 @@ def test_event_histories_hold_exactly_the_earlier_events(log: Interactions, max_
         items, rewards = _padded(earlier, max_len)
         assert seqs.history_items[k].tolist() == items
         np.testing.assert_allclose(seqs.history_rewards[k], rewards)
+        assert seqs.history_timestamps[k].tolist() == _padded_times(earlier, max_len)
     # histories of events inside the same log exclude the event itself and everything after it
     own = event_sequences(log, log, max_len)
     for k in range(len(log)):
         assert (own.history_items[k] > 0).sum() <= min(max_len, k)
     ctx = seqs.context()
     assert ctx.history_items.shape == (len(split.test), max_len)
+    assert ctx.history_timestamps is not None
+    assert ctx.history_timestamps.tolist() == seqs.history_timestamps.tolist()
 
 
 @settings(max_examples=100, deadline=None)

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from evaluators import ranking_metrics
 from rmdiag import policies
@@ -306,3 +307,35 @@ def test_evaluate_refuses_a_pickle_bearing_policy_and_a_newer_version(
     assert main(["evaluate", "--policy", str(newer), "--data", str(log_file),
                  "--out", str(out)]) == 2
     assert "version" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_hstu_policy_trains_post_trains_and_is_scored_with_its_timestamps(
+        staged: dict[str, Any], log_file: Path, tmp_path: Path) -> None:
+    """`--policy-architecture hstu` through `rmdiag train` (SFT, then PPO from it against the
+    audit's reward model) and `rmdiag evaluate`: the saved policy is an HSTU one, and its
+    evaluation reads the histories' timestamps (scoring it without them gives other figures)."""
+    from rmdiag.persist import load_policy
+
+    data = ["--data", str(log_file)]
+    hstu = dataclasses.replace(FAST_POLICY, architecture="hstu")
+    assert main(["train", "sft", *data, "--out", str(tmp_path / "sft"), "--max-len", str(MAX_LEN),
+                 *flags(hstu, policies_fields("sft"), prefix="policy_")]) == 0
+    reward_model = str(staged["root"] / "audit" / "reward_model")
+    assert main(["train", "ppo", *data, "--out", str(tmp_path / "ppo"), "--reference",
+                 str(tmp_path / "sft"), "--reward-model", reward_model,
+                 *flags(hstu, policies_fields("ppo"), prefix="policy_")]) == 0
+    model, metadata = load_policy(tmp_path / "ppo")
+    assert model.config.architecture == "hstu" and metadata["algorithm"] == "ppo"
+    assert main(["evaluate", "--policy", str(tmp_path / "ppo"), *data, "--out",
+                 str(tmp_path / "eval"), "--reward-model", reward_model,
+                 *flags(FAST_POLICY, ("n_resamples", "threads"))]) == 0
+    evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    _, split = split_data(log_file)
+    timed = policies.policy_data(split, MAX_LEN, timestamps=True).test
+    untimed = policies.policy_data(split, MAX_LEN, timestamps=False).test
+    assert timed.context.history_timestamps is not None
+    ndcg = policies.score_policy(model, timed, 10)["ndcg@10"]
+    assert evaluation["metrics"]["ndcg@10"]["value"] == pytest.approx(float(ndcg.mean()))
+    assert math.isfinite(evaluation["metrics"]["judge"]["value"])
+    with torch.no_grad():
+        assert not torch.allclose(model(timed.context), model(untimed.context))

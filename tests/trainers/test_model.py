@@ -1,7 +1,10 @@
+import math
 from collections.abc import Callable
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trainers import (
     Context,
@@ -11,9 +14,24 @@ from trainers import (
     policy_scores,
     sequence_windows,
 )
-from trainers.data import next_item_targets, sequence_data, sequences_to_events
+from trainers.data import (
+    batch_context,
+    next_item_targets,
+    rollout_histories,
+    sequence_data,
+    sequences_to_events,
+)
+from trainers.model import ARCHITECTURES, time_gap_bucket
 
 Make = Callable[..., SequentialRecommender]
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def make_model(request: pytest.FixtureRequest, make_model: Make) -> Make:
+    """Every test of this module runs on both blocks (SASRec's and HSTU's)."""
+    def make(*args: object, **overrides: object) -> SequentialRecommender:
+        return make_model(*args, **({"architecture": request.param} | overrides))
+    return make
 
 
 def _context(items: torch.Tensor) -> Context:
@@ -103,3 +121,85 @@ def test_sequence_windows_make_every_event_a_target_at_most_once() -> None:
     # precedes it in its window (a prediction from an empty history)
     assert sorted(targets.tolist()) == sorted([5, 6, 7, *range(1, 11), 12, 13, 14, 15])
     assert torch.equal(data["rewards"], data["items"].float() / 10)
+
+
+def test_config_refuses_an_unknown_architecture() -> None:
+    with pytest.raises(ValueError, match="architecture"):
+        ModelConfig(n_items=10, architecture="bert4rec")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(-(2**62), 2**62), st.integers(1, 200))
+def test_time_gap_bucket_is_hstus_log_bucketing(gap: int, n_buckets: int) -> None:
+    expected = min(n_buckets, max(0, math.floor(math.log(max(abs(gap), 1)) / 0.301)))
+    got = int(time_gap_bucket(torch.tensor([gap]), n_buckets)[0])
+    # float rounding at an exact bucket edge may move the gap to the neighbouring bucket
+    assert abs(got - expected) <= 1 and 0 <= got <= n_buckets
+    if abs(gap) < 2**40:
+        assert got == expected
+
+
+def _small(architecture: str) -> SequentialRecommender:
+    torch.manual_seed(0)
+    return SequentialRecommender(ModelConfig(n_items=30, hidden=32, n_blocks=1, max_len=20,
+                                             dropout=0.0, architecture=architecture)).eval()
+
+
+def test_hstu_time_bias_reads_gaps_not_absolute_times() -> None:
+    model = _small("hstu")
+    with torch.no_grad():
+        for block in model.blocks:
+            block.time_bias.copy_(torch.linspace(-3, 3, block.time_bias.numel()))
+    items = torch.tensor([[0, 0, 3, 4, 9, 12, 2]])
+    times = torch.tensor([[0, 0, 100, 200, 10_000, 10_060, 2_000_000]])
+    with torch.no_grad():
+        hidden = model.hidden_states(items, times)
+        shifted = model.hidden_states(items, times + 1_234_567)
+        regapped = model.hidden_states(items, torch.tensor([[0, 0, 1, 2, 3, 4, 5]]))
+        untimed = model.hidden_states(items)
+        padding_times = model.hidden_states(items, times + torch.tensor([[99, 7, 0, 0, 0, 0, 0]]))
+    assert torch.allclose(hidden, shifted, atol=1e-6)  # only differences count
+    assert torch.allclose(hidden[0, 2:], padding_times[0, 2:], atol=1e-6)  # padding is masked
+    assert not torch.allclose(hidden[0, -1], regapped[0, -1], atol=1e-3)
+    assert not torch.allclose(hidden[0, -1], untimed[0, -1], atol=1e-3)
+
+
+def test_sasrec_ignores_timestamps() -> None:
+    model = _small("sasrec")
+    items = torch.tensor([[0, 3, 4, 9]])
+    with torch.no_grad():
+        assert torch.equal(model.hidden_states(items),
+                           model.hidden_states(items, torch.tensor([[0, 5, 60, 7000]])))
+
+
+def test_timestamps_travel_with_the_windows_and_their_events() -> None:
+    generator = torch.Generator().manual_seed(3)
+    # distinct items per user, so an item names its event
+    items = torch.stack([torch.randperm(30, generator=generator)[:12] + 1 for _ in range(3)])
+    items[0, :5] = 0
+    times = torch.randint(0, 10**9, (3, 12), generator=generator).sort(1).values
+    data = sequence_windows(items, items.float(), window=4, users=torch.arange(3),
+                            timestamps=times)
+    # each window's times are the times of its items (item i's time is looked up directly)
+    lookup = {(u, int(i)): int(t) for u in range(3) for i, t in zip(items[u], times[u],
+                                                                     strict=True) if i != 0}
+    for row in range(data["items"].shape[0]):
+        user = int(data["users"][row])
+        for item, stamp in zip(data["items"][row], data["timestamps"][row], strict=True):
+            assert (int(stamp) == lookup[(user, int(item))]) if item != 0 else stamp == 0
+    events = sequences_to_events(data)
+    assert events["history_timestamps"].shape == events["history_items"].shape
+    real = events["history_items"] != 0
+    assert torch.all(events["history_timestamps"][~real] == 0)
+    for row in range(len(events["targets"])):
+        user = int(events["users"][row])
+        for item, stamp in zip(events["history_items"][row][real[row]],
+                               events["history_timestamps"][row][real[row]], strict=True):
+            assert int(stamp) == lookup[(user, int(item))]
+    context = batch_context(events)
+    assert context.history_timestamps is not None
+    assert torch.equal(context.index(slice(1, 3)).history_timestamps,
+                       events["history_timestamps"][1:3])
+    assert "history_timestamps" in rollout_histories(data)
+    with pytest.raises(ValueError, match="timestamps"):
+        sequence_data(items, items.float(), timestamps=times[:, :-1])
