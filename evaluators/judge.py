@@ -132,7 +132,12 @@ class EnsembleJudge:
         k: slate size. horizon: rollout length. gamma: position / step discount in (0, 1].
         exclude_history: never recommend an item already in the user's history.
         padding_column: the catalog column that is not an item (0 in rmdiag), never recommended.
-        batch_size: users per policy / ensemble call.
+        batch_size: users per policy / ensemble call, at most.
+        max_block_mib: the most memory one call's scores may take (the policy's [users,
+            n_items] float32 output and its masked copy), in MiB. The first call scores one user
+            to learn the catalog's width; later calls take as many users as fit, so a 10^6-item
+            catalog is judged 67 users at a time at the default (4 GB a call at batch_size 1024
+            without the bound), and a small catalog exactly as before (batch_size governs).
         method, confidence, n_resamples, seed: passed to `mean_interval`.
     """
 
@@ -146,6 +151,7 @@ class EnsembleJudge:
         exclude_history: bool = True,
         padding_column: int | None = 0,
         batch_size: int = 1024,
+        max_block_mib: float = 512.0,
         method: str = "bca",
         confidence: float = 0.95,
         n_resamples: int = 10_000,
@@ -157,6 +163,8 @@ class EnsembleJudge:
             raise ValueError("k, horizon and batch_size must be >= 1")
         if not 0 < gamma <= 1:
             raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+        if not max_block_mib > 0:
+            raise ValueError(f"max_block_mib must be > 0, got {max_block_mib}")
         if not hasattr(ensemble, "members"):
             raise TypeError("ensemble must expose .members(context, items) -> [M, B, K]")
         self.ensemble = ensemble
@@ -167,6 +175,7 @@ class EnsembleJudge:
         self.exclude_history = exclude_history
         self.padding_column = padding_column
         self.batch_size = batch_size
+        self.max_block_mib = max_block_mib
         self.method = method
         self.confidence = confidence
         self.n_resamples = n_resamples
@@ -185,6 +194,13 @@ class EnsembleJudge:
         if self.padding_column is not None:
             scores[:, self.padding_column] = float("-inf")
         return scores
+
+    def users_per_call(self, n_columns: int) -> int:
+        """Users per policy call for a catalog of ``n_columns`` score columns: ``batch_size``
+        or fewer, so that the scores and their masked copy (8 bytes a cell) fit
+        ``max_block_mib``; at least one."""
+        fits = int(self.max_block_mib * 2**20 // (8 * max(n_columns, 1)))
+        return max(1, min(self.batch_size, fits))
 
     def _weights(self, n: int) -> torch.Tensor:
         w = self.gamma ** torch.arange(n, dtype=torch.float64)
@@ -206,12 +222,15 @@ class EnsembleJudge:
         weights = self._weights(k).to(scores.device)[None, :] * valid
         return items, weights / weights.sum(dim=1, keepdim=True)
 
-    def _batch(self, policy: ScorerLike, context: ContextLike,
-               true_reward: RewardFnLike | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-member values [M, B] (and true values [B]) of one batch."""
+    def _batch(self, policy: ScorerLike, context: ContextLike, true_reward: RewardFnLike | None
+               ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """Per-member values [M, B] (and true values [B]) of one batch, and the catalog's width
+        (score columns)."""
         if self.mode == "slate":
             scores = self._masked_scores(policy, context)
+            width = int(scores.shape[1])
             items, slate_weights = self._slate(scores)
+            del scores  # the [B, n_items] block is not needed past the slate
             member_rewards = self.ensemble.members(context, items).double()  # [M, B, k]
             true = None if true_reward is None else true_reward(context, items).double()
         else:
@@ -219,7 +238,9 @@ class EnsembleJudge:
             ctx = context
             for _ in range(self.horizon):
                 scores = self._masked_scores(policy, ctx)
+                width = int(scores.shape[1])
                 item = scores.argmax(dim=1, keepdim=True)  # [B, 1]
+                del scores
                 r = self.ensemble.members(ctx, item).double()  # [M, B, 1]
                 member_steps.append(r)
                 if true_reward is not None:
@@ -245,7 +266,7 @@ class EnsembleJudge:
             w = self._weights(member_rewards.shape[2]).to(member_rewards.device)[None, :]
         values = (member_rewards * w[None]).sum(dim=2)
         true_values = None if true is None else (true * w.to(true.device)).sum(dim=1)
-        return values.cpu(), None if true_values is None else true_values.cpu()
+        return values.cpu(), None if true_values is None else true_values.cpu(), width
 
     def evaluate(
         self,
@@ -280,12 +301,15 @@ class EnsembleJudge:
             context = _rows(context, torch.as_tensor(keep))
         member_values, true_values = [], []
         with torch.no_grad():
-            for lo in range(0, keep.size, self.batch_size):
-                batch = _rows(context, slice(lo, lo + self.batch_size))
-                v, t = self._batch(policy, batch, true_reward)
+            lo, rows = 0, 1  # one user first: its scores give the catalog's width
+            while lo < keep.size:
+                batch = _rows(context, slice(lo, lo + rows))
+                v, t, width = self._batch(policy, batch, true_reward)
                 member_values.append(v)
                 if t is not None:
                     true_values.append(t)
+                lo += rows
+                rows = self.users_per_call(width)
         per_member_user = torch.cat(member_values, dim=1).numpy()  # [M, U]
         per_user = per_member_user.mean(axis=0)
         members = per_member_user.mean(axis=1)

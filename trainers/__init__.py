@@ -28,7 +28,12 @@ from trainers.dpo import DPOConfig, IPOConfig, train_dpo, train_ipo
 from trainers.ensemble import member_spread, reward_interval
 from trainers.grpo import GRPOConfig, train_grpo
 from trainers.loop import TrainConfig, TrainResult, load_checkpoint, train_loop
-from trainers.model import ModelConfig, SequentialRecommender, policy_scores
+from trainers.model import (
+    ModelConfig,
+    SequentialRecommender,
+    policy_scores,
+    policy_user_states,
+)
 from trainers.ppo import PPOConfig, train_ppo
 from trainers.protocols import Context, EnsembleRewardFn, RewardFn, Scorer
 from trainers.semantic_ids import PrefixTrie, constrained_beam_search
@@ -81,6 +86,7 @@ __all__ = [
     "load_checkpoint",
     "member_spread",
     "policy_scores",
+    "policy_user_states",
     "reward_interval",
     "sequence_data",
     "sequence_windows",

@@ -56,7 +56,9 @@ what makes `generate_batches` (bounded memory, any block size) concatenate to `g
 Scale: a block of B users costs about 40 * B * n_items bytes (the policy's logits over the
 whole catalog), independent of the total number of users; the defaults (~90k events) generate
 in about half a second, 10M events (100k users x 100) stream through `generate_batches(5000)`
-in about a minute at under 1 GiB peak RSS on a loaded 2-core machine.
+in about a minute at under 1 GiB peak RSS on a loaded 2-core machine. At 10^5 items and more
+`World(config, rejection_sampling=True)` draws the same behaviour policy by rejection
+(`rejection`): O(events) per user instead of O(n_items), the same law with other draws.
 
 Oracle helpers: `true_reward` (exact expectation, a `RewardFn`), `sample_reward` (fresh noisy
 ratings: the world as an online environment), `randomized_exposure` (a holdout of uniformly
@@ -67,7 +69,8 @@ names worlds for the audit: "learnable", "directional" and "item_mean_noise" (se
 
 Modules: `config` (SimulationConfig, PRESETS), `hashing` (the counter-based random numbers),
 `parameters` (WorldParameters, drawn from a config), `model` (the generating model: utility,
-ratings, behaviour policy, timestamps), `world` (World, MisspecifiedReward), `fit`
+ratings, behaviour policy, timestamps), `rejection` (the behaviour policy without a pass over
+the catalog), `world` (World, MisspecifiedReward), `fit`
 (`world_from_interactions`: a world fitted to a real log), `statistics` (popularity_gini).
 """
 

@@ -15,6 +15,8 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 STREAM_GUMBEL, STREAM_HIDDEN, STREAM_NOISE, STREAM_SESSION, STREAM_GAP = 1, 2, 3, 4, 5
 STREAM_HOLDOUT_ITEMS, STREAM_HOLDOUT_NOISE, STREAM_MISSPECIFIED = 6, 7, 8
+# the rejection sampler of the behaviour policy (`rmdiag.simulate.rejection`)
+STREAM_BRANCH, STREAM_EXPLORE, STREAM_PROPOSAL, STREAM_ACCEPT = 9, 10, 11, 12
 
 
 def _mix(x: np.ndarray) -> np.ndarray:

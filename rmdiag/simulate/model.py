@@ -101,14 +101,10 @@ def expected_reward(params: WorldParameters, latent: np.ndarray) -> np.ndarray:
     return expected
 
 
-def behaviour_sequences(
-    params: WorldParameters, seed: int, users: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each user's consumed items in order: items [B, L_max] (1-based) and a validity mask.
-
-    Sequential softmax sampling without replacement = Gumbel-top-k: perturb each logit with an
-    independent Gumbel draw and read the items in decreasing order of perturbed logit.
-    """
+def behaviour_log_weights(params: WorldParameters, seed: int, users: np.ndarray) -> np.ndarray:
+    """Log-weights of the behaviour policy over items 1..n_items, [B, n_items] (or [1, n_items]
+    when they do not depend on the user): the log of (1 - exploration) * softmax(logits) +
+    exploration / n_items, up to a per-row constant."""
     logits = params.exposure_logits[1:][None, :]
     if params.affinity_weight != 0.0:
         all_items = np.arange(1, params.n_items + 1)
@@ -123,11 +119,27 @@ def behaviour_sequences(
             math.log1p(-params.exploration) + scipy.special.log_softmax(logits, axis=1),
             math.log(params.exploration / params.n_items),
         )
+    return logits
+
+
+def behaviour_sequences(
+    params: WorldParameters, seed: int, users: np.ndarray, sampler: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's consumed items in order: items [B, L_max] (1-based) and a validity mask.
+
+    Sequential softmax sampling without replacement = Gumbel-top-k: perturb each logit with an
+    independent Gumbel draw and read the items in decreasing order of perturbed logit. That
+    costs O(n_items) per user; a `rmdiag.simulate.rejection.RejectionSampler` as ``sampler``
+    draws from the same distribution in O(events) instead (other draws, same law).
+    """
+    lengths = params.lengths[users]
+    if sampler is not None:
+        return sampler.sequences(seed, users, lengths)
+    logits = behaviour_log_weights(params, seed, users)
     uniform = hash_uniform(
         stream_key(seed, STREAM_GUMBEL), users[:, None], np.arange(1, params.n_items + 1)[None, :]
     )
     perturbed = logits - np.log(-np.log(uniform))  # + Gumbel(0, 1)
-    lengths = params.lengths[users]
     longest = int(lengths.max()) if lengths.size else 0
     # Lengths are heavy-tailed: sort most users' top items only up to a typical length, and
     # the few long users fully. The result is the same either way (the order of perturbed

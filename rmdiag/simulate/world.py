@@ -28,6 +28,7 @@ from rmdiag.simulate.model import (
     summed_recent_directions,
 )
 from rmdiag.simulate.parameters import WorldParameters, draw_parameters
+from rmdiag.simulate.rejection import RejectionSampler
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: `rmdiag simulate` never needs it
     import torch
@@ -48,11 +49,16 @@ class World:
     """
 
     def __init__(
-        self, config: SimulationConfig | None = None, *, parameters: WorldParameters | None = None
+        self, config: SimulationConfig | None = None, *, parameters: WorldParameters | None = None,
+        rejection_sampling: bool = False,
     ) -> None:
         self.config = config if config is not None else SimulationConfig()
         self.parameters = parameters if parameters is not None else draw_parameters(self.config)
         self.seed = int(self.config.seed)
+        # rejection_sampling: draw the behaviour policy's sequences by rejection
+        # (`rmdiag.simulate.rejection`), O(events) per user instead of O(n_items): the same
+        # distribution of logs, other draws. For catalogs of ~10^5 items and more.
+        self.sampler = RejectionSampler(self.parameters) if rejection_sampling else None
         # Raw ids of the real log a fitted world came from (index = world id); None otherwise.
         self.raw_user_ids: np.ndarray | None = None
         self.raw_item_ids: np.ndarray | None = None
@@ -79,7 +85,7 @@ class World:
         `with_expected=True` a column `expected_reward` holds each event's true expected
         reward given the user's preceding events (the oracle's value, before noise).
         """
-        batch = block_users(self.n_items)
+        batch = block_users(self.n_items) if self.sampler is None else 2048
         blocks = list(self.generate_batches(batch, with_expected=with_expected))
         return pa.concat_tables(blocks).combine_chunks()
 
@@ -98,7 +104,7 @@ class World:
 
     def _generate_block(self, users: np.ndarray, with_expected: bool) -> pa.Table:
         params = self.parameters
-        items_2d, valid = behaviour_sequences(params, self.seed, users)
+        items_2d, valid = behaviour_sequences(params, self.seed, users, self.sampler)
         rows, positions = np.nonzero(valid)  # row-major: by user, then sequence position
         flat_users, flat_items = users[rows], items_2d[rows, positions]
         recent = recent_items(items_2d, rows, positions, params.satiation_window)
@@ -136,7 +142,7 @@ class World:
         block = block_users(self.n_items)
         for first in range(1, self.n_users + 1, block):
             users = np.arange(first, min(first + block, self.n_users + 1))
-            items_2d, valid = behaviour_sequences(params, self.seed, users)
+            items_2d, valid = behaviour_sequences(params, self.seed, users, self.sampler)
             consumed = np.zeros((users.size, self.n_items + 1), dtype=bool)
             np.put_along_axis(consumed, np.where(valid, items_2d, 0), True, axis=1)
             keys = hash_uniform(item_key, users[:, None], all_items[None, :])

@@ -184,3 +184,38 @@ def test_bad_arguments() -> None:
         EnsembleJudge(LinearEnsemble([1.0]), gamma=0.0)
     with pytest.raises(TypeError, match="members"):
         EnsembleJudge(lambda c, i: i.float())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_block_mib"):
+        EnsembleJudge(LinearEnsemble([1.0]), max_block_mib=0.0)
+
+
+class RecordingPolicy:
+    """Scores that depend only on the user and the history (so batching cannot change them);
+    records how many users each call scored."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.items = torch.randn(N_ITEMS + 1, 3, generator=torch.Generator().manual_seed(1))
+
+    def __call__(self, context: Ctx) -> torch.Tensor:
+        self.calls.append(int(context.users.shape[0]))
+        users = torch.randn(64, 3, generator=torch.Generator().manual_seed(2))[context.users]
+        users = users + 0.1 * context.history_items[:, -1:].float()
+        return users @ self.items.T
+
+
+@pytest.mark.parametrize("mode", ["slate", "rollout"])
+def test_a_memory_bound_on_the_score_block_changes_nothing_but_the_calls(mode: str) -> None:
+    ensemble, context = LinearEnsemble([0.8, 1.0, 1.3]), _context(40)
+    today = EnsembleJudge(ensemble, mode=mode, k=4, n_resamples=300)
+    bounded = EnsembleJudge(ensemble, mode=mode, k=4, n_resamples=300,
+                            max_block_mib=3 * 8 * (N_ITEMS + 1) / 2**20)
+    assert bounded.users_per_call(N_ITEMS + 1) == 3 and today.users_per_call(N_ITEMS + 1) == 1024
+    assert today.users_per_call(10**6 + 1) == 67  # the documented figure at 10^6 items
+    policy = RecordingPolicy()
+    expected = today.evaluate(policy, context, true_reward=ensemble)
+    policy.calls.clear()
+    result = bounded.evaluate(policy, context, true_reward=ensemble)
+    assert max(policy.calls) == 3 and sum(policy.calls) == 40 * (1 if mode == "slate" else 3)
+    np.testing.assert_array_equal(result.per_user, expected.per_user)
+    np.testing.assert_array_equal(result.true_per_user, expected.true_per_user)
+    assert result.as_dict() == expected.as_dict()

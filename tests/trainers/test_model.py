@@ -12,6 +12,7 @@ from trainers import (
     Scorer,
     SequentialRecommender,
     policy_scores,
+    policy_user_states,
     sequence_windows,
 )
 from trainers.data import (
@@ -99,6 +100,28 @@ def test_policy_scores_exclude_history(make_model: Make) -> None:
     assert torch.isneginf(scores[0, [0, 3, 4]]).all() and torch.isneginf(scores[1, [5, 6, 7]]).all()
     assert torch.isfinite(scores[0, 5:]).all()
     assert model.training  # restored
+
+
+def test_user_states_against_item_embeddings_rank_as_policy_scores(make_model: Make) -> None:
+    """The streaming path's inputs (states, item embeddings) give the full-catalog metrics that
+    dense policy scores give, history excluded the same way."""
+    from evaluators import ranking_metrics, ranking_metrics_streaming
+
+    model = make_model(n_items=30)
+    history = torch.tensor([[0, 3, 4], [5, 6, 7], [0, 0, 9]])
+    context = _context(history)
+    states = policy_user_states(model, context, batch_size=2)
+    assert states.shape == (3, model.config.hidden) and model.training  # restored
+    dense = policy_scores(model, context, exclude_history=False)
+    torch.testing.assert_close(states @ model.item_embedding.weight.detach().T[:, 1:],
+                               dense[:, 1:], rtol=1e-5, atol=1e-5)
+    targets, exclude = [[1], [2], [10]], [row[row > 0].tolist() for row in history]
+    streamed = ranking_metrics_streaming(states, model.item_embedding.weight.detach(), targets,
+                                         (1, 5), exclude, padding_column=0, chunk_size=7)
+    masked = policy_scores(model, context)
+    expected = ranking_metrics(masked, targets, (1, 5), padding_column=0)
+    for name, values in expected.items():
+        assert streamed[name] == pytest.approx(values, abs=1e-9)
 
 
 def test_config_validation() -> None:

@@ -1,0 +1,111 @@
+"""A-SFT's sampled baseline: unbiased for Σ_a π_ref(a|s) R̂(s, a), its variance Var_π(R̂)/K."""
+
+import dataclasses
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trainers import ASFTConfig, Context
+from trainers.sft import reward_model_baseline, sampled_reward_model_baseline
+
+REPLICAS = 2000  # independent estimates per state, as rows of one call
+
+
+@dataclasses.dataclass
+class TableWorld:
+    """A reference policy with fixed logits per state and a reward table R̂[state, item]."""
+
+    logits: torch.Tensor  # [S, n_items + 1], column 0 padding
+    rewards: torch.Tensor  # [S, n_items + 1]
+
+    def reference(self, context: Context) -> torch.Tensor:
+        return self.logits[context.users].clone()
+
+    def reward_fn(self, context: Context, items: torch.Tensor) -> torch.Tensor:
+        assert bool((items >= 1).all()), "the padding item is no action"
+        return self.rewards[context.users[:, None], items]
+
+    def events(self, replicas: int) -> dict[str, torch.Tensor]:
+        users = torch.arange(self.logits.shape[0]).repeat_interleave(replicas)
+        return {"users": users, "history_items": torch.zeros(users.shape[0], 1, dtype=torch.long),
+                "history_rewards": torch.zeros(users.shape[0], 1)}
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Exact mean, variance and 4th central moment of R̂(s, a), a ~ π_ref(·|s), per state."""
+        probs = torch.softmax(self.logits.double()[:, 1:], dim=1)
+        rewards = self.rewards.double()[:, 1:]
+        mean = (probs * rewards).sum(1)
+        centred = rewards - mean[:, None]
+        return mean, (probs * centred**2).sum(1), (probs * centred**4).sum(1)
+
+
+@st.composite
+def table_worlds(draw: st.DrawFn) -> TableWorld:
+    n_states, n_items = draw(st.integers(1, 3)), draw(st.integers(2, 8))
+    value = st.floats(-3.0, 3.0, allow_nan=False, width=32)
+    logits = torch.tensor(draw(st.lists(st.lists(value, min_size=n_items, max_size=n_items),
+                                        min_size=n_states, max_size=n_states)))
+    reward = st.floats(0.0, 5.0, allow_nan=False, width=32)
+    rewards = torch.tensor(draw(st.lists(st.lists(reward, min_size=n_items, max_size=n_items),
+                                         min_size=n_states, max_size=n_states)))
+    pad = torch.zeros(n_states, 1)
+    # the padding column gets the largest logit and reward: a sampler that drew it would show
+    return TableWorld(torch.cat([pad + 10.0, logits], 1), torch.cat([pad + 100.0, rewards], 1))
+
+
+@settings(max_examples=25, deadline=None)
+@given(world=table_worlds(), samples=st.sampled_from([2, 8, 32]), seed=st.integers(0, 2**31))
+def test_sampled_baseline_is_unbiased_with_the_variance_it_states(
+        world: TableWorld, samples: int, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    estimate = sampled_reward_model_baseline(world.reward_fn, world.reference,
+                                             world.events(REPLICAS), samples, batch_size=777,
+                                             generator=generator)
+    values = estimate.value.double().view(-1, REPLICAS)
+    stated = estimate.variance.double().view(-1, REPLICAS)
+    mean, variance, fourth = world.moments()
+    # Mean over the replicas: the exact sum within 5 standard errors, the errors computed
+    # from the variance the estimator states (its average over the replicas).
+    standard_error = (stated.mean(1) / REPLICAS).sqrt()
+    assert bool(((values.mean(1) - mean).abs() <= 5 * standard_error + 1e-6).all())
+    # The stated variance is unbiased for Var_π(R̂)/K: its replica mean within 5 of its SEs.
+    stated_se = stated.std(1) / REPLICAS**0.5
+    assert bool(((stated.mean(1) - variance / samples).abs() <= 5 * stated_se + 1e-6).all())
+    # The estimates' own spread shrinks as 1/K: their sample variance is Var_π(R̂)/K within 5
+    # standard errors of a sample variance, from the exact 2nd and 4th moments of a K-mean.
+    var_k = variance / samples
+    fourth_k = (fourth + 3 * (samples - 1) * variance**2) / samples**3
+    n = REPLICAS
+    spread_se = ((fourth_k - var_k**2 * (n - 3) / (n - 1)) / n).clamp(min=0).sqrt()
+    assert bool(((values.var(1) - var_k).abs() <= 5 * spread_se + 1e-6).all())
+
+
+@pytest.mark.parametrize("block_cells", [None, 5])  # 5: one row of float64 at a time
+def test_sampled_baseline_agrees_with_the_exact_sum_and_is_seeded(
+        block_cells: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    if block_cells is not None:
+        monkeypatch.setattr("trainers.sft._FLOAT64_BLOCK_CELLS", block_cells)
+    world = TableWorld(
+        torch.tensor([[10.0, 0.5, -1.0, 2.0, 0.0]]), torch.tensor([[100.0, 1.0, 5.0, 3.0, 2.0]]))
+    events = world.events(1)
+    exact = reward_model_baseline(world.reward_fn, world.reference, events)
+    assert float(exact) == pytest.approx(float(world.moments()[0]), abs=1e-5)
+    big = reward_model_baseline(world.reward_fn, world.reference, world.events(4),
+                                samples=50_000, generator=torch.Generator().manual_seed(0))
+    assert big.shape == (4,)
+    assert torch.allclose(big, exact.expand(4), atol=0.03)
+    first, second = (sampled_reward_model_baseline(
+        world.reward_fn, world.reference, world.events(50), 4,
+        generator=torch.Generator().manual_seed(3)) for _ in range(2))
+    assert torch.equal(first.value, second.value) and torch.equal(first.variance,
+                                                                  second.variance)
+    with pytest.raises(ValueError, match="samples"):
+        sampled_reward_model_baseline(world.reward_fn, world.reference, events, 1)
+
+
+def test_a_sft_config_takes_one_way_to_cut_the_baselines_cost() -> None:
+    assert ASFTConfig().baseline_samples == 0
+    with pytest.raises(ValueError, match="baseline_top_k"):
+        ASFTConfig(baseline_samples=16, baseline_top_k=20)
