@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -262,6 +263,20 @@ class SequentialRecommender(nn.Module):
         return scores
 
 
+def _in_eval_batches(model: SequentialRecommender, context: Context, batch_size: int,
+                     compute: Callable[[Context], torch.Tensor]) -> list[torch.Tensor]:
+    """`compute` on `batch_size` users at a time in eval mode (restored after), float32 on the
+    CPU."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        return [compute(context.index(slice(start, start + batch_size)).to(device)).float().cpu()
+                for start in range(0, len(context), batch_size)]
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def policy_scores(
     model: SequentialRecommender,
@@ -277,19 +292,13 @@ def policy_scores(
     users at 10^6 items): for large catalogs rank `policy_user_states` against the item
     embeddings instead (`evaluators.ranking_metrics_streaming` does it item chunk by chunk).
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    chunks = []
-    try:
-        for start in range(0, len(context), batch_size):
-            rows = context.index(slice(start, start + batch_size)).to(device)
-            scores = model(rows)
-            if exclude_history:
-                scores = scores.scatter(1, rows.history_items, float("-inf"))
-            chunks.append(scores.float().cpu())
-    finally:
-        model.train(was_training)
+    def masked_scores(rows: Context) -> torch.Tensor:
+        scores = model(rows)
+        if exclude_history:
+            scores = scores.scatter(1, rows.history_items, float("-inf"))
+        return scores
+
+    chunks = _in_eval_batches(model, context, batch_size, masked_scores)
     if not chunks:
         return torch.empty(0, model.config.n_items + 1)
     return torch.cat(chunks)
@@ -308,17 +317,9 @@ def policy_user_states(
     can stream item chunks: ``ranking_metrics_streaming(states, model.item_embedding.weight,
     targets, exclude=history, padding_column=0)``. Eval mode, `batch_size` users at a time.
     """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    chunks = []
-    try:
-        for start in range(0, len(context), batch_size):
-            rows = context.index(slice(start, start + batch_size)).to(device)
-            hidden = model.hidden_states(rows.history_items, rows.history_timestamps)[:, -1]
-            chunks.append(hidden.float().cpu())
-    finally:
-        model.train(was_training)
+    chunks = _in_eval_batches(
+        model, context, batch_size,
+        lambda rows: model.hidden_states(rows.history_items, rows.history_timestamps)[:, -1])
     if not chunks:
         return torch.empty(0, model.config.hidden)
     return torch.cat(chunks)
