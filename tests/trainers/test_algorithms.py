@@ -27,7 +27,7 @@ from trainers import (
     train_reward_weighted,
     train_sft,
 )
-from trainers.data import NextItemTargets, TensorData
+from trainers.data import NextItemTargets, TensorData, batch_context, sequences_to_events
 from trainers.ppo import clipped_policy_loss, masked_log_policy, pessimistic_reward
 from trainers.sft import a_sft_loss, exp_sft_loss, reward_model_baseline, reward_weighted_loss
 from trainers.testing import NoisyEnsemble, ToyWorld, expected_reward, top_k_true_reward
@@ -310,3 +310,34 @@ def test_a_sft_with_an_exact_reward_model_is_sft(make_model: Make, world_data: T
                 reward_fn=four)
     for a, b in zip(reference.state_dict().values(), other.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-5)  # b(s) = 4·Σπ rounds
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_every_algorithm_trains_an_hstu_policy_on_timestamped_data(
+        algorithm: str, make_model: Make, world: ToyWorld, world_data: TensorData) -> None:
+    """The HSTU block reads the data's event times (its time bias) under every trainer: a few
+    steps run, move the weights, and the trained policy's scores depend on the times."""
+    generator = torch.Generator().manual_seed(0)
+    gaps = torch.randint(1, 10**6, world_data["items"].shape, generator=generator)
+    data = {**world_data, "timestamps": gaps.cumsum(1) * (world_data["items"] != 0)}
+    sft = make_model(n_items=world.config.n_items, architecture="hstu")
+    train_sft(sft, data, SFTConfig(batch_size=32, max_steps=3, progress=False))
+    config_class, train = ALGORITHMS[algorithm]
+    settings = {"batch_size": 32, "max_steps": 3, "progress": False}
+    if algorithm == "grpo":
+        settings["min_target_reward"] = float(data["rewards"][data["items"] != 0].median())
+    extra: dict[str, object] = {}
+    if config_class.reward_model != "none":
+        extra["reward_fn"] = NoisyEnsemble(world.true_reward, world.config.n_items, n_members=3)
+    if config_class.uses_reference:
+        extra["reference"] = sft
+    model = copy.deepcopy(sft) if algorithm != "sft" else sft
+    before = [p.detach().clone() for p in model.parameters()]
+    result = train(model, data, config_class(**settings), **extra)
+    assert result.steps == 3
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    events = sequences_to_events(data)
+    context = batch_context({key: value[:8] for key, value in events.items()})
+    untimed = Context(context.users, context.history_items, context.history_rewards)
+    with torch.no_grad():
+        assert not torch.allclose(model.eval()(context), model(untimed))
