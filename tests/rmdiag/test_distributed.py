@@ -24,6 +24,7 @@ from rmdiag.data import write_parquet
 from rmdiag.policies import PolicyConfig, new_policy
 from rmdiag.simulate import SimulationConfig, World
 from rmdiag.workdir import RECORD_FILE, WORK_DIR
+from tests.rmdiag.summaries import comparable
 
 ROOT = Path(__file__).resolve().parents[2]
 WORLD = ["--users", "100", "--items", "60", "--mean-events", "15", "--seed", "3"]
@@ -44,7 +45,6 @@ RUN = [*(f"--sim-{flag[2:]}" if flag.startswith("--") else flag for flag in WORL
        "--no-overoptimization"]
 RUN_FILES = {"summary.json", "decision.json", "audit.json", "audit.html", "report.html",
              "per_user.parquet"}
-WALL_CLOCK = {"timings", "memory", "seconds", "train_seconds"}
 
 
 def torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -72,13 +72,6 @@ def finite(value: Any) -> bool:
         return all(finite(v) for v in value)
     return not isinstance(value, float) or math.isfinite(value)
 
-
-def comparable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: comparable(v) for k, v in value.items() if k not in WALL_CLOCK}
-    if isinstance(value, list):
-        return [comparable(v) for v in value]
-    return value
 
 
 @pytest.fixture(scope="module")

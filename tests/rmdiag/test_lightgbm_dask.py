@@ -16,14 +16,11 @@ import pytest
 from rmdiag.audit import AuditConfig
 from rmdiag.audit.models import fit_models
 from rmdiag.cli import UsageError, build_parser, dataclass_from_args
-from rmdiag.data import Interactions, load
 from rmdiag.pipeline.config import RunConfig
 from rmdiag.pipeline.resume import StageKeys
 from rmdiag.policies import PolicyConfig
-from rmdiag.rewards import GlobalMean, LightGBMRewardModel, last_event_split
+from rmdiag.rewards import GlobalMean, LightGBMRewardModel
 from rmdiag.rewards.lightgbm_model import dask_local_workers
-from rmdiag.simulate import SimulationConfig, World
-from rmdiag.split import leave_last_out
 
 HAVE_DASK = all(
     importlib.util.find_spec(name) is not None
@@ -38,13 +35,6 @@ SMALL = {"n_rounds": 60, "history_len": 20}
 NETWORK = {"machines", "local_listen_port", "num_machines", "tree_learner", "num_threads"}
 
 
-@pytest.fixture(scope="module")
-def world_split() -> tuple[Interactions, Interactions, Interactions]:
-    """A learnable world (as tests/rmdiag/test_rewards.py's): (fit part, tuning part, test)."""
-    config = SimulationConfig.preset("learnable", n_users=400, n_items=150, mean_events=25)
-    split = leave_last_out(load(World(config).generate()))
-    fit, tune = last_event_split(split.train)
-    return fit, tune, split.test
 
 
 def _booster_parameters(model: LightGBMRewardModel) -> dict[str, str]:

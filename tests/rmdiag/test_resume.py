@@ -20,6 +20,7 @@ import pytest
 
 from rmdiag.cli import main
 from rmdiag.workdir import RECORD_FILE, WORK_DIR, WorkDir
+from tests.rmdiag.summaries import comparable
 from trainers import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,16 +33,6 @@ FAST = ["--sim-users", "150", "--sim-items", "80", "--sim-mean-events", "20", "-
         "--policy-hidden", "16", "--policy-blocks", "1", "--policy-sft-epochs", "2",
         "--policy-batch-size", "64", "--policy-resamples", "200", "--policy-threads", "1",
         "--no-policy-progress", "--no-sweep", "--policy-post-steps", "600"]
-WALL_CLOCK = {"timings", "memory", "seconds", "train_seconds"}  # they vary run to run
-
-
-def comparable(value: Any) -> Any:
-    """summary.json without its wall-clock figures."""
-    if isinstance(value, dict):
-        return {k: comparable(v) for k, v in value.items() if k not in WALL_CLOCK}
-    if isinstance(value, list):
-        return [comparable(v) for v in value]
-    return value
 
 
 def summary_of(out: Path) -> Any:

@@ -20,8 +20,6 @@ from rmdiag.rewards import (
     make_reward_model,
 )
 from rmdiag.sequences import event_sequences
-from rmdiag.simulate import SimulationConfig, World
-from rmdiag.split import leave_last_out
 from trainers.protocols import Context, EnsembleRewardFn, RewardFn
 
 SMALL_LGBM = {"n_rounds": 60, "history_len": 20}
@@ -42,13 +40,6 @@ def _log(rows: list[tuple[int, int, int, float]]) -> Interactions:
     )
 
 
-@pytest.fixture(scope="module")
-def world_split() -> tuple[Interactions, Interactions, Interactions]:
-    """A learnable world: (fit part, tuning part, held-out test)."""
-    config = SimulationConfig.preset("learnable", n_users=400, n_items=150, mean_events=25)
-    split = leave_last_out(load(World(config).generate()))
-    fit, tune = last_event_split(split.train)
-    return fit, tune, split.test
 
 
 def _rmse(model, fit: Interactions, test: Interactions) -> float:
