@@ -197,28 +197,26 @@ def sequence_windows(
     """
     items = torch.as_tensor(items).long()
     rewards = torch.as_tensor(rewards).float()
-    times = torch.zeros_like(items) if timestamps is None else torch.as_tensor(timestamps).long()
     row_users = torch.zeros(items.shape[0], dtype=torch.long) if users is None else users.long()
-    rows_items, rows_rewards, rows_times, rows_users = [], [], [], []
-    for user, user_items, user_rewards, user_times in zip(row_users, items, rewards, times,
-                                                          strict=True):
-        keep = user_items != 0
-        seq_items, seq_rewards, seq_times = user_items[keep], user_rewards[keep], user_times[keep]
-        end = seq_items.shape[0]
+    cuts: list[tuple[int, torch.Tensor]] = []  # (row, positions of the window's events in it)
+    for row, user_items in enumerate(items):
+        positions = (user_items != 0).nonzero().flatten()
+        end = positions.shape[0]
         while end >= 2:
             start = max(0, end - (window + 1))
-            pad = window + 1 - (end - start)
-            rows_items.append(F.pad(seq_items[start:end], (pad, 0)))
-            rows_rewards.append(F.pad(seq_rewards[start:end], (pad, 0)))
-            rows_times.append(F.pad(seq_times[start:end], (pad, 0)))
-            rows_users.append(user)
+            cuts.append((row, positions[start:end]))
             end = start + 1 if start > 0 else 0
-    if not rows_items:
+    if not cuts:
         raise ValueError("no user has two or more events to train on")
-    data = sequence_data(torch.stack(rows_items), torch.stack(rows_rewards),
-                         timestamps=None if timestamps is None else torch.stack(rows_times))
+
+    def windows(values: torch.Tensor) -> torch.Tensor:
+        return torch.stack([F.pad(values[row, at], (window + 1 - at.shape[0], 0))
+                            for row, at in cuts])
+
+    data = sequence_data(windows(items), windows(rewards), timestamps=None if timestamps is None
+                         else windows(torch.as_tensor(timestamps).long()))
     if users is not None:
-        data["users"] = torch.stack(rows_users)
+        data["users"] = row_users[torch.tensor([row for row, _ in cuts])]
     return data
 
 
