@@ -309,7 +309,7 @@ def streaming(n_users: int, n_items: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--repeat", type=int, default=41)
     parser.add_argument("--streaming-users", type=int, default=100_000)
     parser.add_argument("--streaming-items", type=int, default=50_000)
     parser.add_argument("--reference-users", type=int, default=300)

@@ -19,31 +19,57 @@ from numba import njit, prange
 EXPECTED, OPTIMISTIC, PESSIMISTIC = 0, 1, 2
 
 
-# users per parallel task: each task owns one scratch mark row, reused across its users
-_USERS_PER_TASK = 16
-
 # Bits of `flagged[u]`: the user's target is excluded (or is the padding column); an excluded
 # item lies at or beyond n_items (only reported where the caller passes the catalog size).
 FLAG_TARGET_EXCLUDED, FLAG_EXCLUDE_OUT_OF_RANGE = 1, 2
 
 
-@njit(cache=True, inline="always")
-def _row_counts(block, u, s_t):  # pragma: no cover
-    """(greater, equal, nan) counts over a whole row against the target score s_t.
+# Reassociation (and no signed zeros), so that the compiler may vectorise the float32 count and
+# sum reductions of `_row_counts`; not "nnan"/"ninf": NaN compares and sums keep their IEEE
+# meaning, which the NaN check relies on.
+_REASSOC = {"reassoc", "nsz"}
 
-    No exclusions here: the loop is three compares and three adds per score, with no branch and
-    no second array, so it vectorises and runs at memory speed. Excluded items are subtracted
-    afterwards by `_drop_excluded`, which touches only the L excluded cells.
+
+@njit(cache=True, inline="always", fastmath=_REASSOC)
+def _row_counts(block, u, s_t, mark, st):  # pragma: no cover
+    """(greater, equal, nan) counts over row u against the target score s_t, skipping the
+    columns j with mark[j] == st (the user's excluded items).
+
+    One pass, no branch: per score two compares, a byte compare of its mark and three adds,
+    which vectorises. The counters are float32 -- exact below 2**24 in any order of addition, and
+    a float32 vector holds twice as many of them as int64 -- for rows narrower than that. NaNs
+    (counted over the whole row, excluded cells included: a NaN anywhere is an error the caller
+    reports) are found through the row's sum, which is NaN when any score is; only then is the
+    row read again to count them (a sum can also be NaN from +inf and -inf: the recount is exact).
+    Against three int64 counters with a NaN compare, this is the form that measured fastest
+    (benchmarks/RESULTS.md, ranking metrics).
     """
-    n_greater = 0
-    n_equal = 0
-    n_nan = 0
-    for j in range(block.shape[1]):
+    width = block.shape[1]
+    if width < 2**24:
+        greater = np.float32(0)
+        equal = np.float32(0)
+        total = np.float32(0)
+        for j in range(width):
+            s = block[u, j]
+            keep = mark[j] != st
+            greater += np.float32(keep & (s > s_t))
+            equal += np.float32(keep & (s == s_t))
+            total += s
+        n_nan = 0
+        if total != total:
+            for j in range(width):
+                n_nan += block[u, j] != block[u, j]
+        return np.int64(greater), np.int64(equal), n_nan
+    wide_greater = 0
+    wide_equal = 0
+    wide_nan = 0
+    for j in range(width):
         s = block[u, j]
-        n_greater += s > s_t
-        n_equal += s == s_t
-        n_nan += s != s
-    return n_greater, n_equal, n_nan
+        keep = mark[j] != st
+        wide_greater += keep & (s > s_t)
+        wide_equal += keep & (s == s_t)
+        wide_nan += s != s
+    return wide_greater, wide_equal, wide_nan
 
 
 @njit(cache=True, inline="always")
@@ -57,40 +83,44 @@ def _next_stamp(stamp, mark):  # pragma: no cover
 
 
 @njit(cache=True, inline="always")
+def _mark_excluded(exclude, u, extra, lo, width, mark, st):  # pragma: no cover
+    """Stamp mark[j] = st for each excluded item lo+j of user u in the block (its list and
+    `extra`); returns the largest excluded item at or beyond the block's end (-1: none).
+
+    Marking is idempotent, so duplicates in the list need no care, and it touches only the
+    user's L list cells and a byte row that stays in L1: far cheaper than reading the L
+    excluded scores back at random to subtract them.
+    """
+    top = -1
+    for x in range(exclude.shape[1]):
+        j = exclude[u, x] - lo
+        if j >= 0:
+            if j < width:
+                mark[j] = st
+            else:
+                top = max(top, j + lo)
+    j = extra - lo
+    if j >= 0 and j < width:
+        mark[j] = st
+    return top
+
+
+@njit(cache=True, inline="always")
 def _single_users(block, lo, n_items, target, target_score, exclude, extra, greater, equal,
                   nans, flagged, u_lo, u_hi, mark):  # pragma: no cover
     """Counts for users u_lo..u_hi-1 against their one target each.
 
-    The whole row is counted first (`_row_counts`), then each distinct excluded item in the block
-    is subtracted once. Distinct: `mark[j]` holds the stamp of the last user that subtracted
-    item lo+j (a byte per column, per task), so a duplicate in a user's list is seen as such
-    without a second pass to clear the marks.
+    The user's excluded items are stamped in `mark` (a byte per column, per task; the stamp
+    changes from user to user, so the marks need no clearing), then the row is counted once
+    with the marked columns skipped (`_row_counts`).
     """
     width = block.shape[1]
     stamp = 0
     for u in range(u_lo, u_hi):
-        s_t = target_score[u]
-        g, e, n = _row_counts(block, u, s_t)
         stamp = _next_stamp(stamp, mark)
         st = np.uint8(stamp)
-        top = -1
-        for x in range(exclude.shape[1]):
-            j = exclude[u, x] - lo
-            if j >= 0:
-                if j < width:
-                    if mark[j] != st:
-                        mark[j] = st
-                        s = block[u, j]
-                        g -= s > s_t
-                        e -= s == s_t
-                else:
-                    top = max(top, exclude[u, x])
-        j = extra - lo
-        if j >= 0 and j < width and mark[j] != st:
-            mark[j] = st
-            s = block[u, j]
-            g -= s > s_t
-            e -= s == s_t
+        top = _mark_excluded(exclude, u, extra, lo, width, mark, st)
+        g, e, n = _row_counts(block, u, target_score[u], mark, st)
         greater[u] += g
         equal[u] += e
         nans[u] += n
@@ -110,55 +140,31 @@ def _flags(t, width, mark, st, top, n_items):  # pragma: no cover
 @njit(cache=True, inline="always")
 def _multi_users(block, lo, n_items, targets, target_scores, n_targets, exclude, extra, greater,
                  equal, nans, flagged, u_lo, u_hi, mark):  # pragma: no cover
-    """`_single_users` for target sets: one row count per target, then the exclusions."""
+    """`_single_users` for target sets: the exclusions marked once, one row count per target."""
     width = block.shape[1]
     stamp = 0
     for u in range(u_lo, u_hi):
-        nt = n_targets[u]
-        n = 0
-        for i in range(nt):
-            g, e, n = _row_counts(block, u, target_scores[u, i])
-            greater[u, i] += g
-            equal[u, i] += e
         stamp = _next_stamp(stamp, mark)
         st = np.uint8(stamp)
-        top = -1
-        for x in range(exclude.shape[1] + 1):
-            item = exclude[u, x] if x < exclude.shape[1] else extra
-            j = item - lo
-            if j >= 0:
-                if j < width:
-                    if mark[j] != st:
-                        mark[j] = st
-                        s = block[u, j]
-                        for i in range(nt):
-                            greater[u, i] -= s > target_scores[u, i]
-                            equal[u, i] -= s == target_scores[u, i]
-                else:
-                    top = max(top, item)
+        top = _mark_excluded(exclude, u, extra, lo, width, mark, st)
+        nt = n_targets[u]
+        n = 0
         flag = 0
         for i in range(nt):
+            g, e, n = _row_counts(block, u, target_scores[u, i], mark, st)
+            greater[u, i] += g
+            equal[u, i] += e
             flag |= _flags(targets[u, i] - lo, width, mark, st, top, n_items)
         nans[u] += n
         flagged[u] |= flag
 
 
-# Two builds of each driver, parallel over tasks of _USERS_PER_TASK users and serial; separate
-# functions so numba caches each. Both take a user range [u_lo, u_hi) so that the dispatcher
-# below can time slices of one call. Each user is counted by one thread, start to end, so the
-# counts do not depend on the thread count.
-@njit(parallel=True, cache=True, nogil=True)
-def _count_single_parallel(block, lo, n_items, target, target_score, exclude, extra, greater,
-                           equal, nans, flagged, u_lo, u_hi):  # pragma: no cover
-    n_tasks = (u_hi - u_lo + _USERS_PER_TASK - 1) // _USERS_PER_TASK
-    for task in prange(n_tasks):
-        mark = np.zeros(block.shape[1], dtype=np.uint8)
-        first = u_lo + task * _USERS_PER_TASK
-        _single_users(block, lo, n_items, target, target_score, exclude, extra, greater, equal,
-                      nans, flagged, first, min(first + _USERS_PER_TASK, u_hi), mark)
-
-
-@njit(cache=True, nogil=True)
+# The counting drivers, one per target shape, over a user range [u_lo, u_hi) so that the
+# dispatcher below can time slices of one call. The parallel build cuts the range into `parts`
+# contiguous parts, one a thread, each with its own mark row (a `prange` over 16-user tasks ran
+# no faster on 2 threads than on one, benchmarks/RESULTS.md). Each user is counted by one thread,
+# start to end, so the counts do not depend on the thread count.
+@njit(cache=True, nogil=True, fastmath=_REASSOC)
 def _count_single_serial(block, lo, n_items, target, target_score, exclude, extra, greater,
                          equal, nans, flagged, u_lo, u_hi):  # pragma: no cover
     mark = np.zeros(block.shape[1], dtype=np.uint8)
@@ -166,24 +172,34 @@ def _count_single_serial(block, lo, n_items, target, target_score, exclude, extr
                   flagged, u_lo, u_hi, mark)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _count_multi_parallel(block, lo, n_items, targets, target_scores, n_targets, exclude, extra,
-                          greater, equal, nans, flagged, u_lo, u_hi):  # pragma: no cover
-    n_tasks = (u_hi - u_lo + _USERS_PER_TASK - 1) // _USERS_PER_TASK
-    for task in prange(n_tasks):
+@njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOC)
+def _count_single_parallel(block, lo, n_items, target, target_score, exclude, extra, greater,
+                           equal, nans, flagged, u_lo, u_hi, parts):  # pragma: no cover
+    for part in prange(parts):
+        first = u_lo + (u_hi - u_lo) * part // parts
+        last = u_lo + (u_hi - u_lo) * (part + 1) // parts
         mark = np.zeros(block.shape[1], dtype=np.uint8)
-        first = u_lo + task * _USERS_PER_TASK
-        _multi_users(block, lo, n_items, targets, target_scores, n_targets, exclude, extra,
-                     greater, equal, nans, flagged, first, min(first + _USERS_PER_TASK, u_hi),
-                     mark)
+        _single_users(block, lo, n_items, target, target_score, exclude, extra, greater, equal,
+                      nans, flagged, first, last, mark)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=_REASSOC)
 def _count_multi_serial(block, lo, n_items, targets, target_scores, n_targets, exclude, extra,
                         greater, equal, nans, flagged, u_lo, u_hi):  # pragma: no cover
     mark = np.zeros(block.shape[1], dtype=np.uint8)
     _multi_users(block, lo, n_items, targets, target_scores, n_targets, exclude, extra, greater,
                  equal, nans, flagged, u_lo, u_hi, mark)
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=_REASSOC)
+def _count_multi_parallel(block, lo, n_items, targets, target_scores, n_targets, exclude, extra,
+                          greater, equal, nans, flagged, u_lo, u_hi, parts):  # pragma: no cover
+    for part in prange(parts):
+        first = u_lo + (u_hi - u_lo) * part // parts
+        last = u_lo + (u_hi - u_lo) * (part + 1) // parts
+        mark = np.zeros(block.shape[1], dtype=np.uint8)
+        _multi_users(block, lo, n_items, targets, target_scores, n_targets, exclude, extra,
+                     greater, equal, nans, flagged, first, last, mark)
 
 
 class ThreadChooser:
@@ -198,8 +214,8 @@ class ThreadChooser:
     goes while a far slower count costs little. Nothing is guessed from the load
     average. Which count runs a slice never changes a result (see the kernels above).
 
-    Why measure: on a machine shared with other jobs the OpenMP workers wait for a descheduled
-    sibling, and two threads can take longer than one; on a free machine they take about half.
+    Why measure: on a machine shared with other jobs a thread waits for a descheduled sibling,
+    and two threads can take longer than one; on a free machine they take about half.
     """
 
     def __init__(self, slice_cells: int = 1 << 22, min_cells: int = 1 << 21,
@@ -263,7 +279,7 @@ class ThreadChooser:
         """
         if n_threads is not None or n_users * width < self.min_cells:
             n = 1 if n_threads is None else n_threads
-            _run_with(serial, parallel, n, args, 0, n_users)
+            _run_with(serial, parallel, n, (*args, 0, n_users), split=True)
             return
         step = max(1, self.slice_cells // max(width, 1))
         u_lo = 0
@@ -274,24 +290,22 @@ class ThreadChooser:
             size = step if n == self.best() or n not in self.samples else max(1, step // 8)
             u_hi = min(u_lo + size, n_users)
             start = time.perf_counter()
-            _run_with(serial, parallel, n, args, u_lo, u_hi)
+            _run_with(serial, parallel, n, (*args, u_lo, u_hi), split=True)
             self.record(n, time.perf_counter() - start, (u_hi - u_lo) * width)
             u_lo = u_hi
 
 
-def _run_with(serial, parallel, n_threads: int, args: tuple, u_lo: int | None,
-              u_hi: int | None) -> None:
-    """serial(*args, u_lo, u_hi) or, with n_threads > 1, parallel(...) on that many threads
-    (the user range is left out when u_lo is None)."""
-    if u_lo is not None:
-        args = (*args, u_lo, u_hi)
+def _run_with(serial, parallel, n_threads: int, args: tuple, split: bool = False) -> None:
+    """serial(*args) or, with n_threads > 1, parallel(*args) on that many numba threads; with
+    `split`, parallel also takes the number of parts to cut its user range into (one a thread)."""
     if n_threads <= 1:
         serial(*args)
         return
+    n_threads = min(n_threads, numba.config.NUMBA_NUM_THREADS)
     before = numba.get_num_threads()
-    numba.set_num_threads(min(n_threads, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n_threads)
     try:
-        parallel(*args)
+        parallel(*args, n_threads) if split else parallel(*args)
     finally:
         numba.set_num_threads(before)
 
@@ -467,7 +481,7 @@ def finalize(greater, equal, target_scores, gains, n_targets, ks, ties, cum_disc
         n_threads = THREADS.best() if n_users >= 8192 else 1
     _run_with(_finalize_serial, _finalize_parallel, n_threads,
               (greater, equal, target_scores, gains, n_targets, ks, ties, cum_discount, ndcg,
-               hr, mrr), None, None)
+               hr, mrr))
     return ndcg, hr, mrr
 
 

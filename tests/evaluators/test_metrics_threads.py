@@ -144,3 +144,43 @@ def test_index_lists_with_duplicates_match_reference_on_any_threads(
             assert np.abs(got - want).max() <= 1e-12
     finally:
         _kernels.THREADS = saved
+
+
+def test_infinities_are_counted_and_only_nans_raise(monkeypatch: pytest.MonkeyPatch) -> None:
+    # +inf and -inf in one row make the row's sum NaN, the kernel's cue to count NaNs again:
+    # the recount must find none, and the counts must equal the reference's
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(40, 30)).astype(np.float32)
+    scores[:, 3] = np.inf
+    scores[::2, 7] = -np.inf
+    scores[5, :] = -np.inf  # a whole row of -inf: every candidate ties with the target
+    targets = rng.integers(8, 30, 40)
+    exclude = rng.integers(-1, 30, (40, 6))
+    exclude[exclude == targets[:, None]] = -1
+    want = reference.ranking_metrics(scores, targets, KS, exclude)
+    for n in (1, 2):
+        out = _with(monkeypatch, n, 90, lambda: ranking_metrics(scores, targets, KS, exclude))
+        for name in metric_names(KS):
+            np.testing.assert_allclose(out[name], want[name], rtol=0, atol=1e-12, err_msg=name)
+    bad = scores.copy()
+    bad[9, 11] = np.nan  # a NaN in an excluded cell is still an error
+    with pytest.raises(ValueError, match="NaN: row 9, column 11"):
+        ranking_metrics(bad, np.full(40, 12), KS, np.full((40, 1), 11))
+
+
+def test_rows_wider_than_the_float32_counters_take_the_int64_path() -> None:
+    # float32 counters are exact below 2**24 columns; a wider row is counted in int64
+    width = 2**24 + 5
+    scores = np.zeros((1, width), dtype=np.float32)
+    scores[0, : 2**24 + 2] = 1.0  # 2**24 + 2 candidates above the target (not exact in f32)
+    scores[0, -1] = 0.5  # the target
+    scores[0, -2] = 0.5  # one tie
+    nans = np.zeros(1, dtype=np.int64)
+    flagged = np.zeros(1, dtype=np.int64)
+    g = np.zeros(1, dtype=np.int64)
+    e = np.zeros(1, dtype=np.int64)
+    _kernels.count_single(scores, 0, width, np.array([[width - 1]]), np.array([0.5], np.float32),
+                          np.array([[0, 0, -1]]), -1, g, e, nans, flagged, n_threads=1)
+    assert int(g[0]) == 2**24 + 1  # column 0 excluded
+    assert int(e[0]) == 2  # the target and its tie
+    assert int(nans[0]) == 0 and int(flagged[0]) == 0
