@@ -153,6 +153,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     audit_config = dataclass_from_args(AuditConfig, args, prefix="audit_")
     select_config = dataclass_from_args(SelectConfig, args, prefix="select_")
     policy_config = dataclass_from_args(PolicyConfig, args, prefix="policy_")
+    _require_devices(("--policy-device", policy_config.device),
+                     ("--audit-sequence-device", audit_config.sequence_device))
     summary = run(
         config,
         data=args.data,
@@ -177,12 +179,14 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from rmdiag.pipeline import audit_files
     from rmdiag.select import SelectConfig
 
+    config = dataclass_from_args(AuditConfig, args)
+    _require_devices(("--sequence-device", config.sequence_device))
     _, judgement = audit_files(
         args.data,
         args.out,
         holdout=args.holdout,
         columns=column_mapping(args.column),
-        config=dataclass_from_args(AuditConfig, args),
+        config=config,
         select_config=dataclass_from_args(SelectConfig, args),
         predictions=args.predictions,
         predictions_name=args.predictions_name,
@@ -194,6 +198,16 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     for reason in judgement.reasons:
         print(f"  - {reason}")
     return EXIT_OK
+
+
+def _require_devices(*flags: tuple[str, str]) -> None:
+    """Refuse (exit 2) a device this machine lacks before anything is loaded or trained."""
+    from trainers.loop import device_problem
+
+    for flag, device in flags:
+        problem = device_problem(device)
+        if problem:
+            raise UsageError(f"{flag}: {problem}")
 
 
 def _heldout_per_user(args: argparse.Namespace) -> int:

@@ -47,6 +47,7 @@ from rmdiag.sequences import event_sequences, user_sequences
 from rmdiag.split import Split
 from trainers import Context, ModelConfig, RewardFn, SequentialRecommender, policy_scores
 from trainers.data import TensorData
+from trainers.loop import device_problem
 from trainers.model import ARCHITECTURES, frozen_copy
 from trainers.sft import a_sft_advantages
 
@@ -97,6 +98,9 @@ class PolicyConfig:
     confidence: float = field(default=0.95, metadata=_help("confidence level of every interval"))
     n_resamples: int = field(default=2000, metadata=_help("bootstrap resamples of users"))
     threads: int = field(default=2, metadata=_help("torch threads for training and scoring"))
+    device: str = field(default="cpu", metadata=_help(
+        "torch device of policy training ('cpu', 'cuda', 'cuda:N'; under torchrun each rank "
+        "takes its LOCAL_RANK GPU); scoring and the reward models stay on the CPU"))
     progress: bool = field(default=True, metadata=_help("tqdm progress bars on stderr"))
     seed: int = field(default=0, metadata=_help("seed of every policy's initialization and run"))
 
@@ -123,6 +127,9 @@ class PolicyConfig:
                                 f"{self.high_reward!r}")
         if self.threads < 1:
             problems.append("threads must be >= 1")
+        device = device_problem(self.device, here=False)  # availability: where it trains
+        if device:
+            problems.append(device)
         if problems:
             raise ValueError("invalid PolicyConfig: " + "; ".join(problems))
 
@@ -257,10 +264,13 @@ class EncodedReward:
         return world_context, self.item_ids[items]
 
     def __call__(self, context: Context, items: torch.Tensor) -> torch.Tensor:
-        return self.reward_fn(*self.translate(context, items))
+        # the reward models run on the CPU (LightGBM reads numpy): a policy training on CUDA
+        # hands its tensors over and gets the rewards back on its own device
+        return self.reward_fn(*self.translate(context.to("cpu"), items.cpu())).to(items.device)
 
     def _members(self, context: Context, items: torch.Tensor) -> torch.Tensor:
-        return self.reward_fn.members(*self.translate(context, items))  # type: ignore[attr-defined]
+        members = self.reward_fn.members  # type: ignore[attr-defined]
+        return members(*self.translate(context.to("cpu"), items.cpu())).to(items.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,6 +347,7 @@ def train_sft(data: PolicyData, max_len: int, config: PolicyConfig,
     settings = {
         "lr": config.lr, "batch_size": config.batch_size, "epochs": config.sft_epochs,
         "seed": config.seed, "eval_every": steps_per_epoch, "progress": config.progress,
+        "device": config.device,
         "early_stopping_metric": f"valid_ndcg@{config.k}", "patience": 3,
         "checkpoint_path": checkpoint, "checkpoint_every": steps_per_epoch if checkpoint else 0,
     } | dict(overrides or {})
@@ -348,7 +359,9 @@ def train_sft(data: PolicyData, max_len: int, config: PolicyConfig,
         resume_from=resume,
     )
     assert isinstance(result.model, SequentialRecommender)
-    return TrainedPolicy("sft", "sft", {}, result.model, time.perf_counter() - tick, result.steps)
+    # back on the CPU, where scoring, the judge and the saved files expect it (a no-op there)
+    return TrainedPolicy("sft", "sft", {}, result.model.cpu(), time.perf_counter() - tick,
+                         result.steps)
 
 
 def train_policy(
@@ -374,6 +387,7 @@ def train_policy(
     settings = {
         "lr": config.post_lr, "batch_size": config.batch_size, "max_steps": config.post_steps,
         "seed": config.seed, "progress": config.progress, "checkpoint_path": checkpoint,
+        "device": config.device,
         "checkpoint_every": max(1, config.post_steps // 4) if checkpoint else 0, **temperature,
     } | dict(overrides or {})
     algorithm_config = _config_for(algorithm, settings)
@@ -396,7 +410,7 @@ def train_policy(
         resume_from=resume, **extra,
     )
     assert isinstance(result.model, SequentialRecommender)
-    return TrainedPolicy(name or algorithm, algorithm, temperature, result.model,
+    return TrainedPolicy(name or algorithm, algorithm, temperature, result.model.cpu(),
                          time.perf_counter() - tick, result.steps)
 
 

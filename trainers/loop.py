@@ -163,7 +163,30 @@ class TrainConfig:
             problems.append(f"patience must be >= 1, got {self.patience}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             problems.append(f"max_seconds must be > 0 or None, got {self.max_seconds}")
+        device = device_problem(self.device)
+        if device:
+            problems.append(device)
         return problems
+
+
+def device_problem(device: str, here: bool = True) -> str | None:
+    """Why `device` cannot train here (None when it can): not a torch device name, or (with
+    `here`) a CUDA device on a machine without one -- checked up front, so that a run fails
+    before it trains anything rather than at its first tensor on the device. `here=False` checks
+    the form only (a configuration read back from a file written on another machine)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        return f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}"
+    if parsed.type == "cuda" and here:
+        if not torch.cuda.is_available():
+            return f"device {device!r}: no CUDA device is available on this machine"
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            return (f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA "
+                    "device(s)")
+    elif parsed.type not in ("cpu", "cuda"):
+        return f"device must be 'cpu' or 'cuda[:N]', got {device!r}"
+    return None
 
 
 @dataclass

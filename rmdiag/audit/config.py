@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from rmdiag.rewards import BASELINES, REWARD_MODELS
 from rmdiag.rewards.lightgbm_model import dask_local_workers
 from rmdiag.split import DEFAULT_MIN_COUNT
+from trainers.loop import device_problem
 
 SLICES: tuple[str, ...] = ("all", "unexplored")
 METRICS: tuple[str, ...] = ("rmse", "mae", "pairwise_accuracy")
@@ -74,6 +75,9 @@ class AuditConfig:
         default=20, metadata=_help("sequence reward model epochs (max; early stopping)")
     )
     sequence_dim: int = field(default=32, metadata=_help("sequence reward model hidden size"))
+    sequence_device: str = field(default="cpu", metadata=_help(
+        "torch device the sequence members train on ('cpu', 'cuda', 'cuda:N'); they predict "
+        "on the CPU"))
     threads: int = field(
         default=2,
         metadata=_help(
@@ -108,6 +112,9 @@ class AuditConfig:
                 dask_local_workers(self.lightgbm_dask)
             except ValueError as error:
                 problems.append(f"lightgbm_dask: {error}")
+        device = device_problem(self.sequence_device, here=False)  # availability: fit_models
+        if device:
+            problems.append(f"sequence_device: {device}")
         if problems:
             raise ValueError("invalid AuditConfig: " + "; ".join(problems))
 

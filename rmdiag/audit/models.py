@@ -30,7 +30,8 @@ def fit_models(
             "n_threads": 1,
             "dask_scheduler": config.lightgbm_dask,
         },
-        "sequence": {"epochs": config.sequence_epochs, "dim": config.sequence_dim},
+        "sequence": {"epochs": config.sequence_epochs, "dim": config.sequence_dim,
+                     "device": config.sequence_device},
     }
     ensemble = RewardEnsemble(
         kinds=config.kind_list,

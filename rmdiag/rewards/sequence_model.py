@@ -155,6 +155,7 @@ class SequenceRewardModel(RewardModel):
         patience: int = 3,
         all_events: bool = True,
         n_threads: int | None = 1,
+        device: str = "cpu",
         seed: int = 0,
     ) -> None:
         self.history_len = history_len
@@ -169,6 +170,7 @@ class SequenceRewardModel(RewardModel):
         self.patience = patience
         self.all_events = all_events
         self.n_threads = n_threads
+        self.device = device
         self.seed = seed
 
     def _standardize(self, rewards: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -180,9 +182,11 @@ class SequenceRewardModel(RewardModel):
         attention scores: at 222,000 users (a 10M-event log) the member held 13.9 GB when the
         system killed it."""
         items, rewards, targets, target_rewards = valid_batch
+        device = next(self.network_.parameters()).device  # the training device
         with torch.no_grad():  # only the predictions are kept whole: [N] floats
             pred = torch.cat([
-                self._forward_last(items[rows], rewards[rows], targets[rows, None])[:, 0]
+                self._forward_last(items[rows].to(device), rewards[rows].to(device),
+                                   targets[rows, None].to(device))[:, 0].cpu()
                 for rows in (slice(s, s + PREDICT_BATCH)
                              for s in range(0, len(targets), PREDICT_BATCH))
             ])
@@ -276,6 +280,7 @@ class SequenceRewardModel(RewardModel):
             early_stopping_metric="neg_valid_mse" if valid_batch is not None else None,
             patience=self.patience,
             progress=False,
+            device=self.device,
         )
 
         def eval_fn(module: nn.Module) -> dict[str, float]:
@@ -291,7 +296,7 @@ class SequenceRewardModel(RewardModel):
         )
         # one entry per epoch evaluated: {"step", "train_seconds", "neg_valid_mse"}
         self.validation_history_ = result.history
-        self.network_.eval()
+        self.network_.cpu().eval()  # (trained in place) predictions and saved files: CPU-side
         return self
 
     def _training_windows(
