@@ -545,6 +545,7 @@ def grouped_bootstrap(
     n_resamples: int = 1000,
     seed: int = 0,
     min_resamples: int = 10,
+    weighted: bool = False,
 ) -> Figure:
     """``statistic(*arrays)`` over rows, with a percentile interval that resamples groups.
 
@@ -552,6 +553,12 @@ def grouped_bootstrap(
     with replacement, and takes every row of each drawn group (twice for a group drawn twice),
     in the order drawn. For statistics that are not means of per-group values (a rank
     correlation over events, say); a Python call per resample, so keep ``n_resamples`` modest.
+    With ``weighted``, ``statistic(*arrays, weights=w)`` gets every row once with ``w[i]`` = how
+    often its group was drawn (the point estimate: all ones) instead of the rows gathered: for
+    statistics of weighted sums (an ECE from per-user sums) this is the same resample without
+    copying it -- the same draws, the same estimates up to the order of float summation. At
+    222,500 users x 10 bins (the audit's ECE on a 10M-event log) a resample took 17.5 ms this
+    way and 62 ms gathered (two busy cores).
     The draws are ``numpy.random.default_rng(seed).integers(0, n_groups)``, one resample at a
     time, so results are deterministic for a seed. A statistic may return NaN where it is
     undefined (e.g. a constant resample); those resamples are dropped, and with fewer than
@@ -565,7 +572,8 @@ def grouped_bootstrap(
     columns = [np.asarray(x) for x in arrays]
     if labels.ndim != 1 or any(x.shape[:1] != labels.shape for x in columns):
         raise ValueError("groups and every array must have one entry per row")
-    value = float(statistic(*columns))
+    value = float(statistic(*columns, weights=np.ones(len(labels))) if weighted
+                  else statistic(*columns))
     if not np.isfinite(value):
         return Figure.unavailable("the statistic is undefined on these data")
     _, index = np.unique(labels, return_inverse=True)
@@ -577,6 +585,12 @@ def grouped_bootstrap(
     estimates = []
     for _ in range(n_resamples):
         drawn = rng.integers(0, n_groups, size=n_groups)
+        if weighted:
+            draws = np.bincount(drawn, minlength=n_groups)[index].astype(np.float64)
+            estimate = float(statistic(*columns, weights=draws))
+            if np.isfinite(estimate):
+                estimates.append(estimate)
+            continue
         lengths = counts[drawn]
         offsets = np.repeat(starts[drawn] - np.cumsum(lengths) + lengths, lengths)
         rows = order[offsets + np.arange(int(lengths.sum()))]

@@ -60,9 +60,10 @@ def quantile_bins(pred: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
     return np.unique(np.searchsorted(edges, pred, side="right"), return_inverse=True)[1]
 
 
-def _ece(predicted: np.ndarray, observed: np.ndarray, events: np.ndarray) -> float:
-    """ECE from per-user sums [users, bins] of predictions and rewards, and event counts."""
-    return float(np.abs(predicted.sum(0) - observed.sum(0)).sum() / events.sum())
+def _ece(gap: np.ndarray, events: np.ndarray, weights: np.ndarray) -> float:
+    """ECE from per-user sums [users, bins] of predictions minus rewards and event counts, each
+    user counted `weights[u]` times (`grouped_bootstrap(..., weighted=True)`)."""
+    return float(np.abs(weights @ gap).sum() / (weights @ events))
 
 
 def auc(pred: np.ndarray, labels: np.ndarray) -> float:
@@ -113,7 +114,7 @@ def calibration(
 
     predicted, observed, in_bin = cell_sums(p), cell_sums(y), cell_sums(np.ones(len(p)))
     out["ece"] = finite(grouped_bootstrap(
-        _ece, np.arange(n), predicted, observed, events, **stats))
+        _ece, np.arange(n), predicted - observed, events, weighted=True, **stats))
     out["reliability"] = [
         {
             "bin": b,

@@ -434,6 +434,31 @@ def test_grouped_bootstrap_resamples_whole_groups_deterministically() -> None:
     assert grouped_bootstrap(np.mean, groups, values, n_resamples=300, seed=5) != fig
 
 
+@given(st.integers(1, 12), st.integers(0, 2**16))
+@settings(max_examples=60, deadline=None)
+def test_weighted_grouped_bootstrap_is_the_gathered_one_without_the_copy(
+    n_groups: int, seed: int
+) -> None:
+    # a ratio of weighted sums (as the audit's ECE): each row counted as often as its group was
+    # drawn gives the resample the gathered rows give, draw for draw
+    rng = np.random.default_rng(seed)
+    groups = rng.permutation(np.repeat(np.arange(n_groups) * 3 + 1, rng.integers(1, 4, n_groups)))
+    gaps = rng.normal(size=(groups.size, 3))
+    events = rng.integers(1, 4, groups.size).astype(np.float64)
+
+    def gathered(gap: np.ndarray, n: np.ndarray) -> float:
+        return float(np.abs(gap.sum(0)).sum() / n.sum())
+
+    def weighted(gap: np.ndarray, n: np.ndarray, weights: np.ndarray) -> float:
+        return float(np.abs(weights @ gap).sum() / (weights @ n))
+
+    a = grouped_bootstrap(gathered, groups, gaps, events, n_resamples=200, seed=seed)
+    b = grouped_bootstrap(weighted, groups, gaps, events, n_resamples=200, seed=seed,
+                          weighted=True)
+    np.testing.assert_allclose([b.value, b.low, b.high], [a.value, a.low, a.high], rtol=1e-12,
+                               atol=1e-15)
+
+
 def test_spearman_interval_and_its_unavailable_cases() -> None:
     rng = np.random.default_rng(16)
     users = np.repeat(np.arange(60), 5)
