@@ -80,6 +80,9 @@ def main(out: str, directory: str, mode: str) -> None:
             assert result.steps == STEPS
             saved[name] = resumed.state_dict()
     rank = dist.get_rank()
+    # every rank done before the group goes: under load a rank that tore gloo down while its
+    # peer still finished its last step aborted ("terminate called without an active exception")
+    dist.barrier()
     dist.destroy_process_group()
     if rank == 0:
         torch.save(saved, out)

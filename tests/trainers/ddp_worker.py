@@ -58,6 +58,7 @@ def main(out: str) -> None:
         result = train(model, data, config_class(**settings, **overrides), **inputs)
         saved[name] = {"state": model.state_dict(), "steps": result.steps}
     if world > 1:
+        dist.barrier()  # every rank done before the group goes (see ddp_resume_worker.py)
         dist.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
         torch.save(saved, out)
