@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -335,6 +335,40 @@ def reward_model_baseline(
     return torch.cat(baselines) if baselines else torch.zeros(0)
 
 
+# Sequence rows unrolled into events this many events at a time (about): [events, L] histories
+# of a whole 10M-event log took the process past 24 GiB (int64 items, float32 rewards and as much
+# again in temporaries) where b(s) needs only a batch at a time.
+_EVENTS_PER_CHUNK = 1 << 18
+
+
+def _event_chunks(data: TensorData, batch_size: int,
+                  events_per_chunk: int | None = None) -> Iterator[TensorData]:
+    """`sequences_to_events(data)` in order, a few rows at a time: chunks of a multiple of
+    `batch_size` events (the last one: the rest), so that batching each chunk by `batch_size`
+    cuts the same batches as batching the whole unrolled data -- the same values, and the same
+    draws of a sampled baseline's generator."""
+    events_per_chunk = events_per_chunk or _EVENTS_PER_CHUNK
+    n_rows = int(data["items"].shape[0])
+    targets_per_row = (data["items"][:, 1:] != 0).sum(1)
+    pending: TensorData | None = None
+    start = 0
+    while start < n_rows:
+        # rows up to about events_per_chunk targets (at least one row)
+        stop = int(torch.searchsorted(targets_per_row[start:].cumsum(0),
+                                      torch.tensor(events_per_chunk), right=True)) + start
+        stop = min(max(stop, start + 1), n_rows)
+        events = sequences_to_events({key: value[start:stop] for key, value in data.items()})
+        if pending is not None:
+            events = {key: torch.cat([pending[key], events[key]]) for key in events}
+        whole = int(events["targets"].shape[0]) // batch_size * batch_size
+        if whole:
+            yield {key: value[:whole] for key, value in events.items()}
+        pending = {key: value[whole:] for key, value in events.items()}
+        start = stop
+    if pending is not None and int(pending["targets"].shape[0]):
+        yield pending
+
+
 def a_sft_advantages(
     data: TensorData,
     reward_fn: RewardFn,
@@ -351,10 +385,16 @@ def a_sft_advantages(
     Precompute once to share between runs (e.g. a β sweep): A does not depend on β.
     """
     data = check_data(data)
-    events = sequences_to_events(data) if is_sequence_data(data) else data
-    baseline = reward_model_baseline(reward_fn, reference, events, batch_size, top_k, samples,
-                                     generator)
-    advantage = events["target_rewards"] - baseline
+    if is_sequence_data(data):
+        events = _event_chunks(data, batch_size)
+    else:
+        events = iter([data])
+    advantages = [
+        chunk["target_rewards"] - reward_model_baseline(reward_fn, reference, chunk, batch_size,
+                                                        top_k, samples, generator)
+        for chunk in events
+    ]
+    advantage = torch.cat(advantages) if advantages else torch.zeros(0)
     if is_sequence_data(data):
         # Back onto the sequence grid, so training still runs every position at once.
         grid = torch.zeros_like(data["rewards"])

@@ -109,3 +109,49 @@ def test_a_sft_config_takes_one_way_to_cut_the_baselines_cost() -> None:
     assert ASFTConfig().baseline_samples == 0
     with pytest.raises(ValueError, match="baseline_top_k"):
         ASFTConfig(baseline_samples=16, baseline_top_k=20)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 400), st.integers(1, 70), st.sampled_from([0, 4]))
+def test_advantages_unrolled_a_few_rows_at_a_time_equal_the_whole_unroll(
+    events_per_chunk: int, batch_size: int, samples: int
+) -> None:
+    # a_sft_advantages unrolls sequence rows chunk by chunk (a 10M-event log unrolled whole took
+    # the process past 24 GiB); chunks of whole batches keep every batch, so every value and
+    # every draw of the sampled baseline, as they were
+    from trainers.data import sequence_data, sequences_to_events
+    from trainers.model import ModelConfig, SequentialRecommender, frozen_copy
+    from trainers.sft import _event_chunks, a_sft_advantages
+
+    generator = torch.Generator().manual_seed(events_per_chunk)
+    items = torch.randint(0, 31, (60, 9), generator=generator)
+    items[:, 0] = torch.randint(1, 31, (60,), generator=generator)
+    data = sequence_data(items, torch.rand(items.shape, generator=generator))
+    data["users"] = torch.arange(60)
+    torch.manual_seed(0)
+    reference = frozen_copy(SequentialRecommender(
+        ModelConfig(n_items=30, hidden=8, n_blocks=1, n_heads=1, max_len=8)))
+
+    def reward(context: Context, candidates: torch.Tensor) -> torch.Tensor:
+        return (candidates % 7).float() + context.history_rewards.sum(1, keepdim=True)
+
+    whole = sequences_to_events(data)
+    chunks = list(_event_chunks(data, batch_size, events_per_chunk))
+    assert all(int(c["targets"].shape[0]) % batch_size == 0 for c in chunks[:-1])
+    for key, value in whole.items():
+        assert torch.equal(torch.cat([c[key] for c in chunks]), value), key
+    draws = None if not samples else torch.Generator().manual_seed(1)
+    expected = whole["target_rewards"] - reward_model_baseline(
+        reward, reference, whole, batch_size, 5, samples, draws)
+    import trainers.sft as sft
+
+    default = sft._EVENTS_PER_CHUNK
+    sft._EVENTS_PER_CHUNK = events_per_chunk
+    try:
+        got = a_sft_advantages(data, reward, reference, 5, batch_size, samples,
+                               None if not samples else torch.Generator().manual_seed(1))
+    finally:
+        sft._EVENTS_PER_CHUNK = default
+    grid = torch.zeros_like(data["rewards"])
+    grid[:, 1:][data["items"][:, 1:] != 0] = expected
+    assert torch.equal(got["advantages"], grid)
