@@ -7,8 +7,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import trainers.sft as sft
 from trainers import ASFTConfig, Context
-from trainers.sft import reward_model_baseline, sampled_reward_model_baseline
+from trainers.data import sequence_data, sequences_to_events
+from trainers.model import ModelConfig, SequentialRecommender, frozen_copy
+from trainers.sft import (
+    _event_chunks,
+    a_sft_advantages,
+    reward_model_baseline,
+    sampled_reward_model_baseline,
+)
 
 REPLICAS = 2000  # independent estimates per state, as rows of one call
 
@@ -119,10 +127,6 @@ def test_advantages_unrolled_a_few_rows_at_a_time_equal_the_whole_unroll(
     # a_sft_advantages unrolls sequence rows chunk by chunk (a 10M-event log unrolled whole took
     # the process past 24 GiB); chunks of whole batches keep every batch, so every value and
     # every draw of the sampled baseline, as they were
-    from trainers.data import sequence_data, sequences_to_events
-    from trainers.model import ModelConfig, SequentialRecommender, frozen_copy
-    from trainers.sft import _event_chunks, a_sft_advantages
-
     generator = torch.Generator().manual_seed(events_per_chunk)
     items = torch.randint(0, 31, (60, 9), generator=generator)
     items[:, 0] = torch.randint(1, 31, (60,), generator=generator)
@@ -143,8 +147,6 @@ def test_advantages_unrolled_a_few_rows_at_a_time_equal_the_whole_unroll(
     draws = None if not samples else torch.Generator().manual_seed(1)
     expected = whole["target_rewards"] - reward_model_baseline(
         reward, reference, whole, batch_size, 5, samples, draws)
-    import trainers.sft as sft
-
     default = sft._EVENTS_PER_CHUNK
     sft._EVENTS_PER_CHUNK = events_per_chunk
     try:
