@@ -31,18 +31,16 @@ _REASSOC = {"reassoc", "nsz"}
 
 
 @njit(cache=True, inline="always", fastmath=_REASSOC)
-def _row_counts(block, u, s_t, mark, st):  # pragma: no cover
-    """(greater, equal, nan) counts over row u against the target score s_t, skipping the
-    columns j with mark[j] == st (the user's excluded items).
+def _row_counts(block, u, s_t):  # pragma: no cover
+    """(greater, equal, nan) counts over the whole row u against the target score s_t.
 
-    One pass, no branch: per score two compares, a byte compare of its mark and three adds,
-    which vectorises. The counters are float32 -- exact below 2**24 in any order of addition, and
-    a float32 vector holds twice as many of them as int64 -- for rows narrower than that. NaNs
-    (counted over the whole row, excluded cells included: a NaN anywhere is an error the caller
-    reports) are found through the row's sum, which is NaN when any score is; only then is the
-    row read again to count them (a sum can also be NaN from +inf and -inf: the recount is exact).
-    Against three int64 counters with a NaN compare, this is the form that measured fastest
-    (benchmarks/RESULTS.md, ranking metrics).
+    One pass, no branch: per score two compares and three adds, which vectorise. The counters
+    are float32 -- exact below 2**24 in any order of addition, and a float32 vector holds twice
+    as many of them as int64 -- for rows narrower than that. NaNs (a NaN anywhere, excluded
+    cells included, is an error the caller reports) are found through the row's sum, which is
+    NaN when any score is; only then is the row read again to count them (a sum can also be NaN
+    from +inf and -inf: the recount is exact). The excluded items are taken out afterwards
+    (`_subtract_excluded_single`), while the row is still in L1.
     """
     width = block.shape[1]
     if width < 2**24:
@@ -51,9 +49,8 @@ def _row_counts(block, u, s_t, mark, st):  # pragma: no cover
         total = np.float32(0)
         for j in range(width):
             s = block[u, j]
-            keep = mark[j] != st
-            greater += np.float32(keep & (s > s_t))
-            equal += np.float32(keep & (s == s_t))
+            greater += np.float32(s > s_t)
+            equal += np.float32(s == s_t)
             total += s
         n_nan = 0
         if total != total:
@@ -65,9 +62,8 @@ def _row_counts(block, u, s_t, mark, st):  # pragma: no cover
     wide_nan = 0
     for j in range(width):
         s = block[u, j]
-        keep = mark[j] != st
-        wide_greater += keep & (s > s_t)
-        wide_equal += keep & (s == s_t)
+        wide_greater += s > s_t
+        wide_equal += s == s_t
         wide_nan += s != s
     return wide_greater, wide_equal, wide_nan
 
@@ -83,25 +79,57 @@ def _next_stamp(stamp, mark):  # pragma: no cover
 
 
 @njit(cache=True, inline="always")
-def _mark_excluded(exclude, u, extra, lo, width, mark, st):  # pragma: no cover
-    """Stamp mark[j] = st for each excluded item lo+j of user u in the block (its list and
-    `extra`); returns the largest excluded item at or beyond the block's end (-1: none).
+def _subtract_excluded_single(block, u, exclude, extra, lo, mark, st, s_t):  # pragma: no cover
+    """(greater, equal) counts of user u's excluded items (its list and `extra`) against s_t,
+    each item once, to take out of the whole row's counts, and the largest listed item at or
+    beyond the block's end (-1: none).
 
-    Marking is idempotent, so duplicates in the list need no care, and it touches only the
-    user's L list cells and a byte row that stays in L1: far cheaper than reading the L
-    excluded scores back at random to subtract them.
+    Read after the row pass, each excluded score is an L1 hit: this scalar loop over the list
+    costs less than skipping marked columns inside the vectorised pass (which had to widen a
+    byte mark per score), measured side by side (benchmarks/RESULTS.md). Locals, not the
+    output arrays, hold the counts, so that they stay in registers.
     """
+    width = block.shape[1]
+    greater = 0
+    equal = 0
     top = -1
     for x in range(exclude.shape[1]):
         j = exclude[u, x] - lo
-        if j >= 0:
-            if j < width:
-                mark[j] = st
-            else:
-                top = max(top, j + lo)
+        if j >= width:
+            top = max(top, j + lo)
+        elif j >= 0 and mark[j] != st:
+            mark[j] = st
+            s = block[u, j]
+            greater += s > s_t
+            equal += s == s_t
     j = extra - lo
-    if j >= 0 and j < width:
+    if j >= 0 and j < width and mark[j] != st:
         mark[j] = st
+        s = block[u, j]
+        greater += s > s_t
+        equal += s == s_t
+    return greater, equal, top
+
+
+@njit(cache=True, inline="always")
+def _subtract_excluded_multi(block, u, exclude, extra, lo, mark, st, target_scores, nt, greater,
+                             equal):  # pragma: no cover
+    """`_subtract_excluded_single` for nt targets, taken out of greater[u, :nt] / equal[u, :nt]
+    in one walk over the list; returns the largest listed item at or beyond the block's end."""
+    width = block.shape[1]
+    top = -1
+    for x in range(exclude.shape[1] + 1):
+        listed = x < exclude.shape[1]
+        j = (exclude[u, x] if listed else extra) - lo
+        if j >= width:
+            if listed:
+                top = max(top, j + lo)
+        elif j >= 0 and mark[j] != st:
+            mark[j] = st
+            s = block[u, j]
+            for i in range(nt):
+                greater[u, i] -= s > target_scores[u, i]
+                equal[u, i] -= s == target_scores[u, i]
     return top
 
 
@@ -110,19 +138,21 @@ def _single_users(block, lo, n_items, target, target_score, exclude, extra, grea
                   nans, flagged, u_lo, u_hi, mark):  # pragma: no cover
     """Counts for users u_lo..u_hi-1 against their one target each.
 
-    The user's excluded items are stamped in `mark` (a byte per column, per task; the stamp
-    changes from user to user, so the marks need no clearing), then the row is counted once
-    with the marked columns skipped (`_row_counts`).
+    The row is counted whole (`_row_counts`), then the user's excluded items -- stamped in
+    `mark`, a byte per column and per task, so that each counts once -- are taken out
+    (`_subtract_excluded_single`); the stamp changes from user to user, so the marks need no
+    clearing.
     """
     width = block.shape[1]
     stamp = 0
     for u in range(u_lo, u_hi):
         stamp = _next_stamp(stamp, mark)
         st = np.uint8(stamp)
-        top = _mark_excluded(exclude, u, extra, lo, width, mark, st)
-        g, e, n = _row_counts(block, u, target_score[u], mark, st)
-        greater[u] += g
-        equal[u] += e
+        s_t = target_score[u]
+        g, e, n = _row_counts(block, u, s_t)
+        g_out, e_out, top = _subtract_excluded_single(block, u, exclude, extra, lo, mark, st, s_t)
+        greater[u] += g - g_out
+        equal[u] += e - e_out
         nans[u] += n
         flagged[u] |= _flags(target[u, 0] - lo, width, mark, st, top, n_items)
 
@@ -140,22 +170,25 @@ def _flags(t, width, mark, st, top, n_items):  # pragma: no cover
 @njit(cache=True, inline="always")
 def _multi_users(block, lo, n_items, targets, target_scores, n_targets, exclude, extra, greater,
                  equal, nans, flagged, u_lo, u_hi, mark):  # pragma: no cover
-    """`_single_users` for target sets: the exclusions marked once, one row count per target."""
+    """`_single_users` for target sets: one row count per target, then the exclusions taken
+    out of all of them in one walk over the list."""
     width = block.shape[1]
     stamp = 0
     for u in range(u_lo, u_hi):
         stamp = _next_stamp(stamp, mark)
         st = np.uint8(stamp)
-        top = _mark_excluded(exclude, u, extra, lo, width, mark, st)
         nt = n_targets[u]
         n = 0
-        flag = 0
         for i in range(nt):
-            g, e, n = _row_counts(block, u, target_scores[u, i], mark, st)
+            g, e, n = _row_counts(block, u, target_scores[u, i])
             greater[u, i] += g
             equal[u, i] += e
-            flag |= _flags(targets[u, i] - lo, width, mark, st, top, n_items)
         nans[u] += n
+        top = _subtract_excluded_multi(block, u, exclude, extra, lo, mark, st, target_scores, nt,
+                                       greater, equal)
+        flag = 0
+        for i in range(nt):
+            flag |= _flags(targets[u, i] - lo, width, mark, st, top, n_items)
         flagged[u] |= flag
 
 

@@ -4,11 +4,11 @@ Every metric of a user follows from two counts per target item: how many candida
 strictly higher (g) and how many score the same (e, the target itself not counted). The target's
 rank is then g+1 (optimistic), g+e+1 (pessimistic), or uniform on g+1..g+e+1 under random
 tie-breaking (expected, the default): a constant scorer gets the chance value, never 1 or 0.
-The counts take one pass over the scores (`evaluators._kernels`: a user's excluded items are
-stamped in a byte row, then the score row is counted once with them skipped), so the cost is
-about that of reading the matrix once; there is no sort. The pass runs on the thread count
-that measured fastest on this machine (see `_kernels.ThreadChooser`); the results do not depend
-on it.
+The counts take one pass over the scores (`evaluators._kernels`: the whole score row is counted,
+then the user's excluded items, each once, are taken out while the row is still in cache), so
+the cost is about that of reading the matrix and the exclusion lists once; there is no sort.
+The pass runs on the thread count that measured fastest on this machine (see
+`_kernels.ThreadChooser`); the results do not depend on it.
 
 Conventions. Column index = item index. Candidates are all columns except the user's `exclude`d
 items (typically the history) and `padding_column`. NDCG uses the gain of each target (1 for
