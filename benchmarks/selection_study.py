@@ -7,7 +7,10 @@ learn (`observable_share`, the rest is a hidden per-pair term), the observation 
 concentrated the behaviour policy's exposure is (`exposure_concentration`: weight of item
 popularity; `affinity_weight`: how much the log already follows each user's taste, hidden part
 included; `tail_share`, `tail_exposure`: a rarely exposed part of the catalog; `exploration`:
-uniform randomized exposure) and the log's size (`n_users`, `mean_events`). Every world has
+uniform randomized exposure), how much there is to gain beyond the log (`item_quality_scale`,
+`popularity_quality_corr`: how much item quality varies and how much the log's popularity
+already follows it; `affinity_scale`: how large the users' own taste is) and the log's size
+(`n_users`, `mean_events`). Every world has
 `n_items` = 250 items, log-sd 0.5 of the users' lengths (`FIXED`) and its own seed; the other
 knobs are `SimulationConfig`'s defaults.
 
@@ -39,6 +42,10 @@ the slate a pessimistic greedy policy picks from the ensemble alone (each user's
 ensemble mean − κ·member spread, κ = 1, history excluded) minus the judge's value of SFT's slate
 (SFT imitates the log, so this is the ensemble's own predicted gain of a pessimistic policy over
 the logged behaviour). It needs no post-training (only SFT, which the pipeline trains first).
+Also recorded: each baseline's own figures, what the training log alone says about its exposure
+(`log_evidence`: the Gini of the items' counts, the share of rarely seen items, the correlation
+of an item's count with its mean logged reward), and each swept algorithm's best validation
+figure (`sweep_evidence`; the sweep points' true rewards are oracle knowledge and left out).
 The rule's candidate features, derived from these, are `FEATURES`; each says at which stage it
 is available. On a simulated world the over-optimization curve's gold is the true reward, so its
 figures are oracle evidence: they are recorded but not used by the rule unless
@@ -114,7 +121,7 @@ SFT_FAMILY: tuple[str, ...] = ("exp-sft", "a-sft")
 QUANTILES: tuple[float, ...] = tuple(np.round(np.linspace(0.1, 0.9, 9), 2))
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                     "NUMEXPR_NUM_THREADS")
-VERSION = 1  # of the per-world record; part of its fingerprint
+VERSION = 2  # of the per-world record; part of its fingerprint
 
 
 @dataclass(frozen=True)
@@ -140,12 +147,22 @@ AXES: tuple[Axis, ...] = (
     Axis("observable_share", 0.05, 1.0),
     Axis("noise", 0.2, 1.3),
     Axis("exposure_concentration", 0.0, 3.0),
-    Axis("affinity_weight", 0.0, 3.0),
+    Axis("affinity_weight", 0.0, 4.0),
     Axis("tail_share", 0.0, 0.5),
     Axis("tail_exposure", 0.005, 0.3, log=True),
     Axis("exploration", 0.0, 0.1),
     Axis("n_users", 400, 1200, integer=True),
     Axis("mean_events", 15.0, 40.0),
+    # Widened after the first 48-world study (benchmarks/RESULTS.md), where PPO was best in 40:
+    # what PPO against the ensemble gains is mostly item quality the popularity-biased log
+    # under-exploits, so the span now varies how much item quality there is to find
+    # (`item_quality_scale`, default 0.6), how much the log's popularity already follows it
+    # (`popularity_quality_corr`, default 0.3) and how much of the reward is the users' own
+    # taste (`affinity_scale`, default 0.8) -- the knobs that decide whether a log that follows
+    # its users' taste leaves anything to gain.
+    Axis("item_quality_scale", 0.1, 0.8),
+    Axis("popularity_quality_corr", 0.0, 0.9),
+    Axis("affinity_scale", 0.4, 1.6),
 )
 # Fixed knobs of every world besides n_items. Lengths less heavy-tailed than the default 0.8: a
 # user whose history covers all but a few items of the catalog makes `rmdiag.policies.
@@ -315,9 +332,12 @@ def audit_evidence(summary: RunSummary) -> dict[str, Any]:
         comparisons[key] = _plain(entry["difference"]) | {"p_adjusted": entry["p_adjusted"]}
     own = {f"{s}.{m}": _plain(fig) for s, metrics in result.models["ensemble"].items()
            for m, fig in metrics.items()}
+    baselines = {f"{name}.{s}.{m}": _plain(fig) for name in BASELINES if name in result.models
+                 for s, metrics in result.models[name].items() for m, fig in metrics.items()}
     evidence: dict[str, Any] = {
         "verdict": summary.judgement.verdict,
         "ensemble": own,
+        "baselines": baselines,  # each baseline's own figures
         "comparisons": comparisons,  # ensemble - baseline (RMSE: lower is better)
         "spread_error": _plain(result.spread_error),
         "slices": _plain(result.slices),
@@ -341,6 +361,19 @@ def audit_evidence(summary: RunSummary) -> dict[str, Any]:
             "gold_peak_n", "proxy_gold_gap", "divergence", "gold_kind", "users", "samples",
             "reason") if k in curve}
     return evidence
+
+
+def sweep_evidence(summary: RunSummary) -> dict[str, Any]:
+    """Each swept algorithm's best validation figure over its temperature grid (the sweep's own
+    metric, NDCG@k on high-reward validation targets); the points' true rewards are oracle
+    knowledge and are left out."""
+    out = {}
+    for algorithm, curve in summary.sweep.items():
+        values = [point[curve["metric"]]["value"] for point in curve["points"]
+                  if point[curve["metric"]].get("value") is not None]
+        if values:
+            out[algorithm] = {"metric": curve["metric"], "best": float(max(values))}
+    return out
 
 
 def judge_view(summary: RunSummary) -> dict[str, Any]:
@@ -377,15 +410,36 @@ class PessimisticGreedy:
         return torch.cat([padding, score], dim=1)
 
 
-def greedy_pessimistic_gain(summary: RunSummary, simulation: SimulationConfig,
+def log_evidence(split: Any) -> dict[str, float]:
+    """What the training log itself says about its exposure (no model involved): the Gini
+    coefficient of the training-event counts of the log's items (0: every item as often, 1: one
+    item only), the share of the log's items with fewer than 5 training events, and the Spearman
+    correlation over items with at least 5 events of an item's count with its mean logged
+    reward (does the log's popularity already follow what users rate highly?)."""
+    from scipy.stats import spearmanr
+
+    train = split.train
+    n_items = int(train.n_items)
+    counts = np.bincount(train.items, minlength=n_items + 1)[1:].astype(np.float64)
+    sums = np.bincount(train.items, weights=train.rewards, minlength=n_items + 1)[1:]
+    ordered = np.sort(counts)
+    ranks = np.arange(1, n_items + 1)
+    gini = float((2 * ranks - n_items - 1) @ ordered / (n_items * ordered.sum()))
+    seen = counts >= 5
+    corr = (float(spearmanr(counts[seen], sums[seen] / counts[seen]).statistic)
+            if seen.sum() >= 3 else float("nan"))
+    return {"item_gini": gini, "rare_item_share": float((~seen).mean()),
+            "popularity_reward_corr": corr}
+
+
+def greedy_pessimistic_gain(summary: RunSummary, data: Any, world: Any,
                             settings: Settings) -> dict[str, Any]:
     """The judge's value of the pessimistic greedy slate minus that of SFT's slate, on the test
     users (module docstring): `gain` (mean over members of the members' differences) and
     `gain_lcb` (that mean − the members' population std of it); `true_gain`, the same slates
-    under the true reward, is oracle knowledge (recorded, never a feature)."""
+    under the true reward, is oracle knowledge (recorded, never a feature). `data`: the
+    pipeline's `policies.policy_data` of the world's log."""
     assert summary.audit is not None and summary.audit.ensemble is not None
-    log, world = load_or_simulate(None, None, simulation)
-    data = policies.policy_data(split_log(log, settings.run), settings.run.max_len)
     ensemble = summary.audit.ensemble
     judge = policies.make_judge(ensemble, settings.policy)
     assert judge is not None
@@ -441,8 +495,26 @@ FEATURES: dict[str, Feature] = {
     "greedy_gain": Feature("the judge's gain of the pessimistic greedy slate (κ = 1) over SFT's",
                            "pre-training"),
     "greedy_gain_lcb": Feature("that gain less the members' spread of it", "pre-training"),
+    "item_mean_pairwise": Feature("item_mean's own within-user pairwise accuracy (how much of "
+                                  "a user's ordering item quality alone explains)", "audit"),
+    "ensemble_pairwise": Feature("the ensemble's own within-user pairwise accuracy", "audit"),
+    "log_item_gini": Feature("the Gini coefficient of the log's items' training-event counts",
+                             "audit (the log alone)"),
+    "log_rare_item_share": Feature("the share of the log's items with fewer than 5 training "
+                                   "events",
+                                   "audit (the log alone)"),
+    "log_popularity_reward_corr": Feature("the Spearman correlation over items of training-event "
+                                          "count with mean logged reward",
+                                          "audit (the log alone)"),
     "judge_gain_ppo": Feature("the judge's gain of the trained PPO policy over SFT",
                               "post-training"),
+    "judge_gain_exp_sft": Feature("the judge's gain of the trained exp-SFT policy over SFT",
+                                  "post-training"),
+    "judge_ppo_minus_sft_family": Feature("the judge's gain of PPO over SFT minus the larger of "
+                                          "exp-SFT's and A-SFT's", "post-training"),
+    "valid_ppo_minus_sft_family": Feature("PPO's best validation NDCG@10 (high-reward targets) "
+                                          "over its sweep minus the best of exp-SFT's and "
+                                          "A-SFT's", "post-training"),
     "judge_lcb_gain_ppo": Feature("that gain less the members' spread of it", "post-training"),
     "gold_peak_n": Feature("the best-of-n curve's n where the gold stops rising",
                            "oracle (gold = true reward in a simulated world)"),
@@ -462,7 +534,23 @@ def derive_features(evidence: Mapping[str, Any], judge: Mapping[str, Any],
     comparisons = evidence["comparisons"]
     rmse_gains = [_value(comparisons.get(f"all.rmse.{b}"), -1.0) for b in BASELINES]
     curve = evidence.get("overoptimization", {})
+    log = evidence.get("log", {})
+    sweep = evidence.get("sweep", {})
+    gains = {name: _value(judge.get(name, {}).get("vs_sft")) for name in CANDIDATES}
+    sft_family_gain = [gains[n] for n in SFT_FAMILY if gains[n] is not None]
+    sft_family_valid = [sweep[n]["best"] for n in SFT_FAMILY if n in sweep]
     return {
+        "item_mean_pairwise": _value(evidence.get("baselines", {}).get(
+            "item_mean.all.pairwise_accuracy")),
+        "ensemble_pairwise": _value(evidence["ensemble"].get("all.pairwise_accuracy")),
+        "log_item_gini": log.get("item_gini"),
+        "log_rare_item_share": log.get("rare_item_share"),
+        "log_popularity_reward_corr": log.get("popularity_reward_corr"),
+        "judge_gain_exp_sft": gains["exp-sft"],
+        "judge_ppo_minus_sft_family": (gains["ppo"] - max(sft_family_gain)
+                                       if gains["ppo"] is not None and sft_family_gain else None),
+        "valid_ppo_minus_sft_family": (sweep["ppo"]["best"] - max(sft_family_valid)
+                                       if "ppo" in sweep and sft_family_valid else None),
         "rmse_gain_bias": _value(comparisons.get("all.rmse.bias"), -1.0),
         "rmse_gain_min": min(gains) if len(gains := [g for g in rmse_gains if g is not None])
         == len(rmse_gains) else None,
@@ -493,8 +581,13 @@ def run_world(spec: WorldSpec, settings: Settings) -> dict[str, Any]:
     outcome = compare_candidates(true, settings)
     evidence = audit_evidence(summary)
     judge = judge_view(summary)
-    greedy = greedy_pessimistic_gain(summary, simulation, settings)
+    log, world = load_or_simulate(None, None, simulation)
+    split = split_log(log, settings.run)
+    greedy = greedy_pessimistic_gain(
+        summary, policies.policy_data(split, settings.run.max_len), world, settings)
     evidence["greedy_pessimistic"] = greedy
+    evidence["log"] = log_evidence(split)
+    evidence["sweep"] = sweep_evidence(summary)
     temperatures = {name: summary.policies[name]["temperature"] for name in CANDIDATES}
     return {
         "index": spec.index, "seed": spec.seed, "knobs": dict(spec.knobs),
