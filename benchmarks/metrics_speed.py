@@ -13,7 +13,9 @@ user's history excluded:
       with `indexes`), history excluded by setting its scores to -inf beforehand (not timed);
       it loops over queries in Python, so it is timed on a 10% user subset beside ours on it;
   (d) ranx on top-100 runs (ranx takes sparse runs; the top-100 is what a user would hand it):
-      timed as `evaluate` alone and end to end (top-100 extraction + Run/Qrels + evaluate).
+      timed as `evaluate` alone and end to end (top-100 extraction + Run/Qrels + evaluate), in
+      a spawned process on the same seeded data: in-process, ranx leaves numba's OpenMP pool
+      slow for the parallel loops measured after it (`ranx_in_child`).
 It checks that the values agree (with the plain-Python reference on a subset of users, and with
 torchmetrics and ranx on every user) and prints ratios measured in this run. Then a 10,000-
 resample 95% bootstrap of the mean of 6040 values against scipy.stats.bootstrap (BCa and
@@ -249,6 +251,26 @@ def run_ranx(scores_masked: np.ndarray, targets: np.ndarray, repeat: int) -> dic
     return {"evaluate_s": evaluate_time_only, "end_to_end_s": total_time, "values": values}
 
 
+def _ranx_child(repeat: int, queue: mp.Queue) -> None:
+    scores, targets, history = make_data()
+    queue.put(run_ranx(masked(scores, history), targets, repeat))
+
+
+def ranx_in_child(repeat: int) -> dict:
+    """`run_ranx` in a spawned process on the same data (`make_data` is seeded). In-process, a
+    ranx `evaluate` left numba's OpenMP pool slow for every later parallel numba loop of the
+    process -- ours at 2 threads went from 0.21 to 1.04 ns a score on 5000 x 20000, so the
+    thread chooser fell back to one thread (benchmarks/RESULTS.md) -- which would make every
+    figure measured after it a figure of ranx's side effect, not of ours."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_ranx_child, args=(repeat, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
 def bootstrap_comparison(values: np.ndarray, method: str, repeat: int) -> dict:
     import scipy.stats
 
@@ -363,7 +385,7 @@ def main() -> None:
           f"(MRR where the target scores > 0; {int((~positive).sum())} users excluded); "
           f"scores tied with a target: {ties_with_target}")
 
-    rx = run_ranx(scores_masked, targets, max(3, args.repeat // 3))
+    rx = ranx_in_child(max(3, args.repeat // 3))
     # ranx sees only the top 100: its MRR is MRR@100 (0 beyond rank 100); ours truncated alike
     ours_rank = ranking_metrics(scores, targets, (100,), history, "optimistic")
     ours_mrr100 = ours["mrr"] * ours_rank["hr@100"]
