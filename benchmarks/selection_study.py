@@ -43,12 +43,16 @@ ensemble mean − κ·member spread, κ = 1, history excluded) minus the judge's
 (SFT imitates the log, so this is the ensemble's own predicted gain of a pessimistic policy over
 the logged behaviour). It needs no post-training (only SFT, which the pipeline trains first).
 Also recorded: each baseline's own figures, what the training log alone says about its exposure
-(`log_evidence`: the Gini of the items' counts, the share of rarely seen items, the correlation
+(`rmdiag.selection_features.log_features`: the Gini of the items' counts, the share of rarely
+seen items, the correlation
 of an item's count with its mean logged reward), and each swept algorithm's best validation
 figure (`sweep_evidence`; the sweep points' true rewards are oracle knowledge and left out).
-The rule's candidate features, derived from these, are `FEATURES`; each says at which stage it
-is available. On a simulated world the over-optimization curve's gold is the true reward, so its
-figures are oracle evidence: they are recorded but not used by the rule unless
+The figures derived from these are `FEATURES`, each with the stage at which it is known; the
+rule may read `RULE_FEATURES` only -- what `rmdiag run` knows when it chooses, after the audit and
+SFT and before any post-training (`rmdiag.selection_features.FEATURES`, computed there by the
+same code), so that the fitted rule is what `rmdiag run --select-rule` runs. The post-training
+figures are recorded, not offered. On a simulated world the over-optimization curve's gold is
+the true reward, so its figures are oracle evidence: recorded but not used by the rule unless
 `--curve-features` is given.
 
 Calibration. The worlds are split in two halves at random (`numpy.random.default_rng(--seed)`).
@@ -107,7 +111,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluators.intervals import adjust_pvalues, mean_interval, paired_difference  # noqa: E402
-from rmdiag import policies  # noqa: E402
+from rmdiag import policies, selection_features  # noqa: E402
 from rmdiag.audit import AuditConfig  # noqa: E402
 from rmdiag.outputs import to_json, write_atomic  # noqa: E402
 from rmdiag.pipeline import RunConfig, RunSummary, load_or_simulate, run, split_log  # noqa: E402
@@ -393,45 +397,6 @@ def judge_view(summary: RunSummary) -> dict[str, Any]:
     return out
 
 
-class PessimisticGreedy:
-    """A scorer over the catalog (the judge's `ScorerLike`): each item's ensemble mean − κ·spread
-    (population std over members, as PPO's pessimism), column 0 (padding) lowest."""
-
-    def __init__(self, ensemble: Any, n_items: int, kappa: float) -> None:
-        self.ensemble, self.n_items, self.kappa = ensemble, n_items, kappa
-
-    def __call__(self, context: Any) -> Any:
-        import torch
-
-        items = torch.arange(1, self.n_items + 1).repeat(len(context.users), 1)
-        members = self.ensemble.members(context, items).double()
-        score = members.mean(0) - self.kappa * members.std(0, unbiased=False)
-        padding = torch.full((score.shape[0], 1), -torch.inf, dtype=score.dtype)
-        return torch.cat([padding, score], dim=1)
-
-
-def log_evidence(split: Any) -> dict[str, float]:
-    """What the training log itself says about its exposure (no model involved): the Gini
-    coefficient of the training-event counts of the log's items (0: every item as often, 1: one
-    item only), the share of the log's items with fewer than 5 training events, and the Spearman
-    correlation over items with at least 5 events of an item's count with its mean logged
-    reward (does the log's popularity already follow what users rate highly?)."""
-    from scipy.stats import spearmanr
-
-    train = split.train
-    n_items = int(train.n_items)
-    counts = np.bincount(train.items, minlength=n_items + 1)[1:].astype(np.float64)
-    sums = np.bincount(train.items, weights=train.rewards, minlength=n_items + 1)[1:]
-    ordered = np.sort(counts)
-    ranks = np.arange(1, n_items + 1)
-    gini = float((2 * ranks - n_items - 1) @ ordered / (n_items * ordered.sum()))
-    seen = counts >= 5
-    corr = (float(spearmanr(counts[seen], sums[seen] / counts[seen]).statistic)
-            if seen.sum() >= 3 else float("nan"))
-    return {"item_gini": gini, "rare_item_share": float((~seen).mean()),
-            "popularity_reward_corr": corr}
-
-
 def greedy_pessimistic_gain(summary: RunSummary, data: Any, world: Any,
                             settings: Settings) -> dict[str, Any]:
     """The judge's value of the pessimistic greedy slate minus that of SFT's slate, on the test
@@ -445,7 +410,8 @@ def greedy_pessimistic_gain(summary: RunSummary, data: Any, world: Any,
     assert judge is not None
     true_reward = policies.EncodedReward(world.true_reward, data.log.user_ids, data.log.item_ids)
     with torch_threads(settings.policy.threads):
-        result = judge.evaluate(PessimisticGreedy(ensemble, data.log.n_items, settings.kappa),
+        result = judge.evaluate(selection_features.PessimisticGreedy(ensemble, data.log.n_items,
+                                                              settings.kappa),
                                 data.test.context, true_reward=true_reward)
     sft = summary.policies["sft"]
     differences = np.asarray(result.members) - np.asarray(sft["judge"]["members"])
@@ -524,7 +490,12 @@ FEATURES: dict[str, Feature] = {
                           "oracle (gold = true reward in a simulated world)"),
 }
 CURVE_FEATURES = ("gold_peak_n", "proxy_gold_gap", "divergence")
-RULE_FEATURES = tuple(f for f in FEATURES if f not in CURVE_FEATURES)
+# What the rule may read: the figures `rmdiag run` has when it chooses, after the audit and SFT
+# and before any post-training (`rmdiag.selection_features.FEATURES`, computed there by the same
+# code); the post-training figures are recorded as evidence, not offered to the rule (a selector
+# that needs every candidate trained first would not save their cost).
+RULE_FEATURES = tuple(selection_features.FEATURES)
+assert set(RULE_FEATURES) <= set(FEATURES), set(RULE_FEATURES) - set(FEATURES)
 
 
 def derive_features(evidence: Mapping[str, Any], judge: Mapping[str, Any],
@@ -543,9 +514,9 @@ def derive_features(evidence: Mapping[str, Any], judge: Mapping[str, Any],
         "item_mean_pairwise": _value(evidence.get("baselines", {}).get(
             "item_mean.all.pairwise_accuracy")),
         "ensemble_pairwise": _value(evidence["ensemble"].get("all.pairwise_accuracy")),
-        "log_item_gini": log.get("item_gini"),
-        "log_rare_item_share": log.get("rare_item_share"),
-        "log_popularity_reward_corr": log.get("popularity_reward_corr"),
+        "log_item_gini": log.get("log_item_gini"),
+        "log_rare_item_share": log.get("log_rare_item_share"),
+        "log_popularity_reward_corr": log.get("log_popularity_reward_corr"),
         "judge_gain_exp_sft": gains["exp-sft"],
         "judge_ppo_minus_sft_family": (gains["ppo"] - max(sft_family_gain)
                                        if gains["ppo"] is not None and sft_family_gain else None),
@@ -586,7 +557,8 @@ def run_world(spec: WorldSpec, settings: Settings) -> dict[str, Any]:
     greedy = greedy_pessimistic_gain(
         summary, policies.policy_data(split, settings.run.max_len), world, settings)
     evidence["greedy_pessimistic"] = greedy
-    evidence["log"] = log_evidence(split)
+    evidence["log"] = selection_features.log_features(split.train.items, split.train.rewards,
+                                                       split.train.n_items)
     evidence["sweep"] = sweep_evidence(summary)
     temperatures = {name: summary.policies[name]["temperature"] for name in CANDIDATES}
     return {
@@ -743,10 +715,16 @@ class Rule:
                          f"({what}) is {word} {condition.threshold:.4g}")
         return "; ".join(parts) + f"; otherwise {self.default}."
 
+    def select_rule(self) -> str:
+        """The rule as `SelectConfig.rule` reads it (`rmdiag run --select-rule`)."""
+        return "; ".join([f"{a} if {c.feature} {c.op} {c.threshold:.6g}" for c, a in
+                          self.branches] + [f"otherwise {self.default}"])
+
     def to_json(self) -> dict[str, Any]:
         return {"branches": [{"feature": c.feature, "op": c.op, "threshold": c.threshold,
                               "algorithm": a} for c, a in self.branches],
-                "default": self.default, "text": self.describe()}
+                "default": self.default, "text": self.describe(),
+                "select_rule": self.select_rule()}
 
 
 def candidate_conditions(records: Sequence[Mapping[str, Any]], features: Sequence[str],
@@ -1011,6 +989,7 @@ def _report(analysis: Mapping[str, Any], log: Callable[[str], None]) -> None:
     if span["never_best"]:
         log(f"best in no decisive world: {', '.join(span['never_best'])}")
     log(f"fitted rule (calibration half): {rule.describe()}")
+    log(f"as --select-rule: {rule.select_rule()!r}")
     for half in ("calibration", "held_out"):
         log(f"\n{half.replace('_', '-')}: strategy, accuracy, accuracy on decisive worlds, "
             "mean regret [95% interval over worlds]")
@@ -1092,7 +1071,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     headline = {
         "benchmark": "selection_study", "worlds": len(records), "failed": len(errors),
         "decisive": analysis["span"]["decisive"], "winners": analysis["span"]["winner"],
-        "rule": rule.describe(),
+        "rule": rule.describe(), "select_rule": rule.select_rule(),
         "held_out_accuracy": held["fitted rule"]["accuracy"],
         "held_out_accuracy_decisive": held["fitted rule"]["accuracy_decisive"],
         "held_out_regret": held["fitted rule"]["regret"],

@@ -88,6 +88,15 @@ class SelectConfig:
             "accuracy) than chance and than each of these baselines"
         ),
     )
+    rule: str = field(
+        default="verdict",
+        metadata=_help(
+            "how the algorithm follows from the evidence: 'verdict' (generalizes -> ppo, "
+            "directional -> a-sft, unreliable -> exp-sft) or a decision list over "
+            "rmdiag.selection_features.FEATURES, e.g. 'ppo if spread_error < 0.02; exp-sft if "
+            "greedy_gain < 0.1; otherwise ppo' (a missing figure makes its condition false)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -100,6 +109,10 @@ class SelectConfig:
             problems.append(f"alpha must be in (0, 1), got {self.alpha}")
         if self.min_rmse_gain < 0 or self.min_pairwise_gain < 0:
             problems.append("min_rmse_gain and min_pairwise_gain must be >= 0")
+        try:
+            parse_rule(self.rule)
+        except ValueError as error:
+            problems.append(str(error))
         if problems:
             raise ValueError("invalid SelectConfig: " + "; ".join(problems))
 
@@ -458,9 +471,76 @@ class Decision:
         }
 
 
-def decide(judgement: Judgement | None) -> Decision:
-    """The algorithm the verdict calls for. Without an audit (``None``) no reward model is
-    trusted: exp-weighted SFT, verdict ``unreliable``."""
+@dataclass(frozen=True)
+class RuleBranch:
+    """One branch of a decision list: `algorithm` when `feature op threshold` holds."""
+
+    feature: str
+    op: str  # "<" or ">="
+    threshold: float
+    algorithm: str
+
+    def holds(self, features: Mapping[str, float | None]) -> bool | None:
+        """Whether it holds; None when the figure is missing (the branch is then skipped)."""
+        value = features.get(self.feature)
+        if value is None or value != value:
+            return None
+        return value < self.threshold if self.op == "<" else value >= self.threshold
+
+    def text(self) -> str:
+        return f"{self.algorithm} if {self.feature} {self.op} {self.threshold:.4g}"
+
+
+RULE_ALGORITHMS = ("exp-sft", "a-sft", "ppo")
+
+
+def parse_rule(text: str) -> tuple[tuple[RuleBranch, ...], str] | None:
+    """``SelectConfig.rule``: None for 'verdict', else (branches, default) of 'ALG if FEATURE
+    OP THRESHOLD; ...; otherwise ALG' (OP: < or >=; ALG: exp-sft, a-sft or ppo). Raises
+    ValueError naming what is wrong."""
+    from rmdiag.selection_features import FEATURES
+
+    if text.strip() == "verdict":
+        return None
+    parts = [p.strip() for p in text.split(";") if p.strip()]
+    if not parts:
+        raise ValueError("rule must be 'verdict' or a decision list, got an empty string")
+    *conditions, last = parts
+    words = last.split()
+    if len(words) != 2 or words[0] not in ("otherwise", "else") or words[1] not in RULE_ALGORITHMS:
+        raise ValueError(f"rule must end with 'otherwise ALG' (ALG one of {RULE_ALGORITHMS}), "
+                         f"got {last!r}")
+    branches = []
+    for part in conditions:
+        words = part.split()
+        if (len(words) != 5 or words[1] != "if" or words[0] not in RULE_ALGORITHMS
+                or words[3] not in ("<", ">=")):
+            raise ValueError(f"rule branch must read 'ALG if FEATURE < T' or 'ALG if FEATURE >= "
+                             f"T' (ALG one of {RULE_ALGORITHMS}), got {part!r}")
+        if words[2] not in FEATURES:
+            raise ValueError(f"rule branch {part!r}: unknown feature {words[2]!r}; known: "
+                             f"{', '.join(FEATURES)}")
+        try:
+            threshold = float(words[4])
+        except ValueError:
+            raise ValueError(f"rule branch {part!r}: threshold {words[4]!r} is not a number") \
+                from None
+        branches.append(RuleBranch(words[2], words[3], threshold, words[0]))
+    return tuple(branches), last.split()[1]
+
+
+def rule_features(config: SelectConfig) -> list[str]:
+    """The features ``config.rule`` reads (none for 'verdict')."""
+    parsed = parse_rule(config.rule)
+    return [] if parsed is None else list(dict.fromkeys(b.feature for b in parsed[0]))
+
+
+def decide(judgement: Judgement | None, config: SelectConfig | None = None,
+           features: Mapping[str, float | None] | None = None) -> Decision:
+    """The algorithm the evidence calls for: the verdict's (``ALGORITHM_FOR_VERDICT``) or, when
+    ``config.rule`` is a decision list, the first branch that holds on ``features``
+    (``rmdiag.selection_features``). Without an audit (``None``) no reward model is trusted:
+    exp-weighted SFT, verdict ``unreliable``."""
     if judgement is None:
         return Decision(
             "exp-sft", "unreliable",
@@ -468,10 +548,33 @@ def decide(judgement: Judgement | None) -> Decision:
              + ".",),
             {},
         )
-    algorithm = ALGORITHM_FOR_VERDICT[judgement.verdict]
+    parsed = parse_rule((config or judgement.config).rule)
+    if parsed is None:
+        algorithm = ALGORITHM_FOR_VERDICT[judgement.verdict]
+        reasons = (*judgement.reasons,
+                   f"Verdict {judgement.verdict}: {_WHY[algorithm]}.")
+        return Decision(algorithm, judgement.verdict, reasons, dict(judgement.evidence))
+    branches, algorithm = parsed
+    features = dict(features or {})
+    steps = []
+    for branch in branches:
+        holds = branch.holds(features)
+        value = features.get(branch.feature)
+        shown = "unavailable" if holds is None else f"{value:.4g}"
+        steps.append(f"{branch.feature} = {shown} ({branch.op} {branch.threshold:.4g}: "
+                     f"{'yes' if holds else 'no'})")
+        if holds:
+            algorithm = branch.algorithm
+            break
+    rule_text = "; ".join(b.text() for b in branches) + f"; otherwise {parsed[1]}"
     reasons = (*judgement.reasons,
-               f"Verdict {judgement.verdict}: {_WHY[algorithm]}.")
-    return Decision(algorithm, judgement.verdict, reasons, dict(judgement.evidence))
+               f"The selection rule ({rule_text}) reads " + ", ".join(steps)
+               + f": {algorithm}. The verdict ({judgement.verdict}) is reported, not followed; "
+               "the rule is calibrated on simulated worlds where the truly best algorithm is "
+               "known (benchmarks/selection_study.py).")
+    evidence = dict(judgement.evidence) | {
+        f"selection.{name}": {"value": value} for name, value in features.items()}
+    return Decision(algorithm, judgement.verdict, reasons, evidence)
 
 
 def _format(value: float) -> str:

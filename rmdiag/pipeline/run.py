@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, replace
 from typing import Any
 
-from rmdiag import distributed, overoptimization, policies
+from rmdiag import distributed, overoptimization, policies, selection_features
 from rmdiag.audit import AuditConfig, AuditResult, audit, audit_inputs
 from rmdiag.audit.statistics import coverage_warning
 from rmdiag.data import DataError, Interactions, encode, load, validate
@@ -28,6 +28,7 @@ from rmdiag.select import (
     decide,
     default_temperature,
     judge,
+    rule_features,
 )
 from rmdiag.sequences import event_sequences, user_sequences
 from rmdiag.split import Split, leave_last_out, temporal_split, time_quantile, unexplored_mask
@@ -153,7 +154,9 @@ def _run(
         # Rank 0's decision on every rank: which policies train next must be the same on all
         # (the audits agree, the LightGBM members being deterministic, but a figure on the
         # threshold must not split the ranks between two algorithms).
-        decision = distributed.from_main(decide(summary.judgement))
+        decision = distributed.from_main(decide(summary.judgement, select_config,
+                                                _rule_features(summary, split, data, sft,
+                                                               select_config, policy_config)))
         _policies_stage(summary, decision, data, sft, world, config, policy_config,
                         select_config.alpha, stage, trainer)
     run_settings = {k: v for k, v in asdict(config).items() if k != "resume"}  # not a result's
@@ -199,6 +202,27 @@ def _sequence_summary(split: Split, config: RunConfig) -> dict[str, Any]:
         "mean_test_history": float((test_sequences.history_items > 0).sum(1).mean())
         if len(test_sequences) else 0.0,
     }
+
+def _rule_features(summary: RunSummary, split: Split, data: policies.PolicyData,
+                   sft: policies.TrainedPolicy, select_config: SelectConfig,
+                   policy_config: policies.PolicyConfig) -> dict[str, float | None]:
+    """The figures `select_config.rule` reads (`rmdiag.selection_features`), none for the
+    verdict's rule; the greedy gain is a judge pass over the test users' contexts (no targets)."""
+    names = rule_features(select_config)
+    if not names or summary.audit is None:
+        return {}
+    ensemble = summary.audit.ensemble
+    judge_ = policies.make_judge(ensemble, policy_config)
+
+    def greedy() -> dict[str, float]:
+        if judge_ is None:  # an audit without an ensemble that has members
+            return dict.fromkeys(selection_features.GREEDY)  # type: ignore[arg-type]
+        return selection_features.greedy_gain(judge_, ensemble, sft.model, data.test.context,
+                                              data.log.n_items)
+
+    return selection_features.selection_features(
+        names, summary.audit, summary.split["test_unexplored_share"], split.train.items,
+        split.train.rewards, split.train.n_items, greedy)
 
 def _curve(result: AuditResult, data: policies.PolicyData, sft: policies.TrainedPolicy,
            world: Any | None, config: RunConfig, audit_config: AuditConfig,

@@ -26,8 +26,10 @@ from rmdiag.select import (
     SelectConfig,
     decide,
     default_temperature,
+    rule_features,
     verdict_from,
 )
+from rmdiag.selection_features import audit_features
 from rmdiag.stages.inputs import read_json, require
 
 MODEL = "ensemble"
@@ -148,7 +150,11 @@ def select_decision(path: str | os.PathLike[str],
     judgement = verdict_from(audit.models, audit.comparisons, config, model=MODEL,
                              confidence=audit.confidence, shift=audit.shift,
                              overoptimization=audit.overoptimization)
-    decision = decide(judgement)
+    # audit.json holds the audit's figures but not the log or an SFT policy: a rule that reads
+    # the log's or the greedy gain's figures finds them unavailable here (its reasons say so)
+    features = audit_features(audit, None)
+    decision = decide(judgement, config, {name: features.get(name)
+                                          for name in rule_features(config)})
     temperature = policies.default_temperature(decision.algorithm, audit.train_reward_std)
     decision = default_temperature(decision, temperature)
     if temperature:
