@@ -443,37 +443,18 @@ class Feature:
     stage: str  # when it is known: audit, pre-training (SFT trained), post-training, oracle
 
 
+# The figures `rmdiag run` knows when it chooses (their descriptions are the library's), then
+# the post-training and oracle figures the study records beside them.
+_STAGES = {"greedy_gain": "pre-training", "greedy_gain_lcb": "pre-training",
+           "log_item_gini": "audit (the log alone)", "log_rare_item_share": "audit (the log alone)",
+           "log_popularity_reward_corr": "audit (the log alone)"}
 FEATURES: dict[str, Feature] = {
-    "rmse_gain_bias": Feature("the ensemble's held-out RMSE gain over the bias baseline "
-                              "(bias RMSE − ensemble RMSE)", "audit"),
-    "rmse_gain_min": Feature("the ensemble's smallest held-out RMSE gain over any baseline",
-                             "audit"),
-    "pairwise_gain_item_mean": Feature("the ensemble's within-user pairwise-accuracy gain over "
-                                       "item_mean", "audit"),
-    "pairwise_gain_bias": Feature("the ensemble's within-user pairwise-accuracy gain over bias",
-                                  "audit"),
-    "unexplored_rmse_gain_bias": Feature("the ensemble's RMSE gain over bias on the unexplored "
-                                         "slice", "audit"),
-    "spread_error": Feature("the rank correlation of the ensemble's member spread with its "
-                            "absolute error (all held-out events)", "audit"),
-    "unexplored_share": Feature("the share of test events whose item is rarely seen in "
-                                "training", "audit"),
-    "greedy_gain": Feature("the judge's gain of the pessimistic greedy slate (κ = 1) over SFT's",
-                           "pre-training"),
-    "greedy_gain_lcb": Feature("that gain less the members' spread of it", "pre-training"),
-    "item_mean_pairwise": Feature("item_mean's own within-user pairwise accuracy (how much of "
-                                  "a user's ordering item quality alone explains)", "audit"),
-    "ensemble_pairwise": Feature("the ensemble's own within-user pairwise accuracy", "audit"),
-    "log_item_gini": Feature("the Gini coefficient of the log's items' training-event counts",
-                             "audit (the log alone)"),
-    "log_rare_item_share": Feature("the share of the log's items with fewer than 5 training "
-                                   "events",
-                                   "audit (the log alone)"),
-    "log_popularity_reward_corr": Feature("the Spearman correlation over items of training-event "
-                                          "count with mean logged reward",
-                                          "audit (the log alone)"),
+    name: Feature(description, _STAGES.get(name, "audit"))
+    for name, description in selection_features.FEATURES.items()
+} | {
     "judge_gain_ppo": Feature("the judge's gain of the trained PPO policy over SFT",
                               "post-training"),
+    "judge_lcb_gain_ppo": Feature("that gain less the members' spread of it", "post-training"),
     "judge_gain_exp_sft": Feature("the judge's gain of the trained exp-SFT policy over SFT",
                                   "post-training"),
     "judge_ppo_minus_sft_family": Feature("the judge's gain of PPO over SFT minus the larger of "
@@ -481,7 +462,6 @@ FEATURES: dict[str, Feature] = {
     "valid_ppo_minus_sft_family": Feature("PPO's best validation NDCG@10 (high-reward targets) "
                                           "over its sweep minus the best of exp-SFT's and "
                                           "A-SFT's", "post-training"),
-    "judge_lcb_gain_ppo": Feature("that gain less the members' spread of it", "post-training"),
     "gold_peak_n": Feature("the best-of-n curve's n where the gold stops rising",
                            "oracle (gold = true reward in a simulated world)"),
     "proxy_gold_gap": Feature("the best-of-n curve's proxy − gold gap at n_max",
@@ -495,45 +475,26 @@ CURVE_FEATURES = ("gold_peak_n", "proxy_gold_gap", "divergence")
 # code); the post-training figures are recorded as evidence, not offered to the rule (a selector
 # that needs every candidate trained first would not save their cost).
 RULE_FEATURES = tuple(selection_features.FEATURES)
-assert set(RULE_FEATURES) <= set(FEATURES), set(RULE_FEATURES) - set(FEATURES)
 
 
-def derive_features(evidence: Mapping[str, Any], judge: Mapping[str, Any],
-                    greedy: Mapping[str, Any], kappa: float) -> dict[str, float | None]:
-    """The rule's candidate features (`FEATURES`) from a world's evidence; None = unavailable.
-    Gains are signed so that larger means a better reward model."""
-    comparisons = evidence["comparisons"]
-    rmse_gains = [_value(comparisons.get(f"all.rmse.{b}"), -1.0) for b in BASELINES]
+def derive_features(evidence: Mapping[str, Any], judge: Mapping[str, Any], kappa: float,
+                    known: Mapping[str, float | None]) -> dict[str, float | None]:
+    """Every figure of `FEATURES` for a world; None = unavailable. `known`: the rule's figures
+    (`RULE_FEATURES`) as `rmdiag run` computes them (`rmdiag.selection_features`); the rest come
+    from the recorded evidence of the post-trained policies and of the best-of-n curve."""
     curve = evidence.get("overoptimization", {})
-    log = evidence.get("log", {})
     sweep = evidence.get("sweep", {})
     gains = {name: _value(judge.get(name, {}).get("vs_sft")) for name in CANDIDATES}
     sft_family_gain = [gains[n] for n in SFT_FAMILY if gains[n] is not None]
     sft_family_valid = [sweep[n]["best"] for n in SFT_FAMILY if n in sweep]
-    return {
-        "item_mean_pairwise": _value(evidence.get("baselines", {}).get(
-            "item_mean.all.pairwise_accuracy")),
-        "ensemble_pairwise": _value(evidence["ensemble"].get("all.pairwise_accuracy")),
-        "log_item_gini": log.get("log_item_gini"),
-        "log_rare_item_share": log.get("log_rare_item_share"),
-        "log_popularity_reward_corr": log.get("log_popularity_reward_corr"),
+    return dict(known) | {
+        "judge_gain_ppo": gains["ppo"],
+        "judge_lcb_gain_ppo": _members_lcb(judge, "ppo", kappa),
         "judge_gain_exp_sft": gains["exp-sft"],
         "judge_ppo_minus_sft_family": (gains["ppo"] - max(sft_family_gain)
                                        if gains["ppo"] is not None and sft_family_gain else None),
         "valid_ppo_minus_sft_family": (sweep["ppo"]["best"] - max(sft_family_valid)
                                        if "ppo" in sweep and sft_family_valid else None),
-        "rmse_gain_bias": _value(comparisons.get("all.rmse.bias"), -1.0),
-        "rmse_gain_min": min(gains) if len(gains := [g for g in rmse_gains if g is not None])
-        == len(rmse_gains) else None,
-        "pairwise_gain_item_mean": _value(comparisons.get("all.pairwise_accuracy.item_mean")),
-        "pairwise_gain_bias": _value(comparisons.get("all.pairwise_accuracy.bias")),
-        "unexplored_rmse_gain_bias": _value(comparisons.get("unexplored.rmse.bias"), -1.0),
-        "spread_error": _value(evidence["spread_error"].get("all")),
-        "unexplored_share": float(evidence["test_unexplored_share"]),
-        "greedy_gain": greedy.get("gain"),
-        "greedy_gain_lcb": greedy.get("gain_lcb"),
-        "judge_gain_ppo": _value(judge.get("ppo", {}).get("vs_sft")),
-        "judge_lcb_gain_ppo": _members_lcb(judge, "ppo", kappa),
         "gold_peak_n": curve.get("gold_peak_n"),
         "proxy_gold_gap": _value(curve.get("proxy_gold_gap")),
         "divergence": _value(curve.get("divergence")),
@@ -557,8 +518,11 @@ def run_world(spec: WorldSpec, settings: Settings) -> dict[str, Any]:
     greedy = greedy_pessimistic_gain(
         summary, policies.policy_data(split, settings.run.max_len), world, settings)
     evidence["greedy_pessimistic"] = greedy
-    evidence["log"] = selection_features.log_features(split.train.items, split.train.rewards,
-                                                       split.train.n_items)
+    known = selection_features.selection_features(
+        RULE_FEATURES, summary.audit, summary.split["test_unexplored_share"], split.train.items,
+        split.train.rewards, split.train.n_items,
+        lambda: {"greedy_gain": greedy["gain"], "greedy_gain_lcb": greedy["gain_lcb"]})
+    evidence["log"] = {k: known[k] for k in known if k.startswith("log_")}
     evidence["sweep"] = sweep_evidence(summary)
     temperatures = {name: summary.policies[name]["temperature"] for name in CANDIDATES}
     return {
@@ -573,7 +537,7 @@ def run_world(spec: WorldSpec, settings: Settings) -> dict[str, Any]:
         "sft_true_reward": mean_interval(true["sft"], "bca", settings.confidence,
                                          settings.n_resamples, 0).as_dict(),
         **outcome,
-        "features": derive_features(evidence, judge, greedy, settings.kappa),
+        "features": derive_features(evidence, judge, settings.kappa, known),
         "evidence": evidence,
         "judge": judge,
         "seconds": round(time.perf_counter() - started, 2),
