@@ -14,7 +14,7 @@ from rmdiag.audit import AuditConfig
 from rmdiag.pipeline import RunConfig, run
 from rmdiag.policies import PolicyConfig
 from rmdiag.select import Judgement, SelectConfig, decide, parse_rule, rule_features
-from rmdiag.selection_features import FEATURES, log_features
+from rmdiag.selection_features import log_features
 from rmdiag.simulate import SimulationConfig
 
 TINY_WORLD = SimulationConfig(n_users=150, n_items=80, mean_events=20.0, seed=3)
@@ -116,6 +116,4 @@ def test_rmdiag_run_chooses_by_the_rule_with_the_figures_it_read() -> None:
     assert summary.decision is not None and summary.decision.algorithm == "a-sft"
     evidence = summary.decision.evidence
     assert np.isfinite(evidence["selection.greedy_gain"]["value"])
-    assert set(evidence) >= {"selection.greedy_gain"}
     assert "a-sft" in summary.policies
-    assert set(FEATURES) >= set(rule_features(SelectConfig(rule=rule)))
