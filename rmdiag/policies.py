@@ -47,7 +47,7 @@ from rmdiag.sequences import event_sequences, user_sequences
 from rmdiag.split import Split
 from trainers import Context, ModelConfig, RewardFn, SequentialRecommender, policy_scores
 from trainers.data import TensorData
-from trainers.loop import device_problem
+from trainers.loop import device_problem, drawn_rows
 from trainers.model import ARCHITECTURES, frozen_copy
 from trainers.sft import a_sft_advantages
 
@@ -299,12 +299,17 @@ def reward_model_use(algorithm: str) -> str:
 A_SFT_BASELINE_TOP_K = 20
 
 
-def a_sft_data(data: PolicyData, sft: TrainedPolicy, reward_fn: RewardFn,
+def a_sft_data(data: PolicyData, sft: TrainedPolicy, reward_fn: RewardFn, config: PolicyConfig,
+               overrides: Mapping[str, Any] | None = None,
                top_k: int = A_SFT_BASELINE_TOP_K) -> TensorData:
     """The training tensors with A-SFT's advantages r − b(s) from the reward model and the SFT
-    policy, computed once and shared by every point of a β sweep (A does not depend on β)."""
-    return a_sft_advantages(data.train, reward_fn, frozen_copy(sft.model),
-                                         top_k=top_k)
+    policy, computed once and shared by every point of a β sweep (A does not depend on β; nor
+    do the rows a run draws). Only the rows that `train_policy`'s A-SFT runs with `config` and
+    `overrides` draw get one: 120 steps of 128 rows need b(s) on 7% of a 222,500-user log."""
+    schedule = _config_for("a-sft", _post_settings(config, {}, None, overrides))
+    rows = drawn_rows(len(data.train["items"]), schedule)
+    return a_sft_advantages(data.train, reward_fn, frozen_copy(sft.model), top_k=top_k,
+                            rows=rows)
 
 
 def _config_for(algorithm: str, settings: Mapping[str, Any]) -> Any:
@@ -364,6 +369,18 @@ def train_sft(data: PolicyData, max_len: int, config: PolicyConfig,
                          result.steps)
 
 
+def _post_settings(config: PolicyConfig, temperature: Mapping[str, float],
+                   checkpoint: str | None, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The post-training Config fields `train_policy` sets from `config`, the temperature and
+    `rmdiag train`'s explicit overrides."""
+    return {
+        "lr": config.post_lr, "batch_size": config.batch_size, "max_steps": config.post_steps,
+        "seed": config.seed, "progress": config.progress, "checkpoint_path": checkpoint,
+        "device": config.device,
+        "checkpoint_every": max(1, config.post_steps // 4) if checkpoint else 0, **temperature,
+    } | dict(overrides or {})
+
+
 def train_policy(
     algorithm: str,
     data: PolicyData,
@@ -384,13 +401,8 @@ def train_policy(
     of the algorithm's Config set from `config` (`rmdiag train`'s explicit Config flags).
     """
     temperature = dict(temperature or {})
-    settings = {
-        "lr": config.post_lr, "batch_size": config.batch_size, "max_steps": config.post_steps,
-        "seed": config.seed, "progress": config.progress, "checkpoint_path": checkpoint,
-        "device": config.device,
-        "checkpoint_every": max(1, config.post_steps // 4) if checkpoint else 0, **temperature,
-    } | dict(overrides or {})
-    algorithm_config = _config_for(algorithm, settings)
+    algorithm_config = _config_for(algorithm,
+                                   _post_settings(config, temperature, checkpoint, overrides))
     extra: dict[str, Any] = {}
     use = reward_model_use(algorithm)
     if use == "required" and reward_fn is None:

@@ -27,7 +27,7 @@ from trainers.data import (
 from trainers.dpo import DPOConfig, IPOConfig, train_dpo, train_ipo
 from trainers.ensemble import member_spread, reward_interval
 from trainers.grpo import GRPOConfig, train_grpo
-from trainers.loop import TrainConfig, TrainResult, load_checkpoint, train_loop
+from trainers.loop import TrainConfig, TrainResult, drawn_rows, load_checkpoint, train_loop
 from trainers.model import (
     ModelConfig,
     SequentialRecommender,
@@ -82,6 +82,7 @@ __all__ = [
     "TrainResult",
     "constrained_beam_search",
     "context_data",
+    "drawn_rows",
     "event_data",
     "load_checkpoint",
     "member_spread",

@@ -334,6 +334,31 @@ def _epoch_order(n_rows: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n_rows, generator=generator)
 
 
+def _schedule(n_rows: int, config: TrainConfig) -> tuple[int, int, int]:
+    """(batch_size, steps_per_epoch, total_steps) of a run of `config` on `n_rows` rows."""
+    batch_size = min(config.batch_size, n_rows)
+    steps_per_epoch = max(1, n_rows // batch_size)  # the last incomplete batch is dropped
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    return batch_size, steps_per_epoch, total_steps
+
+
+def drawn_rows(n_rows: int, config: TrainConfig) -> torch.Tensor:
+    """The rows a whole `train_loop` run of `config` on `n_rows` rows draws (every rank's share
+    of each batch), sorted [R] -- for a per-row precomputation that a short run needs on a few
+    rows only (A-SFT's b(s): 120 steps of 128 rows touch 7% of a 222,500-user log). A run cut
+    short by ``max_seconds`` or early stopping draws a subset of them."""
+    if n_rows == 0:
+        return torch.zeros(0, dtype=torch.long)
+    batch_size, steps_per_epoch, total_steps = _schedule(n_rows, config)
+    drawn = torch.zeros(n_rows, dtype=torch.bool)
+    for epoch in range(math.ceil(total_steps / steps_per_epoch)):
+        steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+        drawn[_epoch_order(n_rows, config.seed, epoch)[: steps * batch_size]] = True
+        if bool(drawn.all()):  # a long run: no need to replay its other epochs
+            break
+    return drawn.nonzero().squeeze(1)
+
+
 def train_loop(
     model: nn.Module,
     data: TensorData,
@@ -360,9 +385,7 @@ def train_loop(
     n_rows = int(next(iter(data.values())).shape[0])
     if config.batch_size < world:
         raise ValueError(f"batch_size {config.batch_size} is smaller than the {world} ranks")
-    batch_size = min(config.batch_size, n_rows)
-    steps_per_epoch = max(1, n_rows // batch_size)  # the last incomplete batch is dropped
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    batch_size, steps_per_epoch, total_steps = _schedule(n_rows, config)
 
     model.to(device)
     model.train()

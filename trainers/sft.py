@@ -28,7 +28,7 @@ from trainers.data import (
     next_item_targets,
     sequences_to_events,
 )
-from trainers.loop import EvalFn, TrainConfig, TrainResult, describe, train_loop
+from trainers.loop import EvalFn, TrainConfig, TrainResult, describe, drawn_rows, train_loop
 from trainers.model import SequentialRecommender, reference_policy
 from trainers.protocols import Context, RewardFn, Scorer
 
@@ -156,6 +156,9 @@ def exp_sft_loss(targets: NextItemTargets, config: ExpSFTConfig) -> Loss:
 def a_sft_loss(targets: NextItemTargets, config: ASFTConfig) -> Loss:
     if targets.advantage is not None:
         advantage = targets.advantage
+        if torch.isnan(advantage).any():
+            raise ValueError("A-SFT drew a row without a precomputed advantage: a_sft_advantages "
+                             "was given other rows than this run draws (drawn_rows of its config)")
     else:  # no reward model: the user's mean observed reward is the baseline b(s)
         advantage = targets.reward - targets.history_mean
     weight = torch.exp(advantage / config.beta).clamp(max=config.max_weight)
@@ -377,18 +380,23 @@ def a_sft_advantages(
     batch_size: int = 256,
     samples: int = 0,
     generator: torch.Generator | None = None,
+    rows: torch.Tensor | None = None,
 ) -> TensorData:
     """``data`` with A-SFT's advantages A = r − b(s) added (`reward_model_baseline`; with
     ``samples`` = K > 0 its unbiased K-draw estimate).
 
     b(s) is computed on each target's history as its own event, as it would be served.
     Precompute once to share between runs (e.g. a β sweep): A does not depend on β.
+    With ``rows`` (e.g. `trainers.loop.drawn_rows` of the runs to come) only those rows get
+    advantages, the others NaN, which `a_sft_loss` refuses: a short run on a large log needs b(s)
+    on the rows it draws, not on every event.
     """
     data = check_data(data)
+    chosen = data if rows is None else {key: value[rows] for key, value in data.items()}
     if is_sequence_data(data):
-        events = _event_chunks(data, batch_size)
+        events = _event_chunks(chosen, batch_size)
     else:
-        events = iter([data])
+        events = iter([chosen])
     advantages = [
         chunk["target_rewards"] - reward_model_baseline(reward_fn, reference, chunk, batch_size,
                                                         top_k, samples, generator)
@@ -397,9 +405,14 @@ def a_sft_advantages(
     advantage = torch.cat(advantages) if advantages else torch.zeros(0)
     if is_sequence_data(data):
         # Back onto the sequence grid, so training still runs every position at once.
-        grid = torch.zeros_like(data["rewards"])
-        grid[:, 1:][data["items"][:, 1:] != 0] = advantage
+        grid = torch.zeros_like(chosen["rewards"])
+        grid[:, 1:][chosen["items"][:, 1:] != 0] = advantage
         advantage = grid
+    if rows is not None:
+        n_rows = int(next(iter(data.values())).shape[0])
+        full = torch.full((n_rows, *advantage.shape[1:]), float("nan"), dtype=advantage.dtype)
+        full[rows] = advantage
+        advantage = full
     return {**data, "advantages": advantage}
 
 
@@ -425,8 +438,11 @@ def train_a_sft(
         reference = reference_policy(model, reference, resume_from, "cpu")
         # seeded from the run's seed: the sampled baseline is reproducible like the rest
         generator = torch.Generator().manual_seed(config.seed)
+        # b(s) on the rows this run draws only (a short run on a large log draws a few)
+        rows = drawn_rows(int(next(iter(data.values())).shape[0]), config)
         data = a_sft_advantages(data, reward_fn, reference, config.baseline_top_k,
-                                config.baseline_batch_size, config.baseline_samples, generator)
+                                config.baseline_batch_size, config.baseline_samples, generator,
+                                rows)
     elif reference is not None and reward_fn is None:
         raise ValueError("a reference policy is only used with a reward_fn")
     return _train_weighted(model, data, config, a_sft_loss, eval_fn, resume_from)  # type: ignore[arg-type]

@@ -274,7 +274,7 @@ def _policies_stage(
         train_data = None
         if algorithm == "a-sft" and ensemble is not None:
             stage("policies.a-sft.advantages", ": b(s) from the ensemble and SFT")
-            train_data = policies.a_sft_data(data, trained["sft"], ensemble)
+            train_data = policies.a_sft_data(data, trained["sft"], ensemble, policy_config)
         swept = config.sweep and algorithm in policies.TEMPERATURES
         if swept:
             parameter, grid = policies.temperature_grid(algorithm, data.reward_std)

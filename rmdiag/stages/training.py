@@ -186,7 +186,7 @@ def _train_files(
         else:
             train_data = None
             if algorithm == "a-sft" and ensemble is not None:
-                train_data = policies.a_sft_data(policy_data, sft, ensemble)
+                train_data = policies.a_sft_data(policy_data, sft, ensemble, config, overrides)
             trained = policies.train_policy(algorithm, policy_data, sft, config, temperature,
                                             ensemble, train_data, overrides=overrides)
     value = temperature_value(algorithm, temperature, overrides)

@@ -350,3 +350,28 @@ def test_resume_with_other_settings_is_refused_naming_them(make_model: Make,
     torch.save(old, tmp_path / "old.pt")
     with pytest.raises(CheckpointMismatch, match="checkpoint version: 1 in the checkpoint"):
         train_sft(make_model(), _data(), SFTConfig(**settings), resume_from=tmp_path / "old.pt")
+
+
+@pytest.mark.parametrize(("max_steps", "epochs", "batch_size"),
+                         [(3, 1.0, 8), (None, 0.6, 8), (None, 2.0, 8), (7, 1.0, 6), (2, 1.0, 64)])
+def test_drawn_rows_are_the_rows_the_loop_draws(make_model: Make, max_steps: int | None,
+                                                 epochs: float, batch_size: int) -> None:
+    """`drawn_rows` (what A-SFT's b(s) is computed on) is exactly the set of rows a run feeds
+    its loss: part of an epoch, a fraction, several epochs, a batch larger than the data."""
+    from trainers.data import next_item_targets
+    from trainers.loop import drawn_rows, train_loop
+    from trainers.sft import sft_loss
+
+    data = {**_data(), "users": torch.arange(40)}
+    config = SFTConfig(batch_size=batch_size, max_steps=max_steps, epochs=epochs, seed=3,
+                       progress=False)
+    seen: list[torch.Tensor] = []
+
+    def recording_loss(module: torch.nn.Module, batch: TensorData,
+                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append(batch["users"].clone())
+        return sft_loss(next_item_targets(module, batch, 0, None, generator), config)  # type: ignore[arg-type]
+
+    train_loop(make_model(), data, recording_loss, config)
+    assert torch.equal(drawn_rows(40, config), torch.cat(seen).unique(sorted=True))
+    assert drawn_rows(0, config).numel() == 0

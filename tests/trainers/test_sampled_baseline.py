@@ -157,3 +157,50 @@ def test_advantages_unrolled_a_few_rows_at_a_time_equal_the_whole_unroll(
     grid = torch.zeros_like(data["rewards"])
     grid[:, 1:][data["items"][:, 1:] != 0] = expected
     assert torch.equal(got["advantages"], grid)
+
+
+def test_a_sft_computes_b_on_the_rows_it_draws_only() -> None:
+    """A short A-SFT run computes b(s) on the rows its batches draw (`drawn_rows`), not on every
+    event: those rows' advantages are the whole-data ones, the rest NaN, which the loss refuses
+    if a run draws one -- so a run whose precomputed rows do not cover its draws fails loudly."""
+    from trainers import train_a_sft
+    from trainers.loop import drawn_rows
+
+    generator = torch.Generator().manual_seed(0)
+    items = torch.randint(1, 31, (80, 9), generator=generator)
+    items[::5, :4] = 0
+    data = sequence_data(items, torch.rand(items.shape, generator=generator) * 4 + 1)
+    data["users"] = torch.arange(80)
+    torch.manual_seed(0)
+    reference = frozen_copy(SequentialRecommender(
+        ModelConfig(n_items=30, hidden=8, n_blocks=1, n_heads=1, max_len=8)))
+
+    def reward(context: Context, candidates: torch.Tensor) -> torch.Tensor:
+        return (candidates % 7).float() + context.history_rewards.sum(1, keepdim=True)
+
+    config = ASFTConfig(beta=0.5, batch_size=8, max_steps=3, seed=1, progress=False,
+                        baseline_top_k=5)
+    rows = drawn_rows(80, config)
+    assert 0 < rows.numel() <= 24
+    whole = a_sft_advantages(data, reward, reference, 5)["advantages"]
+    part = a_sft_advantages(data, reward, reference, 5, rows=rows)["advantages"]
+    assert torch.allclose(part[rows], whole[rows], atol=1e-5)
+    others = torch.ones(80, dtype=torch.bool)
+    others[rows] = False
+    assert bool(part[others].isnan().all())
+
+    def model() -> SequentialRecommender:
+        torch.manual_seed(2)
+        return SequentialRecommender(ModelConfig(n_items=30, hidden=8, n_blocks=1, n_heads=1,
+                                                 max_len=8, dropout=0.0))
+
+    inline, precomputed = model(), model()
+    train_a_sft(inline, data, config, reward_fn=reward, reference=reference)
+    # the inline run computes exactly `part` (whole-data values differ in the last bits, which
+    # Adam's first steps amplify on near-zero gradients), and draws none of its NaN rows
+    train_a_sft(precomputed, {**data, "advantages": part}, config)
+    for a, b in zip(inline.state_dict().values(), precomputed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    longer = dataclasses.replace(config, max_steps=12)
+    with pytest.raises(ValueError, match="without a precomputed advantage"):
+        train_a_sft(model(), {**data, "advantages": part}, longer)
