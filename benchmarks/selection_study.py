@@ -62,7 +62,8 @@ features:
     if C1: A1 [elif C2: A2] else A3      (0, 1 or 2 conditions; A1, A2, A3 in the candidates)
 
 each condition `feature >= t` or `feature < t` with t one of the feature's 10%, 20%, ..., 90%
-quantiles over the calibration worlds (a missing feature makes a condition false); both
+quantiles over the calibration worlds, moved to the shortest decimal that splits them the same
+way (`short_threshold`: the rule prints exactly; a missing feature makes a condition false); both
 directions of both conditions make conjunctions and disjunctions expressible. Objective: the
 mean regret over the calibration worlds; ties go to the higher accuracy (pick in the tied-best
 set), then to fewer conditions, then to the earlier feature and threshold. The held-out half
@@ -118,6 +119,7 @@ from rmdiag.pipeline import RunConfig, RunSummary, load_or_simulate, run, split_
 from rmdiag.policies import PolicyConfig  # noqa: E402
 from rmdiag.rewards import BASELINES  # noqa: E402
 from rmdiag.rewards.base import torch_threads  # noqa: E402
+from rmdiag.select import RuleBranch  # noqa: E402
 from rmdiag.simulate import SimulationConfig  # noqa: E402
 
 CANDIDATES: tuple[str, ...] = ("exp-sft", "a-sft", "ppo")
@@ -640,13 +642,12 @@ class Condition:
     threshold: float
 
     def holds(self, features: Mapping[str, float | None]) -> bool:
-        value = features.get(self.feature)
-        if value is None or not math.isfinite(value):
-            return False
-        return value >= self.threshold if self.op == ">=" else value < self.threshold
+        """`rmdiag.select.RuleBranch`'s test (what `rmdiag run --select-rule` runs); a missing
+        figure makes it false."""
+        return RuleBranch(self.feature, self.op, self.threshold, "ppo").holds(features) is True
 
     def text(self) -> str:
-        return f"{self.feature} {self.op} {self.threshold:.4g}"
+        return f"{self.feature} {self.op} {self.threshold!r}"
 
 
 @dataclass(frozen=True)
@@ -661,6 +662,8 @@ class Rule:
         return len(self.branches)
 
     def pick(self, record: Mapping[str, Any]) -> str:
+        """The first branch that holds, by `rmdiag.select.RuleBranch` (what `--select-rule`
+        runs; `select_rule()` prints the thresholds exactly, so the user's rule is this one)."""
         for condition, algorithm in self.branches:
             if condition.holds(record["features"]):
                 return algorithm
@@ -676,12 +679,12 @@ class Rule:
             what = f"{known.description}; known {known.stage}" if known else "hand-made"
             word = "at least" if condition.op == ">=" else "below"
             parts.append(f"{'Otherwise, ' if i else ''}{algorithm} when {condition.feature} "
-                         f"({what}) is {word} {condition.threshold:.4g}")
+                         f"({what}) is {word} {condition.threshold!r}")
         return "; ".join(parts) + f"; otherwise {self.default}."
 
     def select_rule(self) -> str:
         """The rule as `SelectConfig.rule` reads it (`rmdiag run --select-rule`)."""
-        return "; ".join([f"{a} if {c.feature} {c.op} {c.threshold:.6g}" for c, a in
+        return "; ".join([f"{a} if {c.feature} {c.op} {c.threshold!r}" for c, a in
                           self.branches] + [f"otherwise {self.default}"])
 
     def to_json(self) -> dict[str, Any]:
@@ -693,16 +696,35 @@ class Rule:
 
 def candidate_conditions(records: Sequence[Mapping[str, Any]], features: Sequence[str],
                          quantiles: Sequence[float] = QUANTILES) -> list[Condition]:
-    """Every `feature >= t` and `feature < t`, t at the records' quantiles of the feature."""
+    """Every `feature >= t` and `feature < t`, t at the records' quantiles of the feature,
+    moved to the shortest decimal that splits the records as the quantile does (so the rule
+    prints exactly, and short: 0.02, not 0.0209174...)."""
     out = []
     for name in features:
-        values = np.array([v for r in records if (v := r["features"].get(name)) is not None
-                           and math.isfinite(v)], dtype=np.float64)
-        if len(np.unique(values)) < 2:
+        values = np.unique(np.array([v for r in records if (v := r["features"].get(name))
+                                     is not None and math.isfinite(v)], dtype=np.float64))
+        if len(values) < 2:
             continue
-        for threshold in np.unique(np.quantile(values, quantiles)):
-            out += [Condition(name, ">=", float(threshold)), Condition(name, "<", float(threshold))]
+        thresholds = []
+        for quantile in np.unique(np.quantile(values, quantiles)):
+            above = int(np.searchsorted(values, quantile, side="left"))  # first value >= it
+            if above == 0:
+                continue  # true for every record
+            thresholds.append(short_threshold(float(values[above - 1]), float(values[above])))
+        for threshold in dict.fromkeys(thresholds):
+            out += [Condition(name, ">=", threshold), Condition(name, "<", threshold)]
     return out
+
+
+def short_threshold(below: float, at: float) -> float:
+    """The decimal with the fewest significant digits in (below, at]: `x >= t` then splits
+    values <= below from values >= at exactly as `x >= at` does."""
+    middle = (below + at) / 2
+    for digits in range(1, 18):
+        for candidate in (float(f"{middle:.{digits}g}"), float(f"{at:.{digits}g}")):
+            if below < candidate <= at:
+                return candidate
+    return at
 
 
 def fit_rule(records: Sequence[Mapping[str, Any]], features: Sequence[str] = RULE_FEATURES,

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks import selection_study as study
+from rmdiag import select
 from rmdiag.audit import AuditConfig
 from rmdiag.policies import PolicyConfig
 
@@ -162,3 +163,27 @@ def test_worlds_and_split_are_seeded() -> None:
         assert max(values) - min(values) > 0.9 * (axis.high - axis.low)
     half = study.split_worlds(0, 48)
     assert half == study.split_worlds(0, 48) and len(half) == 24 and half <= set(range(48))
+
+
+def test_thresholds_are_short_exact_and_split_as_the_quantiles_do() -> None:
+    """A fitted rule's thresholds print exactly (its `select_rule()` parses back through
+    `rmdiag.select` to the same floats, so `--select-rule` runs what the study measured) and
+    each candidate condition splits the records as the quantile it stands for."""
+    rng = np.random.default_rng(3)
+    names = ["rmse_gain_bias", "greedy_gain"]  # real features: rmdiag.select parses them
+    records = [_record(i, {names[0]: float(rng.normal()) / 7, names[1]: float(rng.exponential())},
+                       str(rng.choice(study.CANDIDATES))) for i in range(30)]
+    for condition in study.candidate_conditions(records, names):
+        values = np.array([r["features"][condition.feature] for r in records])
+        quantiles = np.quantile(values, study.QUANTILES)
+        split = values >= condition.threshold
+        assert any(np.array_equal(split, values >= q) for q in quantiles), condition
+        assert float(f"{condition.threshold:.6g}") == condition.threshold, condition  # short
+    rule = study.fit_rule(records, names)
+    assert rule.branches  # a rule with thresholds to print
+    parsed = select.parse_rule(rule.select_rule())
+    assert parsed is not None
+    assert [(b.feature, b.op, b.threshold, b.algorithm) for b in parsed[0]] == [
+        (c.feature, c.op, c.threshold, a) for c, a in rule.branches]
+    assert study.short_threshold(0.1234, 0.1299) == 0.127
+    assert study.short_threshold(1.0, 1.0000001) == 1.0000001
