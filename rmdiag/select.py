@@ -453,19 +453,23 @@ _WHY = {
 class Decision:
     """``decision.json``: the algorithm, its temperature (config field -> value; λ for exp-SFT,
     β for A-SFT, κ and the KL coefficient for PPO), the verdict, the reasons (sentences citing
-    the figures) and the evidence (name -> JSON figure)."""
+    the figures), the evidence (name -> JSON figure) and the rule that chose (`SelectConfig.rule`:
+    "verdict" when the verdict's mapping did, else the decision list -- the verdict is then
+    reported, not followed)."""
 
     algorithm: str
     verdict: str
     reasons: tuple[str, ...]
     evidence: dict[str, dict[str, Any]]
     temperature: dict[str, float] = field(default_factory=dict)
+    rule: str = "verdict"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "algorithm": self.algorithm,
             "temperature": dict(self.temperature),
             "verdict": self.verdict,
+            "rule": self.rule,
             "reasons": list(self.reasons),
             "evidence": self.evidence,
         }
@@ -488,7 +492,7 @@ class RuleBranch:
         return value < self.threshold if self.op == "<" else value >= self.threshold
 
     def text(self) -> str:
-        return f"{self.algorithm} if {self.feature} {self.op} {self.threshold:.4g}"
+        return f"{self.algorithm} if {self.feature} {self.op} {self.threshold!r}"
 
 
 RULE_ALGORITHMS = ("exp-sft", "a-sft", "ppo")
@@ -574,7 +578,7 @@ def decide(judgement: Judgement | None, config: SelectConfig | None = None,
                "known (benchmarks/selection_study.py).")
     evidence = dict(judgement.evidence) | {
         f"selection.{name}": {"value": value} for name, value in features.items()}
-    return Decision(algorithm, judgement.verdict, reasons, evidence)
+    return Decision(algorithm, judgement.verdict, reasons, evidence, rule=rule_text)
 
 
 def _format(value: float) -> str:

@@ -70,8 +70,10 @@ def _verdict(decision: Mapping, audit: Mapping) -> str:
     verdict = decision.get("verdict", audit.get("verdict"))
     if verdict is None:
         return ""
+    followed = decision.get("rule", "verdict") == "verdict"
+    aside = "" if followed else " (reported; the selection rule below chose the algorithm)"
     line = (f"<p class='verdict v-{escape(verdict)}' id='verdict'>Reward model: "
-            f"<strong>{escape(verdict)}</strong></p>")
+            f"<strong>{escape(verdict)}</strong>{aside}</p>")
     if audit.get("verdict") in (None, verdict):
         return line
     return line + (
@@ -89,9 +91,12 @@ def _decision(decision: Mapping) -> str:
         how = (" (temperature chosen by the validation sweep)" if decision["swept"]
                else " (default temperature, not swept)")
     at = f" at {chosen_temperature}" if chosen_temperature else ""
+    rule = decision.get("rule", "verdict")
+    source = ("" if rule == "verdict"
+              else f"<br><span class='rule'>by the selection rule: {escape(rule)}</span>")
     return (
         f"<p class='decision' id='decision'>Decision: post-train with "
-        f"<strong>{escape(decision['algorithm'])}</strong>{at}{escape(how)}</p>"
+        f"<strong>{escape(decision['algorithm'])}</strong>{at}{escape(how)}{source}</p>"
     )
 
 

@@ -69,8 +69,13 @@ def test_decide_takes_the_first_branch_that_holds_and_says_why() -> None:
     decision = decide(_judgement(rule), None, {"greedy_gain": None})
     assert "greedy_gain = unavailable" in decision.reasons[-1]
     assert decision.evidence["selection.greedy_gain"] == {"value": None}
+    # decision.json names the rule that chose, thresholds exact, so it can be set again
+    exact = "exp-sft if greedy_gain < 0.0209174; otherwise ppo"
+    decision = decide(_judgement(exact), None, {"greedy_gain": 0.5})
+    assert decision.to_json()["rule"] == exact
     # the verdict's rule is unchanged: generalizes -> ppo
     assert decide(_judgement("verdict")).algorithm == "ppo"
+    assert decide(_judgement("verdict")).to_json()["rule"] == "verdict"
 
 
 def _gini_reference(counts: np.ndarray) -> float:
@@ -117,3 +122,7 @@ def test_rmdiag_run_chooses_by_the_rule_with_the_figures_it_read() -> None:
     evidence = summary.decision.evidence
     assert np.isfinite(evidence["selection.greedy_gain"]["value"])
     assert "a-sft" in summary.policies
+    # the report says which rule chose, and that the verdict beside it was not followed
+    page = str(summary.files()["report.html"])
+    assert "by the selection rule: a-sft if greedy_gain &gt;= -1000.0; otherwise ppo" in page
+    assert "(reported; the selection rule below chose the algorithm)" in page
