@@ -21,6 +21,18 @@ from trainers.sft import (
 REPLICAS = 2000  # independent estimates per state, as rows of one call
 
 
+def _tiny_reference() -> SequentialRecommender:
+    """A frozen 30-item policy, seeded: π_ref of the chunking tests."""
+    torch.manual_seed(0)
+    return frozen_copy(SequentialRecommender(
+        ModelConfig(n_items=30, hidden=8, n_blocks=1, n_heads=1, max_len=8)))
+
+
+def _history_reward(context: Context, candidates: torch.Tensor) -> torch.Tensor:
+    """A reward that reads the candidate and the history, so a misplaced event shows."""
+    return (candidates % 7).float() + context.history_rewards.sum(1, keepdim=True)
+
+
 @dataclasses.dataclass
 class TableWorld:
     """A reference policy with fixed logits per state and a reward table R̂[state, item]."""
@@ -132,13 +144,7 @@ def test_advantages_unrolled_a_few_rows_at_a_time_equal_the_whole_unroll(
     items[:, 0] = torch.randint(1, 31, (60,), generator=generator)
     data = sequence_data(items, torch.rand(items.shape, generator=generator))
     data["users"] = torch.arange(60)
-    torch.manual_seed(0)
-    reference = frozen_copy(SequentialRecommender(
-        ModelConfig(n_items=30, hidden=8, n_blocks=1, n_heads=1, max_len=8)))
-
-    def reward(context: Context, candidates: torch.Tensor) -> torch.Tensor:
-        return (candidates % 7).float() + context.history_rewards.sum(1, keepdim=True)
-
+    reference, reward = _tiny_reference(), _history_reward
     whole = sequences_to_events(data)
     chunks = list(_event_chunks(data, batch_size, events_per_chunk))
     assert all(int(c["targets"].shape[0]) % batch_size == 0 for c in chunks[:-1])
@@ -171,13 +177,7 @@ def test_a_sft_computes_b_on_the_rows_it_draws_only() -> None:
     items[::5, :4] = 0
     data = sequence_data(items, torch.rand(items.shape, generator=generator) * 4 + 1)
     data["users"] = torch.arange(80)
-    torch.manual_seed(0)
-    reference = frozen_copy(SequentialRecommender(
-        ModelConfig(n_items=30, hidden=8, n_blocks=1, n_heads=1, max_len=8)))
-
-    def reward(context: Context, candidates: torch.Tensor) -> torch.Tensor:
-        return (candidates % 7).float() + context.history_rewards.sum(1, keepdim=True)
-
+    reference, reward = _tiny_reference(), _history_reward
     config = ASFTConfig(beta=0.5, batch_size=8, max_steps=3, seed=1, progress=False,
                         baseline_top_k=5)
     rows = drawn_rows(80, config)
