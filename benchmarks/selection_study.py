@@ -644,10 +644,10 @@ class Condition:
     def holds(self, features: Mapping[str, float | None]) -> bool:
         """`rmdiag.select.RuleBranch`'s test (what `rmdiag run --select-rule` runs); a missing
         figure makes it false."""
-        return RuleBranch(self.feature, self.op, self.threshold, "ppo").holds(features) is True
+        return self.branch("ppo").holds(features) is True
 
-    def text(self) -> str:
-        return f"{self.feature} {self.op} {self.threshold!r}"
+    def branch(self, algorithm: str) -> RuleBranch:
+        return RuleBranch(self.feature, self.op, self.threshold, algorithm)
 
 
 @dataclass(frozen=True)
@@ -684,8 +684,8 @@ class Rule:
 
     def select_rule(self) -> str:
         """The rule as `SelectConfig.rule` reads it (`rmdiag run --select-rule`)."""
-        return "; ".join([f"{a} if {c.feature} {c.op} {c.threshold!r}" for c, a in
-                          self.branches] + [f"otherwise {self.default}"])
+        return "; ".join([c.branch(a).text() for c, a in self.branches]
+                         + [f"otherwise {self.default}"])
 
     def to_json(self) -> dict[str, Any]:
         return {"branches": [{"feature": c.feature, "op": c.op, "threshold": c.threshold,
