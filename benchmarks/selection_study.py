@@ -16,7 +16,9 @@ knobs are `SimulationConfig`'s defaults.
 
 Per world, what a user runs: `rmdiag.pipeline.run(RunConfig(compare="exp-sft,a-sft,ppo"),
 simulation=...)` -- the audit (a 3-member reward-model ensemble and the four baselines), the
-selector's pick (`summary.decision.algorithm`, "today's rule"), SFT, and exp-SFT, A-SFT and PPO
+verdict rule's pick (`summary.decision.algorithm` under `SelectConfig(rule="verdict")`:
+generalizes -> PPO, directional -> A-SFT, unreliable -> exp-SFT, the selector before this study
+calibrated its default), SFT, and exp-SFT, A-SFT and PPO
 each post-trained from SFT with the pipeline's validation sweep of its temperature (λ, β, κ);
 PPO optimizes the trained ensemble (mean − κ·spread), never the true reward. Each candidate's
 true top-10 reward on the test users (the pipeline's per-user `true_reward`, the judge's
@@ -67,7 +69,7 @@ way (`short_threshold`: the rule prints exactly; a missing feature makes a condi
 directions of both conditions make conjunctions and disjunctions expressible. Objective: the
 mean regret over the calibration worlds; ties go to the higher accuracy (pick in the tied-best
 set), then to fewer conditions, then to the earlier feature and threshold. The held-out half
-then measures the fitted rule, today's rule, each constant strategy (always exp-SFT / A-SFT /
+then measures the fitted rule, the verdict rule, each constant strategy (always exp-SFT / A-SFT /
 PPO) and the oracle (the best): accuracy, accuracy on decisive worlds, and mean regret with a
 BCa interval over worlds (`mean_interval`); the fitted rule's regret minus the best constant
 strategy's is also given paired over held-out worlds. The acceptance checks of issue 12 are
@@ -119,7 +121,7 @@ from rmdiag.pipeline import RunConfig, RunSummary, load_or_simulate, run, split_
 from rmdiag.policies import PolicyConfig  # noqa: E402
 from rmdiag.rewards import BASELINES  # noqa: E402
 from rmdiag.rewards.base import torch_threads  # noqa: E402
-from rmdiag.select import RuleBranch  # noqa: E402
+from rmdiag.select import RuleBranch, SelectConfig  # noqa: E402
 from rmdiag.simulate import SimulationConfig  # noqa: E402
 
 CANDIDATES: tuple[str, ...] = ("exp-sft", "a-sft", "ppo")
@@ -508,8 +510,10 @@ def run_world(spec: WorldSpec, settings: Settings) -> dict[str, Any]:
     started, cpu = time.perf_counter(), time.process_time()
     load = os.getloadavg()[0]
     simulation = spec.simulation(settings)
+    # The verdict's rule, not SelectConfig's default (the rule this study fits): `pick` is what
+    # the fitted rule is compared with, the same in every record whatever the default becomes.
     summary = run(settings.run, simulation=simulation, audit_config=settings.audit,
-                  policy_config=settings.policy)
+                  select_config=SelectConfig(rule="verdict"), policy_config=settings.policy)
     assert summary.decision is not None
     true = per_user_true_reward(summary)
     outcome = compare_candidates(true, settings)
@@ -606,7 +610,7 @@ def run_worlds(specs: Sequence[WorldSpec], settings: Settings, out: Path, worker
         log(f"world {spec.index:3d} done ({len(records)}/{len(specs)}) in {record['seconds']:.0f}"
             f" s (cpu {record['cpu_seconds']:.0f} s): best {record['best']}"
             f"{' (decisive)' if record['decisive'] else ''}, tied {record['tied_best']}, "
-            f"today's pick {record['pick']}")
+            f"verdict rule's pick {record['pick']}")
 
     if workers <= 1:
         for spec in todo:
@@ -678,7 +682,7 @@ class Rule:
             known = FEATURES.get(condition.feature)
             what = f"{known.description}; known {known.stage}" if known else "hand-made"
             word = "at least" if condition.op == ">=" else "below"
-            parts.append(f"{'Otherwise, ' if i else ''}{algorithm} when {condition.feature} "
+            parts.append(f"{'otherwise, ' if i else ''}{algorithm} when {condition.feature} "
                          f"({what}) is {word} {condition.threshold!r}")
         return "; ".join(parts) + f"; otherwise {self.default}."
 
@@ -810,7 +814,7 @@ def evaluate(records: Sequence[Mapping[str, Any]], pick: Callable[[Mapping[str, 
 
 def strategies(rule: Rule) -> dict[str, Callable[[Mapping[str, Any]], str]]:
     out: dict[str, Callable[[Mapping[str, Any]], str]] = {
-        "fitted rule": rule.pick, "today's rule": lambda r: r["pick"]}
+        "fitted rule": rule.pick, "verdict rule": lambda r: r["pick"]}
     for c in CANDIDATES:
         out[f"always {c}"] = lambda r, c=c: c
     out["oracle"] = lambda r: r["best"]
@@ -872,8 +876,8 @@ def worlds_table(records: Sequence[Mapping[str, Any]], calibration: set[int],
              "exploration": "expl", "n_users": "users", "mean_events": "events"}
     head = (["world", "half"] + [short.get(k, k) for k in knobs]
             + ["RMSE gain bias", "pairwise gain item_mean", "greedy gain", "verdict",
-               "today's pick", "fitted pick", "best", "tied-best", "decisive",
-               "regret today", "regret fitted"])
+               "verdict rule's pick", "fitted pick", "best", "tied-best", "decisive",
+               "regret verdict rule", "regret fitted"])
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
     for r in records:
         fitted = rule.pick(r)
@@ -889,42 +893,72 @@ def worlds_table(records: Sequence[Mapping[str, Any]], calibration: set[int],
 
 
 COLOURS = {"exp-sft": "tab:blue", "a-sft": "tab:green", "ppo": "tab:red"}
+LANDSCAPE_LABELS = {
+    "rmse_gain_bias": "ensemble's RMSE gain over bias (bias − ensemble)",
+    "pairwise_gain_item_mean": "ensemble's pairwise-accuracy gain over item_mean",
+    "pairwise_gain_bias": "ensemble's pairwise-accuracy gain over bias",
+    "greedy_gain": "greedy gain: judge value of the pessimistic greedy slate − SFT's",
+    "greedy_gain_lcb": "greedy gain less the members' spread of it",
+}
+
+
+def _landscape_axes(rule: Rule) -> list[tuple[str, str]]:
+    """The panels' (x, y) features: the Netflix post's two audit axes, then the rule's own."""
+    panels = [("rmse_gain_bias", "pairwise_gain_item_mean")]
+    used = list(dict.fromkeys(condition.feature for condition, _ in rule.branches))
+    if len(used) == 1:
+        used.append("pairwise_gain_item_mean" if used[0] != "pairwise_gain_item_mean"
+                    else "rmse_gain_bias")
+    if used and (used[-1], used[0]) not in panels:
+        panels.append((used[-1], used[0]))
+    return panels
 
 
 def landscape(records: Sequence[Mapping[str, Any]], calibration: set[int], rule: Rule,
               path: Path) -> None:
-    """The worlds on (RMSE gain over bias, pairwise gain over item_mean) (module docstring)."""
+    """The worlds on the two audit axes (RMSE gain over bias, pairwise gain over item_mean) and
+    on the fitted rule's own features with its thresholds (module docstring)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    figure, axes = plt.subplots(figsize=(7.5, 5.5))
-    for r in records:
-        x, y = r["features"].get("rmse_gain_bias"), r["features"].get("pairwise_gain_item_mean")
-        if x is None or y is None:
-            continue
-        colour = COLOURS[r["best"]] if r["decisive"] else "lightgrey"
-        held_out = r["index"] not in calibration
-        if rule.pick(r) in r["tied_best"]:
-            axes.scatter(x, y, s=70, marker="o", c=colour,
-                         edgecolors="black" if held_out else "none", linewidths=1.2)
-        else:
-            axes.scatter(x, y, s=90, marker="X", c=colour,
-                         edgecolors="black" if held_out else "none", linewidths=0.8)
-    axes.axhline(0, color="grey", lw=0.6, ls=":")
-    axes.axvline(0, color="grey", lw=0.6, ls=":")
-    axes.set_xlabel("ensemble's RMSE gain over bias (bias − ensemble)")
-    axes.set_ylabel("ensemble's pairwise-accuracy gain over item_mean")
+    panels = _landscape_axes(rule)
+    figure, all_axes = plt.subplots(1, len(panels), figsize=(7.0 * len(panels), 5.5),
+                                    squeeze=False)
+    for axes, (x_name, y_name) in zip(all_axes[0], panels, strict=True):
+        for r in records:
+            x, y = r["features"].get(x_name), r["features"].get(y_name)
+            if x is None or y is None:
+                continue
+            colour = COLOURS[r["best"]] if r["decisive"] else "lightgrey"
+            edge = "black" if r["index"] not in calibration else "none"
+            if rule.pick(r) in r["tied_best"]:
+                axes.scatter(x, y, s=70, marker="o", c=colour, edgecolors=edge, linewidths=1.2)
+            else:
+                axes.scatter(x, y, s=90, marker="X", c=colour, edgecolors=edge, linewidths=0.8)
+        thresholds = [(c.feature, c.threshold, a) for c, a in rule.branches
+                      if c.feature in (x_name, y_name)]
+        for feature, threshold, algorithm in thresholds:
+            line = axes.axvline if feature == x_name else axes.axhline
+            line(threshold, color=COLOURS.get(algorithm, "black"), lw=1.2, ls="--")
+        if not thresholds:
+            axes.axhline(0, color="grey", lw=0.6, ls=":")
+            axes.axvline(0, color="grey", lw=0.6, ls=":")
+        axes.set_xlabel(LANDSCAPE_LABELS.get(x_name, x_name))
+        axes.set_ylabel(LANDSCAPE_LABELS.get(y_name, y_name))
+        axes.set_title("the rule's features, its thresholds dashed" if thresholds
+                       else "two audit axes")
     handles = [Line2D([], [], ls="", marker="o", color=c, label=f"best: {a}")
                for a, c in COLOURS.items()]
     handles += [Line2D([], [], ls="", marker="o", color="lightgrey", label="not decisive"),
                 Line2D([], [], ls="", marker="o", color="white", markeredgecolor="black",
                        label="held-out (outlined)"),
                 Line2D([], [], ls="", marker="X", color="grey", label="fitted pick not tied-best")]
-    axes.legend(handles=handles, fontsize=8, loc="best")
-    axes.set_title(f"Selection study: {len(records)} worlds")
+    all_axes[0][-1].legend(handles=handles, fontsize=8, loc="best")
+    figure.suptitle(f"Selection study: {len(records)} worlds; fitted rule: {rule.select_rule()}",
+                    fontsize=10)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -1053,6 +1087,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     write_atomic(out / "study.json", to_json(_plain(study)))
     print(f"\nwrote {out}/study.json, {out}/landscape.png, {out}/worlds.md "
           f"({seconds:.0f} s; failed worlds: {len(errors)})")
+    # A resumed study's wall time covers only the worlds it ran; the worlds' own CPU time, over
+    # the workers, is what the whole study costs on that many free cores.
+    cpu_minutes = sum(r["cpu_seconds"] for r in records) / args.workers / 60
+    print(f"the worlds' CPU time: {cpu_minutes:.1f} min per worker ({args.workers} workers; "
+          f"per world {min(r['cpu_seconds'] for r in records):.0f}-"
+          f"{max(r['cpu_seconds'] for r in records):.0f} s)")
     held = analysis["results"]["held_out"]
     headline = {
         "benchmark": "selection_study", "worlds": len(records), "failed": len(errors),
@@ -1061,12 +1101,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "held_out_accuracy": held["fitted rule"]["accuracy"],
         "held_out_accuracy_decisive": held["fitted rule"]["accuracy_decisive"],
         "held_out_regret": held["fitted rule"]["regret"],
-        "held_out_regret_today": held["today's rule"]["regret"],
+        "held_out_regret_verdict_rule": held["verdict rule"]["regret"],
         "held_out_regret_best_constant": {analysis["best_constant"]:
                                           held[analysis["best_constant"]]["regret"]},
         "acceptance_passed": sum(c["pass"] for c in analysis["acceptance"]),
         "acceptance_checks": len(analysis["acceptance"]),
-        "seconds": round(seconds, 1),
+        "seconds": round(seconds, 1), "world_cpu_minutes_per_worker": round(cpu_minutes, 1),
     }
     print(json.dumps(_plain(headline)))
     return study

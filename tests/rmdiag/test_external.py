@@ -186,7 +186,7 @@ RUN_FAST = ["--audit-kinds", "lightgbm", "--audit-members", "2", "--audit-lightg
 
 
 def test_run_decides_from_the_external_model(world: dict, tmp_path, capsys) -> None:
-    from rmdiag.select import ALGORITHM_FOR_VERDICT
+    from rmdiag.select import SelectConfig, parse_rule
 
     out = tmp_path / "run"
     assert main(["run", "--data", str(world["data"]), "--predictions", str(world["pred"]),
@@ -198,7 +198,15 @@ def test_run_decides_from_the_external_model(world: dict, tmp_path, capsys) -> N
     assert audit_json["data"]["external_predictions"]["name"] == "mine"
     decision = summary["decision"]
     assert decision["verdict"] == audit_json["verdict"]
-    assert decision["algorithm"] == ALGORITHM_FOR_VERDICT[decision["verdict"]]
+    # the calibrated rule chose, from the figures it read (recorded as evidence), in its order
+    parsed = parse_rule(SelectConfig().rule)
+    assert parsed is not None and decision["rule"] == SelectConfig().rule
+    branches, otherwise = parsed
+    read = {key.removeprefix("selection."): figure["value"]
+            for key, figure in decision["evidence"].items() if key.startswith("selection.")}
+    assert set(read) == {branch.feature for branch in branches}
+    assert decision["algorithm"] == next(
+        (branch.algorithm for branch in branches if branch.holds(read)), otherwise)
     assert "external model 'mine'" in decision["reasons"][0]
     assert any(key.endswith(".mine") or ".mine-" in key for key in decision["evidence"])
     # a bad predictions file is refused before any work: exit 2, nothing written
