@@ -37,15 +37,17 @@ ordering, so beating them there is being better than chance.
 
 The verdict is always reported, but since the selection study (issue 12) it does not choose by
 default: the verdict's mapping (generalizes -> PPO, directional -> A-SFT, unreliable ->
-exp-SFT; ``SelectConfig(rule="verdict")``) had a held-out mean regret of 0.173 of true top-10
+exp-SFT; ``SelectConfig(rule="verdict")``) had a held-out mean regret of 0.17 of true top-10
 reward there, picking exp-SFT where PPO against the trained ensemble was best. ``decide`` runs
 ``SelectConfig.rule``, by default ``CALIBRATED_RULE``, the decision list the study fitted on its
 calibration worlds over figures known before post-training (``rmdiag.selection_features``):
 PPO when the ensemble orders a user's held-out items worse than ``bias`` (pairwise-accuracy
 gain below -0.002), else A-SFT when the ensemble's own predicted gain of a pessimistic greedy
 slate over SFT's is below 0.115 (in the reward's units: the log leaves little to find), else
-PPO. Held out: tied-best in 23 of 24 worlds, mean regret 0.0020 [0.0004, 0.0071]
-(benchmarks/RESULTS.md, Selection study).
+PPO. Provisional: fitted on the 2026-12-03 records (held out: tied-best in 23 of 24 worlds),
+it is tied-best in 42 of 48 worlds of the 2026-12-04 rerun of the current code (mean regret
+0.0057 against always-PPO's 0.0080), whose own fitted rule did not carry over to its held-out
+half; issue 12 stays open (benchmarks/RESULTS.md, Selection study).
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ VERDICTS: tuple[str, ...] = ("generalizes", "directional", "unreliable")
 LEVEL, ORDERING = "rmse", "pairwise_accuracy"
 CHANCE = "user_mean"  # a per-user constant: its within-user ordering is chance (0.5)
 # `SelectConfig.rule`'s default, as `python -m benchmarks.selection_study` printed it
-# (`select_rule`): fitted on 24 calibration worlds, measured on 24 held-out ones.
+# (`select_rule`) on the 2026-12-03 records: fitted on 24 calibration worlds, measured on 24
+# held-out ones; provisional (see the docstring).
 CALIBRATED_RULE = "ppo if pairwise_gain_bias < -0.002; a-sft if greedy_gain < 0.115; otherwise ppo"
 
 

@@ -155,6 +155,14 @@ def select_decision(path: str | os.PathLike[str],
     features = audit_features(audit, None)
     decision = decide(judgement, config, {name: features.get(name)
                                           for name in rule_features(config)})
+    beyond = [name for name in rule_features(config) if name not in features]
+    if beyond:
+        decision = dataclasses.replace(decision, reasons=(
+            *decision.reasons,
+            f"An audit.json alone does not hold {', '.join(beyond)} (the training log's and the "
+            "SFT policy's figures), so the rule's branches that read them were not taken; "
+            "`rmdiag run` computes them and may choose otherwise.",
+        ))
     temperature = policies.default_temperature(decision.algorithm, audit.train_reward_std)
     decision = default_temperature(decision, temperature)
     if temperature:

@@ -69,6 +69,9 @@ def staged(log_file: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     assert main(["select", "--audit", str(root / "audit" / "audit.json"),
                  "--out", str(root / "select")]) == 0
     decision = json.loads((root / "select" / "decision.json").read_text())
+    # the default rule reads the greedy gain, which needs the log and SFT: the reasons say so
+    assert "greedy_gain" in decision["rule"]
+    assert any("An audit.json alone does not hold greedy_gain" in r for r in decision["reasons"])
     chosen = decision["algorithm"]
     sft_flags = flags(FAST_POLICY, policies_fields("sft"), prefix="policy_")
     assert main(["train", "sft", *data, "--out", str(root / "sft"), "--max-len", str(MAX_LEN),
