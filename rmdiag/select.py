@@ -591,11 +591,15 @@ def decide(judgement: Judgement | None, config: SelectConfig | None = None,
             algorithm = branch.algorithm
             break
     rule_text = "; ".join(b.text() for b in branches) + f"; otherwise {parsed[1]}"
+    # Only the default was fitted by the selection study; a user's own rule is theirs.
+    origin = ("the default rule was fitted on simulated worlds where the truly best algorithm is "
+              "known, and is provisional (benchmarks/selection_study.py; benchmarks/RESULTS.md, "
+              "Selection study)" if parse_rule(CALIBRATED_RULE) == parsed
+              else "the rule is the one given (--select-rule), not the calibrated default")
     reasons = (*judgement.reasons,
                f"The selection rule ({rule_text}) reads " + ", ".join(steps)
                + f": {algorithm}. The verdict ({judgement.verdict}) is reported, not followed; "
-               "the rule is calibrated on simulated worlds where the truly best algorithm is "
-               "known (benchmarks/selection_study.py).")
+               + origin + ".")
     evidence = dict(judgement.evidence) | {
         f"selection.{name}": {"value": value} for name, value in features.items()}
     return Decision(algorithm, judgement.verdict, reasons, evidence, rule=rule_text)
