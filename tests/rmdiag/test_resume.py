@@ -26,8 +26,10 @@ from trainers import load_checkpoint
 ROOT = Path(__file__).resolve().parents[2]
 # A tiny world and fast settings (as tests/rmdiag/test_pipeline.py); one torch thread, which
 # exact resume needs. exp-SFT post-trains long enough (checkpoints every 150 of 600 steps) for
-# the interrupt to land inside its training.
-FAST = ["--sim-users", "150", "--sim-items", "80", "--sim-mean-events", "20", "--sim-seed", "3",
+# the interrupt to land inside its training; the verdict's mapping (`--select-rule verdict`)
+# picks it on this world, where the default rule picks another algorithm.
+FAST = ["--select-rule", "verdict",
+        "--sim-users", "150", "--sim-items", "80", "--sim-mean-events", "20", "--sim-seed", "3",
         "--audit-kinds", "lightgbm", "--audit-members", "2", "--audit-resamples", "200",
         "--audit-lightgbm-rounds", "20", "--audit-threads", "1", "--max-len", "20",
         "--policy-hidden", "16", "--policy-blocks", "1", "--policy-sft-epochs", "2",
