@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -38,6 +39,8 @@ from rmdiag.data import DataError
 from trainers.loop import CheckpointMismatch
 
 T = TypeVar("T")
+# How long the other ranks wait at the end for rank 0's scoring and report (`process_group`).
+EXIT_WAIT = timedelta(hours=24)
 
 
 class RankZeroFailed(RuntimeError):
@@ -88,7 +91,7 @@ def process_group() -> Iterator[None]:
     """Open the process group when launched by torchrun (WORLD_SIZE > 1) and none is open, and
     close it at the end; otherwise do nothing. ``train_loop`` then finds the group open and
     leaves it alone, so one group serves every training of the command."""
-    started = False
+    started, leaving = False, None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _initialized():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         # NCCL needs each rank on its own GPU; more ranks than GPUs can only train on the CPU
@@ -96,9 +99,19 @@ def process_group() -> Iterator[None]:
         if torch.cuda.is_available() and local < torch.cuda.device_count():
             torch.cuda.set_device(local)
         dist.init_process_group(backend=backend())
+        leaving = dist.new_group(backend="gloo", timeout=EXIT_WAIT)
         started = True
     try:
         yield
+        if started:
+            # A command that succeeded leaves on every rank together: a rank that tore its
+            # gloo group down while rank 0 was still scoring aborted now and then in gloo's
+            # teardown ("terminate called without an active exception", SIGABRT, exit 1 from
+            # torchrun). The barrier has its own group so that it may wait as long as rank 0's
+            # work after the last training takes (13 min at 10M events), far past the default
+            # 30-minute timeout kept for the trainings' collectives. A failing rank does not
+            # wait: torchrun ends the others once one fails.
+            dist.barrier(group=leaving)
     finally:
         if started:
             dist.destroy_process_group()

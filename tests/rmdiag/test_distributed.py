@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +48,16 @@ RUN_FILES = {"summary.json", "decision.json", "audit.json", "audit.html", "repor
              "per_user.parquet"}
 
 
-def torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """`torchrun --standalone --nproc-per-node 2 -m rmdiag ARGS` with this checkout's code."""
+def torchrun(*args: str, timeout: float = 240,
+             module: bool = True) -> subprocess.CompletedProcess[str]:
+    """`torchrun --standalone --nproc-per-node 2 -m rmdiag ARGS` with this checkout's code
+    (`module=False`: `torchrun ... ARGS`, a script and its arguments)."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env |= {"OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-              "--nproc-per-node", "2", "-m", "rmdiag", *args]
+              "--nproc-per-node", "2", *(["-m", "rmdiag"] if module else []), *args]
     return subprocess.run(launch, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -90,6 +93,30 @@ def test_without_torchrun_one_process_writes(monkeypatch: pytest.MonkeyPatch) ->
     assert distributed.share(lambda: 7) == 7 and distributed.from_main("x") == "x"
     with distributed.process_group():  # nothing to open
         assert not torch.distributed.is_initialized()
+
+
+EXIT_WORKER = str(Path(__file__).with_name("exit_worker.py"))
+
+
+def test_ranks_leave_the_group_together_when_rank_0_works_on() -> None:
+    # rank 1 used to tear its gloo group down while rank 0 still scored, and aborted now and
+    # then in gloo's teardown (CI, 1 run in 5 under load): it now waits for rank 0 to finish
+    done = torchrun(EXIT_WORKER, "slow-main", "3", module=False, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = {r["rank"]: r for r in map(json.loads, done.stdout.splitlines())}
+    assert set(ranks) == {0, 1}
+    assert ranks[1]["entered_exit"] < ranks[0]["entered_exit"] - 2  # rank 1 was done first
+    assert ranks[1]["left"] >= ranks[0]["entered_exit"]  # and left only once rank 0 was done
+
+
+def test_a_rank_that_fails_alone_does_not_wait_for_the_others() -> None:
+    # the exit barrier is for commands that succeeded: a failing rank leaves at once and
+    # torchrun ends the other, which would otherwise wait for it at the barrier
+    started = time.perf_counter()
+    done = torchrun(EXIT_WORKER, "failing-rank", "600", module=False, timeout=300)
+    assert done.returncode != 0
+    assert "rank 1 fails alone" in done.stderr
+    assert time.perf_counter() - started < 240  # not the 600 s rank 0 would wait afterwards
 
 
 def test_train_with_two_processes_saves_the_one_process_weights(log_file: Path,
