@@ -73,7 +73,10 @@ then measures the fitted rule, the verdict rule, each constant strategy (always 
 PPO) and the oracle (the best): accuracy, accuracy on decisive worlds, and mean regret with a
 BCa interval over worlds (`mean_interval`); the fitted rule's regret minus the best constant
 strategy's is also given paired over held-out worlds. The acceptance checks of issue 12 are
-printed as PASS / FAIL.
+printed as PASS / FAIL. Beside that one split, `--repeated-splits` (default 50) repeats the
+fitting procedure on other seeded halves and reports its held-out figures' mean and spread
+over splits (`repeated_splits`): with a few rare winners among 48 worlds, one split alone can
+flatter or sink a procedure.
 
 Outputs in `--out` (default runs/selection_study): `worlds/world_NNN.json`, one per world,
 written atomically as soon as it finishes (a rerun skips every world whose file has the same
@@ -799,12 +802,13 @@ def rule_regret(records: Sequence[Mapping[str, Any]], rule: Rule) -> float:
 def evaluate(records: Sequence[Mapping[str, Any]], pick: Callable[[Mapping[str, Any]], str],
              confidence: float = 0.95, n_resamples: int = 2000) -> dict[str, Any]:
     """Accuracy (pick in the tied-best set), accuracy on decisive worlds and mean regret with
-    a BCa interval over worlds, of a strategy `pick(record) -> algorithm`."""
+    a BCa interval over worlds (none when `n_resamples` is 0), of a strategy
+    `pick(record) -> algorithm`."""
     picks = [pick(r) for r in records]
     hits = np.array([p in r["tied_best"] for p, r in zip(picks, records, strict=True)])
     regrets = np.array([r["regret"][p] for p, r in zip(picks, records, strict=True)])
     decisive = np.array([r["decisive"] for r in records], dtype=bool)
-    if len(regrets) >= 2:
+    if len(regrets) >= 2 and n_resamples > 0:
         regret = mean_interval(regrets, "bca", confidence, n_resamples, 0).as_dict()
     else:
         regret = {"value": float(regrets.mean()) if len(regrets) else None, "low": None,
@@ -824,11 +828,69 @@ def strategies(rule: Rule) -> dict[str, Callable[[Mapping[str, Any]], str]]:
     return out
 
 
-def split_worlds(seed: int, n_worlds: int) -> set[int]:
+def split_worlds(seed: int | tuple[int, int], n_worlds: int) -> set[int]:
     """Indices of the calibration half: a seeded permutation of all `n_worlds` indices (so a
-    world's half does not depend on which others finished)."""
+    world's half does not depend on which others finished); `(seed, r)` is repeated split r."""
     permutation = np.random.default_rng(seed).permutation(n_worlds)
     return {int(i) for i in permutation[: n_worlds // 2]}
+
+
+def _held_out_checks(evaluation: Mapping[str, Any], best_constant_regret: float) -> bool:
+    """The acceptance's three held-out checks (`acceptance`) on one evaluation."""
+    return bool((evaluation["accuracy"] or 0) >= 0.9
+                and evaluation["accuracy_decisive"] is not None
+                and evaluation["accuracy_decisive"] >= 0.8
+                and evaluation["regret"]["value"] is not None
+                and evaluation["regret"]["value"] < best_constant_regret)
+
+
+def repeated_splits(records: Sequence[Mapping[str, Any]], n_worlds: int, seed: int,
+                    features: Sequence[str], n_splits: int) -> dict[str, Any]:
+    """Monte-Carlo cross-validation of the fitting procedure, beside the one seeded split the
+    acceptance reads: for r = 1..`n_splits`, the halves `split_worlds((seed, r))`, `fit_rule`
+    on the calibration half and the held-out half's accuracy, accuracy on decisive worlds and
+    mean regret, with the same figures of always-PPO and the regret of that half's best
+    constant strategy. One split of 48 worlds can put most of the rare winners in one half
+    (the 2026-12-04 run's split put 5 of the 6 SFT-family wins in calibration), so a single
+    split can flatter or sink a procedure; the summary says what the procedure does on
+    average: the mean and 10% / 90% quantiles of each figure over splits, the share of splits
+    whose fitted rule has lower held-out regret than the best constant strategy, and the share
+    passing all three held-out checks (for the fitted rule and for always-PPO)."""
+    rows = []
+    for r in range(1, n_splits + 1):
+        calibration = split_worlds((seed, r), n_worlds)
+        cal = [w for w in records if w["index"] in calibration]
+        held = [w for w in records if w["index"] not in calibration]
+        if not cal or not held:
+            continue
+        rule = fit_rule(cal, features)
+        fitted = evaluate(held, rule.pick, n_resamples=0)
+        ppo = evaluate(held, lambda _: "ppo", n_resamples=0)
+        best_constant = min(float(np.mean([w["regret"][c] for w in held])) for c in CANDIDATES)
+        rows.append({
+            "split": r, "rule": rule.select_rule(), "accuracy": fitted["accuracy"],
+            "accuracy_decisive": fitted["accuracy_decisive"],
+            "regret": fitted["regret"]["value"], "regret_always_ppo": ppo["regret"]["value"],
+            "accuracy_always_ppo": ppo["accuracy"],
+            "regret_best_constant": best_constant,
+            "beats_best_constant": bool(fitted["regret"]["value"] < best_constant),
+            "passes": _held_out_checks(fitted, best_constant),
+            "always_ppo_passes": _held_out_checks(ppo, best_constant),
+        })
+
+    def spread(key: str) -> dict[str, float | None]:
+        values = np.array([row[key] for row in rows if row[key] is not None], dtype=float)
+        if not len(values):
+            return {"mean": None, "q10": None, "q90": None}
+        return {"mean": float(values.mean()), "q10": float(np.quantile(values, 0.1)),
+                "q90": float(np.quantile(values, 0.9))}
+
+    summary = {key: spread(key) for key in (
+        "accuracy", "accuracy_decisive", "regret", "accuracy_always_ppo", "regret_always_ppo",
+        "regret_best_constant")}
+    share = {key: float(np.mean([row[key] for row in rows])) if rows else None
+             for key in ("beats_best_constant", "passes", "always_ppo_passes")}
+    return {"splits": len(rows), "summary": summary, "share": share, "rows": rows}
 
 
 def acceptance(records: Sequence[Mapping[str, Any]], held_out: Mapping[str, Any]) -> list[
@@ -969,8 +1031,10 @@ def landscape(records: Sequence[Mapping[str, Any]], calibration: set[int], rule:
 
 def analyse(records: Sequence[Mapping[str, Any]], n_worlds: int, seed: int,
             features: Sequence[str], confidence: float = 0.95,
-            n_resamples: int = 2000) -> dict[str, Any]:
-    """Split, fit on the calibration half, evaluate every strategy on both halves, checks."""
+            n_resamples: int = 2000, n_splits: int = 0) -> dict[str, Any]:
+    """Split, fit on the calibration half, evaluate every strategy on both halves, checks;
+    with `n_splits`, the fitting procedure over that many other seeded splits as well
+    (`repeated_splits`)."""
     calibration = split_worlds(seed, n_worlds)
     cal = [r for r in records if r["index"] in calibration]
     held = [r for r in records if r["index"] not in calibration]
@@ -1000,7 +1064,9 @@ def analyse(records: Sequence[Mapping[str, Any]], n_worlds: int, seed: int,
     }
     return {"calibration": sorted(calibration), "rule": rule, "results": results,
             "best_constant": best_constant, "rule_minus_best_constant": paired, "span": span,
-            "acceptance": acceptance(records, held_out) if held else []}
+            "acceptance": acceptance(records, held_out) if held else [],
+            "repeated_splits": (repeated_splits(records, n_worlds, seed, features, n_splits)
+                                if n_splits else None)}
 
 
 def _report(analysis: Mapping[str, Any], log: Callable[[str], None]) -> None:
@@ -1027,6 +1093,24 @@ def _report(analysis: Mapping[str, Any], log: Callable[[str], None]) -> None:
         d = paired["difference"]
         log(f"\nfitted rule − {analysis['best_constant']} regret, paired over held-out worlds: "
             f"{d['value']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}], p_t {paired['p_t']:.3g}")
+    repeated = analysis.get("repeated_splits")
+    if repeated and repeated["splits"]:
+        m, share = repeated["summary"], repeated["share"]
+
+        def line(key: str, digits: int = 3) -> str:
+            return (f"{m[key]['mean']:.{digits}f} [{m[key]['q10']:.{digits}f}, "
+                    f"{m[key]['q90']:.{digits}f}]" if m[key]["mean"] is not None else "n/a")
+
+        log(f"\nthe fitting procedure over {repeated['splits']} other seeded splits (held-out "
+            "half; mean [10%, 90% quantile over splits]):")
+        log(f"  fitted rule: accuracy {line('accuracy')}, on decisive worlds "
+            f"{line('accuracy_decisive')}, regret {line('regret', 4)}")
+        log(f"  always ppo:  accuracy {line('accuracy_always_ppo')}, regret "
+            f"{line('regret_always_ppo', 4)}; best constant's regret "
+            f"{line('regret_best_constant', 4)}")
+        log(f"  splits where the fitted rule's regret is below the best constant's: "
+            f"{share['beats_best_constant']:.2f}; passing the three held-out checks: fitted "
+            f"rule {share['passes']:.2f}, always ppo {share['always_ppo_passes']:.2f}")
     log("\nacceptance (issue 12):")
     for check in analysis["acceptance"]:
         log(f"  {'PASS' if check['pass'] else 'FAIL'}  {check['check']}: {check['figures']}")
@@ -1043,6 +1127,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default="runs/selection_study", help="output directory")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the Latin hypercube, the worlds' seeds and the split")
+    parser.add_argument("--repeated-splits", type=int, default=50,
+                        help="also fit and measure the rule on this many other seeded splits "
+                             "(Monte-Carlo cross-validation of the fitting procedure; 0: none; "
+                             "default 50, ~2 min at 48 worlds)")
     parser.add_argument("--curve-features", action="store_true",
                         help="let the rule use the over-optimization curve's figures (in a "
                              "simulated world its gold is the true reward: oracle evidence)")
@@ -1063,7 +1151,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"only {len(records)} worlds finished; errors: {errors}")
     features = list(RULE_FEATURES) + (list(CURVE_FEATURES) if args.curve_features else [])
     analysis = analyse(records, n_worlds, args.seed, features, settings.confidence,
-                       settings.n_resamples)
+                       settings.n_resamples, args.repeated_splits)
     # A resumed study's wall time covers only the worlds it ran; the worlds' own CPU time, over
     # the workers, is what the whole study costs on that many free cores.
     cpu_minutes = sum(r["cpu_seconds"] for r in records) / args.workers / 60
@@ -1089,6 +1177,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "best_constant": analysis["best_constant"],
         "rule_minus_best_constant": analysis["rule_minus_best_constant"],
         "span": analysis["span"], "acceptance": analysis["acceptance"],
+        "repeated_splits": analysis["repeated_splits"],
         "failed_worlds": {str(k): v for k, v in errors.items()},
         "world_seconds": {str(r["index"]): r["seconds"] for r in records},
         "world_cpu_seconds": {str(r["index"]): r["cpu_seconds"] for r in records},
@@ -1112,6 +1201,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "held_out_regret_verdict_rule": held["verdict rule"]["regret"],
         "held_out_regret_best_constant": {analysis["best_constant"]:
                                           held[analysis["best_constant"]]["regret"]},
+        "repeated_splits": ({"splits": analysis["repeated_splits"]["splits"],
+                             "held_out_accuracy_mean":
+                                 analysis["repeated_splits"]["summary"]["accuracy"]["mean"],
+                             "held_out_regret_mean":
+                                 analysis["repeated_splits"]["summary"]["regret"]["mean"],
+                             "always_ppo_regret_mean":
+                                 analysis["repeated_splits"]["summary"]["regret_always_ppo"]
+                                 ["mean"]} | analysis["repeated_splits"]["share"]
+                            if analysis["repeated_splits"] else None),
         "acceptance_passed": sum(c["pass"] for c in analysis["acceptance"]),
         "acceptance_checks": len(analysis["acceptance"]),
         "seconds": round(seconds, 1), "world_cpu_minutes_per_worker": round(cpu_minutes, 1),

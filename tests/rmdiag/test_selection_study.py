@@ -187,3 +187,33 @@ def test_thresholds_are_short_exact_and_split_as_the_quantiles_do() -> None:
         (c.feature, c.op, c.threshold, a) for c, a in rule.branches]
     assert study.short_threshold(0.1234, 0.1299) == 0.127
     assert study.short_threshold(1.0, 1.0000001) == 1.0000001
+
+
+def test_repeated_splits_measure_the_fitting_procedure_on_other_halves() -> None:
+    # PPO wins where x >= 20: a procedure that finds it beats every constant on held-out halves
+    records = [_record(i, {"x": float(i), "z": float(np.sin(i))},
+                       "ppo" if i >= 20 else "exp-sft") for i in range(40)]
+    result = study.repeated_splits(records, 40, 0, ["z", "x"], 6)
+    assert result == study.repeated_splits(records, 40, 0, ["z", "x"], 6)  # seeded
+    assert result["splits"] == len(result["rows"]) == 6
+    halves = [study.split_worlds((0, r), 40) for r in range(1, 7)]
+    assert len({frozenset(h) for h in halves} | {frozenset(study.split_worlds(0, 40))}) == 7
+    for row, calibration in zip(result["rows"], halves, strict=True):
+        held = [r for r in records if r["index"] not in calibration]
+        assert row["regret_always_ppo"] == pytest.approx(np.mean([r["regret"]["ppo"]
+                                                                  for r in held]))
+        assert row["accuracy_always_ppo"] == pytest.approx(np.mean([r["best"] == "ppo"
+                                                                    for r in held]))
+        assert row["regret_best_constant"] == pytest.approx(min(
+            np.mean([r["regret"][c] for r in held]) for c in study.CANDIDATES))
+        # thresholds sit at the calibration half's deciles: near the boundary, not on it
+        assert row["accuracy"] >= 0.75 and row["beats_best_constant"]
+        assert not row["always_ppo_passes"]  # half the worlds are exp-SFT's
+    summary = result["summary"]
+    assert summary["accuracy"]["mean"] == pytest.approx(np.mean([r["accuracy"]
+                                                                 for r in result["rows"]]))
+    assert summary["accuracy"]["q10"] <= summary["accuracy"]["mean"] <= summary["accuracy"]["q90"]
+    assert result["share"]["beats_best_constant"] == 1.0
+    # the noise feature alone cannot find it: the procedure then loses held-out worlds
+    noise_only = study.repeated_splits(records, 40, 0, ["z"], 6)
+    assert noise_only["summary"]["accuracy"]["mean"] < result["summary"]["accuracy"]["mean"]
