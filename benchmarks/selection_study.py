@@ -431,7 +431,27 @@ def greedy_pessimistic_gain(summary: RunSummary, data: Any, world: Any,
             "judge_sft": float(sft["judge"]["value"]),
             "gain": float(differences.mean()),
             "gain_lcb": float(differences.mean() - settings.kappa * differences.std()),
-            "true_gain": float(np.mean(result.true_per_user - true_sft))}
+            "true_gain": float(np.mean(result.true_per_user - true_sft)),
+            **logged_evidence(ensemble, summary.models["sft"], data, settings)}
+
+
+def logged_evidence(ensemble: Any, sft_model: Any, data: Any,
+                    settings: Settings) -> dict[str, float | None]:
+    """`rmdiag.selection_features.logged_slate_evidence` on the audit's held-out events (the
+    validation and test events), as `rmdiag run` computes it when it chooses."""
+    with torch_threads(settings.policy.threads):
+        return selection_features.logged_slate_evidence(
+            ensemble, selection_features.sft_scorer(sft_model), (data.valid, data.test),
+            data.log.n_items, settings.kappa)
+
+
+def _greedy_known(greedy: Mapping[str, Any]) -> dict[str, float | None]:
+    """The rule's greedy figures (`selection_features.GREEDY`) from a record's greedy evidence."""
+    gap = greedy.get("greedy_residual_gap")
+    return {"greedy_gain": greedy["gain"], "greedy_gain_lcb": greedy["gain_lcb"],
+            "greedy_replay_gain": greedy.get("greedy_replay_gain"),
+            "greedy_residual_gap": gap,
+            "greedy_gain_corrected": None if gap is None else greedy["gain"] + gap}
 
 
 def _value(figure: Mapping[str, Any] | None, sign: float = 1.0) -> float | None:
@@ -532,8 +552,7 @@ def run_world(spec: WorldSpec, settings: Settings) -> dict[str, Any]:
     evidence["greedy_pessimistic"] = greedy
     known = selection_features.selection_features(
         RULE_FEATURES, summary.audit, summary.split["test_unexplored_share"], split.train.items,
-        split.train.rewards, split.train.n_items,
-        lambda: {"greedy_gain": greedy["gain"], "greedy_gain_lcb": greedy["gain_lcb"]})
+        split.train.rewards, split.train.n_items, lambda: _greedy_known(greedy))
     evidence["log"] = {k: known[k] for k in known if k.startswith("log_")}
     evidence["sweep"] = sweep_evidence(summary)
     temperatures = {name: summary.policies[name]["temperature"] for name in CANDIDATES}
@@ -557,6 +576,51 @@ def run_world(spec: WorldSpec, settings: Settings) -> dict[str, Any]:
         "load_average_at_start": round(load, 2),
         "timings": summary.timings,
     }
+
+
+def refresh_features(spec: WorldSpec, settings: Settings,
+                     record: dict[str, Any]) -> dict[str, Any]:
+    """`record` with the rule's figures it lacks (`RULE_FEATURES` added to the library after it
+    was written) computed without post-training anything: the world's audit and SFT again, as
+    `rmdiag.pipeline.run` trains them (deterministic on one machine), checked against the record
+    -- the greedy gain recomputed must equal the recorded one exactly, or the record is not this
+    code's and the world must run again (`ValueError`) -- then the missing figures."""
+    from rmdiag.audit import audit
+
+    started, cpu = time.perf_counter(), time.process_time()
+    simulation = spec.simulation(settings)
+    log, world = load_or_simulate(None, None, simulation)
+    split = split_log(log, settings.run)
+    result = audit(split.train, split.valid.concat(split.test), config=settings.audit)
+    data = policies.policy_data(split, settings.run.max_len)
+    with torch_threads(settings.policy.threads):
+        sft = policies.train_sft(data, settings.run.max_len, settings.policy)
+        judge = policies.make_judge(result.ensemble, settings.policy)
+        again = selection_features.greedy_gain(judge, result.ensemble, sft.model,
+                                               data.test.context, data.log.n_items,
+                                               settings.kappa)
+    greedy = record["evidence"]["greedy_pessimistic"]
+    if again["greedy_gain"] != greedy["gain"] or again["greedy_gain_lcb"] != greedy["gain_lcb"]:
+        raise ValueError(f"world {spec.index}: the audit and SFT recomputed give greedy gain "
+                         f"{again['greedy_gain']!r}, the record {greedy['gain']!r}: not this "
+                         "code's record; delete it to run the world again")
+    greedy |= logged_evidence(result.ensemble, sft.model, data, settings)
+    known = selection_features.selection_features(
+        RULE_FEATURES, result, record["evidence"]["test_unexplored_share"], split.train.items,
+        split.train.rewards, split.train.n_items, lambda: _greedy_known(greedy))
+    for name, value in known.items():
+        if name in record["features"] and record["features"][name] != value:
+            raise ValueError(f"world {spec.index}: {name} recomputed {value!r}, recorded "
+                             f"{record['features'][name]!r}")
+    added = missing_features(record)
+    record["features"] = known | record["features"]
+    record["refreshed"] = {"features": added, "seconds": round(time.perf_counter() - started, 2),
+                           "cpu_seconds": round(time.process_time() - cpu, 2)}
+    return record
+
+
+def missing_features(record: Mapping[str, Any]) -> list[str]:
+    return [name for name in RULE_FEATURES if name not in record["features"]]
 
 
 def world_path(out: Path, index: int) -> Path:
@@ -590,54 +654,72 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
+def _each_result(jobs: Sequence[tuple[WorldSpec, Callable[..., dict[str, Any]], tuple]],
+                 workers: int) -> Any:
+    """(spec, record or None, error or None) of each job `fn(*args)`, as they finish: in this
+    process with `workers` <= 1, else in that many spawned worker processes (forking after
+    OpenMP can deadlock)."""
+    if workers <= 1:
+        for spec, fn, args in jobs:
+            try:
+                yield spec, fn(*args), None
+            except Exception as error:  # noqa: BLE001 -- reported, the study goes on
+                yield spec, None, f"{type(error).__name__}: {error}"
+        return
+    if not jobs:
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                             initializer=_init_worker) as pool:
+        futures = {pool.submit(fn, *args): spec for spec, fn, args in jobs}
+        for future in as_completed(futures):
+            try:
+                yield futures[future], future.result(), None
+            except Exception as error:  # noqa: BLE001 -- reported, the study goes on
+                yield futures[future], None, f"{type(error).__name__}: {error}"
+
+
 def run_worlds(specs: Sequence[WorldSpec], settings: Settings, out: Path, workers: int = 2,
                log: Callable[[str], None] = print) -> tuple[list[dict[str, Any]],
                                                           dict[int, str]]:
-    """Every world's record, reusing finished ones in `out/worlds` and writing each new one
-    atomically as soon as it is done; (records in index order, {index: error} of failures)."""
+    """Every world's record, reusing finished ones in `out/worlds` (adding the rule figures a
+    finished one lacks, `refresh_features`) and writing each new one atomically as soon as it
+    is done; (records in index order, {index: error} of failures)."""
     records: dict[int, dict[str, Any]] = {}
-    todo = []
+    todo, refresh = [], []
     for spec in specs:
         record = finished_record(out, spec, settings)
-        if record is not None:
+        if record is not None and missing_features(record):
+            refresh.append((spec, refresh_features, (spec, settings, record)))
+        elif record is not None:
             records[spec.index] = record
         else:
             if world_path(out, spec.index).exists():
                 log(f"world {spec.index}: settings changed since its file was written; "
                     "recomputing")
-            todo.append(spec)
+            todo.append((spec, _logged_world, (spec, settings, log_path(out, spec.index))))
     if records:
         log(f"resuming: {len(records)} finished worlds reused from {out / 'worlds'}")
+    if refresh:
+        log(f"{len(refresh)} finished worlds lack rule figures "
+            f"({', '.join(missing_features(refresh[0][2][2]))}): their audit and SFT run again "
+            "(no post-training) to add them")
     errors: dict[int, str] = {}
-
-    def finish(spec: WorldSpec, record: dict[str, Any]) -> None:
+    for spec, record, error in _each_result(refresh + todo, workers):
+        if error is not None:
+            errors[spec.index] = error
+            log(f"world {spec.index} failed: {error}")
+            continue
         write_atomic(world_path(out, spec.index), to_json(record))
         records[spec.index] = record
-        log(f"world {spec.index:3d} done ({len(records)}/{len(specs)}) in {record['seconds']:.0f}"
-            f" s (cpu {record['cpu_seconds']:.0f} s): best {record['best']}"
-            f"{' (decisive)' if record['decisive'] else ''}, tied {record['tied_best']}, "
-            f"verdict rule's pick {record['pick']}")
-
-    if workers <= 1:
-        for spec in todo:
-            try:
-                finish(spec, _logged_world(spec, settings, log_path(out, spec.index)))
-            except Exception as error:  # noqa: BLE001 -- reported, the study goes on
-                errors[spec.index] = f"{type(error).__name__}: {error}"
-                log(f"world {spec.index} failed: {errors[spec.index]}")
-    elif todo:
-        context = multiprocessing.get_context("spawn")  # forking after OpenMP can deadlock
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                 initializer=_init_worker) as pool:
-            futures = {pool.submit(_logged_world, spec, settings, log_path(out, spec.index)):
-                       spec for spec in todo}
-            for future in as_completed(futures):
-                spec = futures[future]
-                try:
-                    finish(spec, future.result())
-                except Exception as error:  # noqa: BLE001 -- reported, the study goes on
-                    errors[spec.index] = f"{type(error).__name__}: {error}"
-                    log(f"world {spec.index} failed: {errors[spec.index]}")
+        if "refreshed" in record and spec.index in {s.index for s, _, _ in refresh}:
+            log(f"world {spec.index:3d} refreshed in {record['refreshed']['seconds']:.0f} s: "
+                f"{', '.join(record['refreshed']['features'])}")
+        else:
+            log(f"world {spec.index:3d} done ({len(records)}/{len(specs)}) in "
+                f"{record['seconds']:.0f} s (cpu {record['cpu_seconds']:.0f} s): best "
+                f"{record['best']}{' (decisive)' if record['decisive'] else ''}, tied "
+                f"{record['tied_best']}, verdict rule's pick {record['pick']}")
     return [records[i] for i in sorted(records)], errors
 
 

@@ -4,8 +4,9 @@
 so a rule may read the audit's figures, what the training log alone says about its exposure and
 what the audited ensemble predicts a pessimistic policy would gain over SFT -- never a figure of a
 post-trained policy, and never the true reward. ``FEATURES`` names and describes each;
-``selection_features`` computes the ones a rule names (the greedy gain costs a judge pass over
-the test users' contexts, so it is computed only when asked for). The selection study
+``selection_features`` computes the ones a rule names (the greedy figures cost a judge pass over
+the test users' contexts and an ensemble pass over the held-out events, so they are computed
+only when asked for). The selection study
 (``benchmarks/selection_study.py``) records the same figures per world and calibrates the rule
 on them.
 """
@@ -13,7 +14,7 @@ on them.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -43,8 +44,19 @@ FEATURES: dict[str, str] = {
                    "ensemble mean - kappa * member spread) over SFT's, on the test users' "
                    "contexts",
     "greedy_gain_lcb": "that gain less the members' spread of it",
+    "greedy_replay_gain": "the position-weighted mean observed reward of the held-out events "
+                          "whose item the pessimistic greedy slate holds, minus the same of "
+                          "SFT's slate (what users rated the items each slate would have shown "
+                          "when the log happened to show them)",
+    "greedy_residual_gap": "the same weighted mean of observed reward − ensemble prediction on "
+                           "the greedy slate's held-out hits minus on SFT's (negative: the "
+                           "ensemble over-rates its own top picks more than SFT's)",
+    "greedy_gain_corrected": "greedy_gain + greedy_residual_gap: the ensemble's predicted gain "
+                             "corrected by its held-out error on each slate's logged items",
 }
-GREEDY = ("greedy_gain", "greedy_gain_lcb")
+GREEDY = ("greedy_gain", "greedy_gain_lcb", "greedy_replay_gain", "greedy_residual_gap",
+          "greedy_gain_corrected")
+MIN_HITS = 5  # held-out events a slate must hold for its logged-reward figures
 GREEDY_KAPPA = 1.0  # pessimism of the greedy slate (PPO's middle κ; benchmarks/selection_study)
 
 
@@ -137,6 +149,72 @@ def greedy_gain(judge: Any, ensemble: Any, sft_model: Any, context: Any, n_items
     differences = np.asarray(greedy.members) - np.asarray(sft.members)
     return {"greedy_gain": float(differences.mean()),
             "greedy_gain_lcb": float(differences.mean() - kappa * differences.std())}
+
+
+def logged_slate_evidence(ensemble: Any, sft_scores: Callable[[Any], torch.Tensor],
+                          evalsets: Iterable[Any], n_items: int, kappa: float = GREEDY_KAPPA,
+                          k: int = 10, gamma: float = 0.9) -> dict[str, float | None]:
+    """What the held-out events' observed rewards say of the pessimistic greedy slate against
+    SFT's, with no propensities: on each held-out event (`evalsets`: `rmdiag.policies.EvalSet`s,
+    the audit's held-out events), both slates are the user's top k at that point (the
+    history, but not the event's own item, excluded -- as the ranking metrics do), and an event
+    is a slate's *hit* when its logged item is in the slate, weighted by its position's
+    discount gamma**j (the judge's). `greedy_replay_gain`: the weighted mean observed reward of
+    the greedy slate's hits minus SFT's (a replay estimate: unbiased only under uniformly random
+    exposure, here a figure, not a value); `greedy_residual_gap`: the weighted mean of observed
+    − predicted reward (ensemble mean) on the greedy slate's hits minus on SFT's -- the part of
+    the ensemble's own gain that its held-out error on those items takes back. None when either
+    slate has fewer than `MIN_HITS` hits. `sft_scores(context)`: SFT's catalog scores [B,
+    n_items + 1] (`sft_scorer`)."""
+    sums = {"greedy": np.zeros(3), "sft": np.zeros(3)}  # weight, weighted reward, residual
+    discount = gamma ** np.arange(k, dtype=np.float64)
+    hits = {"greedy": 0, "sft": 0}
+    for evalset in evalsets:
+        context = evalset.context
+        if len(evalset) == 0:
+            continue
+        exclude = torch.from_numpy(np.where(evalset.exclude >= 0, evalset.exclude, 0)).long()
+        greedy = PessimisticGreedy(ensemble, n_items, kappa)(context).scatter(1, exclude,
+                                                                            -torch.inf)
+        sft = sft_scores(context).double().scatter(1, exclude, -torch.inf)
+        sft[:, 0] = -torch.inf  # the padding column
+        targets = torch.from_numpy(np.asarray(evalset.targets)).long()[:, None]
+        rewards = np.asarray(evalset.target_rewards, dtype=np.float64)
+        predicted = ensemble(context, targets).double()[:, 0].numpy()
+        for name, scores in (("greedy", greedy), ("sft", sft)):
+            top = scores.topk(min(k, scores.shape[1] - 1), dim=1).indices
+            row, position = (top == targets).nonzero(as_tuple=True)
+            row, position = row.numpy(), position.numpy()
+            weight = discount[position]
+            hits[name] += len(row)
+            sums[name] += [weight.sum(), weight @ rewards[row],
+                           weight @ (rewards[row] - predicted[row])]
+    if min(hits.values()) < MIN_HITS:
+        return {"greedy_replay_gain": None, "greedy_residual_gap": None}
+    mean = {name: total[1:] / total[0] for name, total in sums.items()}
+    return {"greedy_replay_gain": float(mean["greedy"][0] - mean["sft"][0]),
+            "greedy_residual_gap": float(mean["greedy"][1] - mean["sft"][1])}
+
+
+def sft_scorer(model: Any) -> Callable[[Any], torch.Tensor]:
+    """A trained policy's catalog scores in eval mode, history not excluded (`trainers.
+    policy_scores`), for `logged_slate_evidence`."""
+    from trainers import policy_scores
+
+    return lambda context: policy_scores(model, context, exclude_history=False)
+
+
+def greedy_features(judge: Any, ensemble: Any, sft_model: Any, context: Any, evalsets: Any,
+                    n_items: int, kappa: float = GREEDY_KAPPA) -> dict[str, float | None]:
+    """Every `GREEDY` figure: `greedy_gain` on `context` (the test users'), the logged-reward
+    figures on `evalsets` (`logged_slate_evidence`) and their sum `greedy_gain_corrected`."""
+    out: dict[str, float | None] = dict(greedy_gain(judge, ensemble, sft_model, context,
+                                                    n_items, kappa))
+    out |= logged_slate_evidence(ensemble, sft_scorer(sft_model), evalsets, n_items, kappa)
+    gap = out["greedy_residual_gap"]
+    out["greedy_gain_corrected"] = (None if gap is None or out["greedy_gain"] is None
+                                    else out["greedy_gain"] + gap)
+    return out
 
 
 def selection_features(names: Iterable[str], result: AuditResult | None,

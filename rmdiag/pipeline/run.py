@@ -207,7 +207,8 @@ def _rule_features(summary: RunSummary, split: Split, data: policies.PolicyData,
                    sft: policies.TrainedPolicy, select_config: SelectConfig,
                    policy_config: policies.PolicyConfig) -> dict[str, float | None]:
     """The figures `select_config.rule` reads (`rmdiag.selection_features`), none for the
-    verdict's rule; the greedy gain is a judge pass over the test users' contexts (no targets)."""
+    verdict's rule; the greedy figures cost a judge pass over the test users' contexts and an
+    ensemble pass over the audit's held-out events (validation and test)."""
     names = rule_features(select_config)
     if not names or summary.audit is None:
         return {}
@@ -217,8 +218,9 @@ def _rule_features(summary: RunSummary, split: Split, data: policies.PolicyData,
     def greedy() -> dict[str, float]:
         if judge_ is None:  # an audit without an ensemble that has members
             return dict.fromkeys(selection_features.GREEDY)  # type: ignore[arg-type]
-        return selection_features.greedy_gain(judge_, ensemble, sft.model, data.test.context,
-                                              data.log.n_items)
+        return selection_features.greedy_features(judge_, ensemble, sft.model,
+                                                  data.test.context, (data.valid, data.test),
+                                                  data.log.n_items)
 
     return selection_features.selection_features(
         names, summary.audit, summary.split["test_unexplored_share"], split.train.items,
@@ -298,6 +300,7 @@ def _policies_stage(
             if algorithm == decision.algorithm:
                 decision = default_temperature(decision, temperature)
     summary.decision = decision
+    summary.models = {name: policy.model for name, policy in trained.items()}
     if not distributed.is_main():
         return  # the scoring and the report are rank 0's: it trains nothing more
     stage("policies.scoring", ": every policy on the test events")

@@ -39,6 +39,9 @@ class RunSummary:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     memory: dict[str, Any] = field(default_factory=dict)  # peak memory per stage (StageClock)
     per_user: pa.Table | None = field(default=None, repr=False)
+    # the trained policies' models by name (sft and each post-trained one), for a caller of
+    # `rmdiag.pipeline.run` that goes on with them; in memory only (`.work` keeps the files)
+    models: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         payload: dict[str, Any] = {"data": self.data, "split": self.split,

@@ -217,3 +217,33 @@ def test_repeated_splits_measure_the_fitting_procedure_on_other_halves() -> None
     # the noise feature alone cannot find it: the procedure then loses held-out worlds
     noise_only = study.repeated_splits(records, 40, 0, ["z"], 6)
     assert noise_only["summary"]["accuracy"]["mean"] < result["summary"]["accuracy"]["mean"]
+
+
+def test_a_record_without_new_rule_figures_gets_them_without_post_training(
+        worlds: tuple[Path, list[dict[str, Any]]], tmp_path: Path) -> None:
+    """A record written before a rule figure existed gets it from the world's audit and SFT
+    run again -- the same values as a full run's -- and one whose audit and SFT the code no
+    longer reproduces is refused rather than mixed with new figures."""
+    _, records = worlds
+    spec = study.world_specs(2, 0, TINY)[0]
+    full = records[0]
+    added = ["greedy_replay_gain", "greedy_residual_gap", "greedy_gain_corrected"]
+    old = json.loads(json.dumps(full))
+    for name in added:
+        del old["features"][name]
+        old["evidence"]["greedy_pessimistic"].pop(name, None)
+    assert study.missing_features(old) == added
+    refreshed = study.refresh_features(spec, TINY, json.loads(json.dumps(old)))
+    assert refreshed["features"] == full["features"]
+    assert refreshed["refreshed"]["features"] == added
+    # run_worlds refreshes such a record in place of rerunning the world
+    out = tmp_path / "study"
+    (out / "worlds").mkdir(parents=True)
+    (out / "worlds" / "world_000.json").write_text(json.dumps(old))
+    again, errors = study.run_worlds([spec], TINY, out, workers=1, log=lambda _: None)
+    assert errors == {} and again[0]["features"] == full["features"]
+    assert again[0]["seconds"] == full["seconds"]  # the world's own run, not repeated
+    tampered = json.loads(json.dumps(old))
+    tampered["evidence"]["greedy_pessimistic"]["gain"] += 1e-9
+    with pytest.raises(ValueError, match="not this code's record"):
+        study.refresh_features(spec, TINY, tampered)
