@@ -12,8 +12,15 @@ figures with bootstrap intervals over users. Also measures this machine's fp32 m
 the share of it that the training step reaches (FLOPs counted by torch's FlopCounterMode).
 Metrics and intervals come from `evaluators`.
 
-    python benchmarks/train_speed.py [--data FILE] [--threads 2] [--architecture sasrec,hstu]
-        [--max-len 200] [--max-seconds 900]
+On a simulated log (`--simulated USERS`: the log `rmdiag simulate --users USERS --seed SEED`
+writes, built in the process) it also prints the ceiling no model can pass: the test NDCG@10 of
+ranking by the world's own behaviour-policy logits (the log draws each next item from the softmax
+of those logits over the items not yet consumed, so this ranking is the Bayes-optimal next-item
+prediction), and the same without the hidden per-pair taste (the ceiling of a model that learns
+everything learnable from the log).
+
+    python benchmarks/train_speed.py [--data FILE | --simulated USERS] [--threads 2]
+        [--architecture sasrec,hstu] [--max-len 200] [--max-seconds 900]
 
 The last line is one JSON object of headline figures.
 """
@@ -70,6 +77,7 @@ class HeldOut:
         self.targets = torch.from_numpy(sequences.targets)
         full = event_sequences(history, events, max(1, int(np.bincount(history.users).max())))
         self.seen = np.where(full.history_items > 0, full.history_items, -1)  # -1 = no item
+        self.users = full.users
 
     def metrics(self, model: SequentialRecommender) -> dict[str, np.ndarray]:
         """Per-user NDCG@10 / HR@10, full catalog, the user's whole history excluded (also
@@ -78,6 +86,43 @@ class HeldOut:
         figures = ranking_metrics(scores, self.targets, ks=(K,), exclude=self.seen,
                                   padding_column=0)
         return {"ndcg": figures[f"ndcg@{K}"], "hr": figures[f"hr@{K}"]}
+
+
+def behaviour_ceiling(world, log: Interactions, test: HeldOut) -> dict[str, dict]:
+    """Test NDCG@10 of ranking by the world's behaviour-policy logits (module docstring), with
+    and without the hidden per-pair taste; `log` is the world's log as loaded (its id maps)."""
+    import math
+
+    import scipy.special
+
+    from rmdiag.simulate.model import behaviour_log_weights
+
+    params = world.parameters
+    raw_users = np.asarray(log.user_ids)[test.users].astype(np.int64)
+    raw_items = np.asarray(log.item_ids)[1:].astype(np.int64)  # encoded 1..n -> world ids
+
+    def without_hidden(users: np.ndarray) -> np.ndarray:
+        affinity = params.item_bias[1:][None, :] + params.user_factors[users] @ (
+            params.item_factors[1:].T)
+        logits = params.exposure_logits[1:][None, :] + params.affinity_weight * affinity
+        if params.exploration > 0.0:  # the behaviour's uniform mixture, as behaviour_log_weights
+            logits = np.logaddexp(
+                math.log1p(-params.exploration) + scipy.special.log_softmax(logits, axis=1),
+                math.log(params.exploration / params.n_items))
+        return logits
+
+    out = {}
+    for name, weights in (("bayes", lambda u: behaviour_log_weights(params, world.seed, u)),
+                          ("without_hidden_taste", without_hidden)):
+        scores = np.full((len(raw_users), log.n_items + 1), -np.inf, dtype=np.float32)
+        for lo in range(0, len(raw_users), 2048):
+            users = raw_users[lo:lo + 2048]
+            block = np.broadcast_to(weights(users), (len(users), params.n_items))
+            scores[lo:lo + len(users), 1:] = block[:, raw_items - 1]
+        figures = ranking_metrics(scores, test.targets, ks=(K,), exclude=test.seen,
+                                  padding_column=0)
+        out[name] = interval(figures[f"ndcg@{K}"])
+    return out
 
 
 def matmul_flops_per_second(size: int = 1024, repeats: int = 10) -> float:
@@ -176,8 +221,12 @@ def report(run: dict, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=None,
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--data", type=Path, default=None,
                         help="any log the data layer reads (default ML-100K)")
+    source.add_argument("--simulated", type=int, default=None, metavar="USERS",
+                        help="the simulated log `rmdiag simulate --users USERS --seed SEED` "
+                             "writes, built here; also prints the world's next-item ceiling")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--architecture", default="sasrec",
                         help="comma-separated policy blocks to train in turn: sasrec, hstu")
@@ -200,8 +249,17 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--architecture takes names from {ARCHITECTURES}; --max-len must be >= 1")
     torch.set_num_threads(args.threads)
 
+    world = None
     try:
-        log = load(args.data if args.data is not None else movielens_100k_path())
+        if args.simulated is not None:
+            from rmdiag.data import encode, validate
+            from rmdiag.simulate import SimulationConfig, World
+
+            world = World(SimulationConfig(n_users=args.simulated, seed=args.seed))
+            source = f"<rmdiag simulate --users {args.simulated} --seed {args.seed}>"
+            log = encode(validate(world.generate(), source), source=source)
+        else:
+            log = load(args.data if args.data is not None else movielens_100k_path())
     except (DataError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -237,6 +295,12 @@ def main(argv: list[str] | None = None) -> None:
         for run in runs
     }
     headline: dict = {"max_len": args.max_len, "budget_seconds": args.max_seconds} | figures
+    if world is not None:
+        ceiling = behaviour_ceiling(world, log, test)
+        headline["ceiling_test_ndcg@10"] = ceiling
+        for name, figure in ceiling.items():
+            print(f"ceiling ({name.replace('_', ' ')}): test NDCG@10 {figure['value']:.4f} "
+                  f"[{figure['low']:.4f}, {figure['high']:.4f}]")
     if len(runs) == 2:
         first, second = runs
         compared = paired_difference(second["per_user"]["ndcg"], first["per_user"]["ndcg"])
