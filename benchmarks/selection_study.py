@@ -55,7 +55,9 @@ SFT and before any post-training (`rmdiag.selection_features.FEATURES`, computed
 same code), so that the fitted rule is what `rmdiag run --select-rule` runs. The post-training
 figures are recorded, not offered. On a simulated world the over-optimization curve's gold is
 the true reward, so its figures are oracle evidence: recorded but not used by the rule unless
-`--curve-features` is given.
+`--curve-features` is given; `--oracle-features` offers them and the greedy slate's true gain
+over SFT's (`true_greedy_gain`, what `greedy_gain` estimates) as a diagnosis: a rule that cannot
+beat always-PPO even knowing them says no estimate of them will.
 
 Calibration. The worlds are split in two halves at random (`numpy.random.default_rng(--seed)`).
 On the calibration half only, `fit_rule` grid-searches a family of decision lists over the
@@ -498,8 +500,13 @@ FEATURES: dict[str, Feature] = {
                               "oracle (gold = true reward in a simulated world)"),
     "divergence": Feature("how much the proxy-gold gap widened after the gold's peak",
                           "oracle (gold = true reward in a simulated world)"),
+    "true_greedy_gain": Feature("the pessimistic greedy slate's true reward minus SFT's slate's "
+                                "(what greedy_gain estimates)", "oracle (the true reward)"),
 }
 CURVE_FEATURES = ("gold_peak_n", "proxy_gold_gap", "divergence")
+# Offered with --oracle-features, as a diagnosis: if even the truth of what optimizing the
+# ensemble gains cannot pick the winner, no estimate of it can.
+ORACLE_FEATURES = (*CURVE_FEATURES, "true_greedy_gain")
 # What the rule may read: the figures `rmdiag run` has when it chooses, after the audit and SFT
 # and before any post-training (`rmdiag.selection_features.FEATURES`, computed there by the same
 # code); the post-training figures are recorded as evidence, not offered to the rule (a selector
@@ -528,6 +535,7 @@ def derive_features(evidence: Mapping[str, Any], judge: Mapping[str, Any], kappa
         "gold_peak_n": curve.get("gold_peak_n"),
         "proxy_gold_gap": _value(curve.get("proxy_gold_gap")),
         "divergence": _value(curve.get("divergence")),
+        "true_greedy_gain": evidence.get("greedy_pessimistic", {}).get("true_gain"),
     }
 
 
@@ -1216,6 +1224,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--curve-features", action="store_true",
                         help="let the rule use the over-optimization curve's figures (in a "
                              "simulated world its gold is the true reward: oracle evidence)")
+    parser.add_argument("--oracle-features", action="store_true",
+                        help="a diagnosis, not a rule: let the rule use the oracle figures too "
+                             "(the curve's and the greedy slate's true gain over SFT's)")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     n_worlds = 4 if args.quick else args.worlds
@@ -1231,7 +1242,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                  log=lambda s: print(s, flush=True))
     if len(records) < 2:
         raise SystemExit(f"only {len(records)} worlds finished; errors: {errors}")
-    features = list(RULE_FEATURES) + (list(CURVE_FEATURES) if args.curve_features else [])
+    features = list(RULE_FEATURES) + (list(ORACLE_FEATURES) if args.oracle_features else
+                                      list(CURVE_FEATURES) if args.curve_features else [])
+    for record in records:  # derived from the evidence; records before it lack the field
+        record["features"].setdefault(
+            "true_greedy_gain", record["evidence"]["greedy_pessimistic"]["true_gain"])
     analysis = analyse(records, n_worlds, args.seed, features, settings.confidence,
                        settings.n_resamples, args.repeated_splits)
     # A resumed study's wall time covers only the worlds it ran; the worlds' own CPU time, over
