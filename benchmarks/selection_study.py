@@ -392,6 +392,20 @@ def sweep_evidence(summary: RunSummary) -> dict[str, Any]:
     return out
 
 
+def sweep_oracle(summary: RunSummary) -> dict[str, Any]:
+    """Every point of each algorithm's temperature sweep: its value, its validation figure (what
+    the pipeline chose by) and the true reward of its validation slate -- oracle knowledge,
+    recorded (never a rule figure) so that other ways to choose a temperature can be studied on
+    the records: would PPO, say, have won where it lost with another κ?"""
+    return {algorithm: {"parameter": curve["parameter"], "metric": curve["metric"],
+                        "chosen": curve.get("best"),
+                        "points": [{"value": point["value"],
+                                    curve["metric"]: _plain(point[curve["metric"]]),
+                                    "true_reward": _plain(point.get("true_reward"))}
+                                   for point in curve["points"]]}
+            for algorithm, curve in summary.sweep.items()}
+
+
 def judge_view(summary: RunSummary) -> dict[str, Any]:
     """The ensemble judge's figures of every trained policy and its members' values."""
     out = {}
@@ -563,6 +577,7 @@ def run_world(spec: WorldSpec, settings: Settings) -> dict[str, Any]:
         split.train.rewards, split.train.n_items, lambda: _greedy_known(greedy))
     evidence["log"] = {k: known[k] for k in known if k.startswith("log_")}
     evidence["sweep"] = sweep_evidence(summary)
+    evidence["sweep_oracle"] = sweep_oracle(summary)
     temperatures = {name: summary.policies[name]["temperature"] for name in CANDIDATES}
     return {
         "index": spec.index, "seed": spec.seed, "knobs": dict(spec.knobs),

@@ -61,6 +61,11 @@ def test_world_records(worlds: tuple[Path, list[dict[str, Any]]]) -> None:
             -record["evidence"]["comparisons"]["all.rmse.bias"]["value"])
         figure = record["true_reward"]["ppo"]
         assert figure["low"] <= figure["value"] <= figure["high"]
+        # every sweep point's validation figure and true reward, the chosen one among them
+        for name, sweep in record["evidence"]["sweep_oracle"].items():
+            chosen = record["temperatures"][name][sweep["parameter"]]
+            assert chosen == sweep["chosen"] in [p["value"] for p in sweep["points"]]
+            assert all(isinstance(p["true_reward"]["value"], float) for p in sweep["points"])
         assert record["knobs"]["n_users"] == record["simulation"]["n_users"]
         on_disk = json.loads(study.world_path(out, record["index"]).read_text())
         assert on_disk == json.loads(json.dumps(record))
