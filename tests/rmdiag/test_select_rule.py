@@ -13,12 +13,11 @@ from scipy.stats import spearmanr
 
 from rmdiag.audit import AuditConfig
 from rmdiag.pipeline import RunConfig, run
-from rmdiag.policies import PolicyConfig
+from rmdiag.policies import EvalSet, PolicyConfig
 from rmdiag.select import Judgement, SelectConfig, decide, parse_rule, rule_features
-from rmdiag.policies import EvalSet
 from rmdiag.selection_features import MIN_HITS, log_features, logged_slate_evidence
-from trainers import Context
 from rmdiag.simulate import SimulationConfig
+from trainers import Context
 
 TINY_WORLD = SimulationConfig(n_users=150, n_items=80, mean_events=20.0, seed=3)
 FAST_AUDIT = AuditConfig(kinds="lightgbm", n_members=2, n_resamples=200, lightgbm_rounds=20,
