@@ -19,7 +19,9 @@ def main(mode: str, seconds: float) -> None:
         if mode == "failing-rank" and rank == 1:
             raise RuntimeError("rank 1 fails alone")
         entered = time.time()
-    print(json.dumps({"rank": rank, "entered_exit": entered, "left": time.time()}), flush=True)
+    sys.stdout.write(json.dumps({"rank": rank, "entered_exit": entered, "left": time.time()})
+                     + "\n")  # one write per line
+    sys.stdout.flush()
     if mode == "failing-rank":  # rank 0 would leave only once rank 1 came: it never does
         time.sleep(seconds)
 
