@@ -462,12 +462,11 @@ def logged_evidence(ensemble: Any, sft_model: Any, data: Any,
 
 
 def _greedy_known(greedy: Mapping[str, Any]) -> dict[str, float | None]:
-    """The rule's greedy figures (`selection_features.GREEDY`) from a record's greedy evidence."""
-    gap = greedy.get("greedy_residual_gap")
-    return {"greedy_gain": greedy["gain"], "greedy_gain_lcb": greedy["gain_lcb"],
-            "greedy_replay_gain": greedy.get("greedy_replay_gain"),
-            "greedy_residual_gap": gap,
-            "greedy_gain_corrected": None if gap is None else greedy["gain"] + gap}
+    """The rule's greedy figures (`selection_features.GREEDY`) from a record's greedy evidence,
+    combined as `rmdiag run` combines them."""
+    return selection_features.combine_greedy(
+        {"greedy_gain": greedy["gain"], "greedy_gain_lcb": greedy["gain_lcb"]},
+        {name: greedy[name] for name in ("greedy_replay_gain", "greedy_residual_gap")})
 
 
 def _value(figure: Mapping[str, Any] | None, sign: float = 1.0) -> float | None:
@@ -612,7 +611,7 @@ def refresh_features(spec: WorldSpec, settings: Settings,
 
     started, cpu = time.perf_counter(), time.process_time()
     simulation = spec.simulation(settings)
-    log, world = load_or_simulate(None, None, simulation)
+    log, _ = load_or_simulate(None, None, simulation)
     split = split_log(log, settings.run)
     result = audit(split.train, split.valid.concat(split.test), config=settings.audit)
     data = policies.policy_data(split, settings.run.max_len)
@@ -723,9 +722,9 @@ def run_worlds(specs: Sequence[WorldSpec], settings: Settings, out: Path, worker
             todo.append((spec, _logged_world, (spec, settings, log_path(out, spec.index))))
     if records:
         log(f"resuming: {len(records)} finished worlds reused from {out / 'worlds'}")
+    refreshing = {spec.index for spec, _, _ in refresh}
     if refresh:
-        log(f"{len(refresh)} finished worlds lack rule figures "
-            f"({', '.join(missing_features(refresh[0][2][2]))}): their audit and SFT run again "
+        log(f"{len(refresh)} finished worlds lack rule figures: their audit and SFT run again "
             "(no post-training) to add them")
     errors: dict[int, str] = {}
     for spec, record, error in _each_result(refresh + todo, workers):
@@ -735,7 +734,7 @@ def run_worlds(specs: Sequence[WorldSpec], settings: Settings, out: Path, worker
             continue
         write_atomic(world_path(out, spec.index), to_json(record))
         records[spec.index] = record
-        if "refreshed" in record and spec.index in {s.index for s, _, _ in refresh}:
+        if spec.index in refreshing:
             log(f"world {spec.index:3d} refreshed in {record['refreshed']['seconds']:.0f} s: "
                 f"{', '.join(record['refreshed']['features'])}")
         else:

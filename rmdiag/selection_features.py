@@ -54,8 +54,9 @@ FEATURES: dict[str, str] = {
     "greedy_gain_corrected": "greedy_gain + greedy_residual_gap: the ensemble's predicted gain "
                              "corrected by its held-out error on each slate's logged items",
 }
-GREEDY = ("greedy_gain", "greedy_gain_lcb", "greedy_replay_gain", "greedy_residual_gap",
-          "greedy_gain_corrected")
+# the judge's figures, then those that also read the held-out events' observed rewards
+LOGGED = ("greedy_replay_gain", "greedy_residual_gap", "greedy_gain_corrected")
+GREEDY = ("greedy_gain", "greedy_gain_lcb", *LOGGED)
 MIN_HITS = 5  # held-out events a slate must hold for its logged-reward figures
 GREEDY_KAPPA = 1.0  # pessimism of the greedy slate (PPO's middle κ; benchmarks/selection_study)
 
@@ -204,17 +205,28 @@ def sft_scorer(model: Any) -> Callable[[Any], torch.Tensor]:
     return lambda context: policy_scores(model, context, exclude_history=False)
 
 
-def greedy_features(judge: Any, ensemble: Any, sft_model: Any, context: Any, evalsets: Any,
-                    n_items: int, kappa: float = GREEDY_KAPPA) -> dict[str, float | None]:
-    """Every `GREEDY` figure: `greedy_gain` on `context` (the test users'), the logged-reward
-    figures on `evalsets` (`logged_slate_evidence`) and their sum `greedy_gain_corrected`."""
-    out: dict[str, float | None] = dict(greedy_gain(judge, ensemble, sft_model, context,
-                                                    n_items, kappa))
-    out |= logged_slate_evidence(ensemble, sft_scorer(sft_model), evalsets, n_items, kappa)
-    gap = out["greedy_residual_gap"]
-    out["greedy_gain_corrected"] = (None if gap is None or out["greedy_gain"] is None
-                                    else out["greedy_gain"] + gap)
+def combine_greedy(gain: Mapping[str, float], logged: Mapping[str, float | None] | None
+                   ) -> dict[str, float | None]:
+    """The `GREEDY` figures from `greedy_gain`'s and `logged_slate_evidence`'s (None: not
+    computed, every `LOGGED` figure None); `greedy_gain_corrected` is their sum."""
+    out: dict[str, float | None] = dict(gain) | dict.fromkeys(LOGGED)
+    if logged is not None:
+        out |= logged
+        gap = logged["greedy_residual_gap"]
+        out["greedy_gain_corrected"] = None if gap is None else gain["greedy_gain"] + gap
     return out
+
+
+def greedy_features(judge: Any, ensemble: Any, sft_model: Any, context: Any, evalsets: Any,
+                    n_items: int, kappa: float = GREEDY_KAPPA,
+                    names: Iterable[str] = GREEDY) -> dict[str, float | None]:
+    """The `GREEDY` figures: `greedy_gain` on `context` (the test users'), and -- only when
+    `names` holds one of `LOGGED`, since they cost an ensemble pass over the held-out events --
+    the logged-reward figures on `evalsets` (`logged_slate_evidence`, `combine_greedy`)."""
+    gain = greedy_gain(judge, ensemble, sft_model, context, n_items, kappa)
+    logged = (logged_slate_evidence(ensemble, sft_scorer(sft_model), evalsets, n_items, kappa)
+              if set(names) & set(LOGGED) else None)
+    return combine_greedy(gain, logged)
 
 
 def selection_features(names: Iterable[str], result: AuditResult | None,

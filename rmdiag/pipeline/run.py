@@ -207,8 +207,8 @@ def _rule_features(summary: RunSummary, split: Split, data: policies.PolicyData,
                    sft: policies.TrainedPolicy, select_config: SelectConfig,
                    policy_config: policies.PolicyConfig) -> dict[str, float | None]:
     """The figures `select_config.rule` reads (`rmdiag.selection_features`), none for the
-    verdict's rule; the greedy figures cost a judge pass over the test users' contexts and an
-    ensemble pass over the audit's held-out events (validation and test)."""
+    verdict's rule; the greedy figures cost a judge pass over the test users' contexts and, for
+    the logged-reward ones, an ensemble pass over the audit's held-out events."""
     names = rule_features(select_config)
     if not names or summary.audit is None:
         return {}
@@ -220,7 +220,7 @@ def _rule_features(summary: RunSummary, split: Split, data: policies.PolicyData,
             return dict.fromkeys(selection_features.GREEDY)  # type: ignore[arg-type]
         return selection_features.greedy_features(judge_, ensemble, sft.model,
                                                   data.test.context, (data.valid, data.test),
-                                                  data.log.n_items)
+                                                  data.log.n_items, names=names)
 
     return selection_features.selection_features(
         names, summary.audit, summary.split["test_unexplored_share"], split.train.items,
