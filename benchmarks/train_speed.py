@@ -91,33 +91,19 @@ class HeldOut:
 def behaviour_ceiling(world, log: Interactions, test: HeldOut) -> dict[str, dict]:
     """Test NDCG@10 of ranking by the world's behaviour-policy logits (module docstring), with
     and without the hidden per-pair taste; `log` is the world's log as loaded (its id maps)."""
-    import math
-
-    import scipy.special
-
     from rmdiag.simulate.model import behaviour_log_weights
 
     params = world.parameters
     raw_users = np.asarray(log.user_ids)[test.users].astype(np.int64)
     raw_items = np.asarray(log.item_ids)[1:].astype(np.int64)  # encoded 1..n -> world ids
 
-    def without_hidden(users: np.ndarray) -> np.ndarray:
-        affinity = params.item_bias[1:][None, :] + params.user_factors[users] @ (
-            params.item_factors[1:].T)
-        logits = params.exposure_logits[1:][None, :] + params.affinity_weight * affinity
-        if params.exploration > 0.0:  # the behaviour's uniform mixture, as behaviour_log_weights
-            logits = np.logaddexp(
-                math.log1p(-params.exploration) + scipy.special.log_softmax(logits, axis=1),
-                math.log(params.exploration / params.n_items))
-        return logits
-
     out = {}
-    for name, weights in (("bayes", lambda u: behaviour_log_weights(params, world.seed, u)),
-                          ("without_hidden_taste", without_hidden)):
+    for name, hidden in (("bayes", True), ("without_hidden_taste", False)):
         scores = np.full((len(raw_users), log.n_items + 1), -np.inf, dtype=np.float32)
         for lo in range(0, len(raw_users), 2048):
             users = raw_users[lo:lo + 2048]
-            block = np.broadcast_to(weights(users), (len(users), params.n_items))
+            block = np.broadcast_to(behaviour_log_weights(params, world.seed, users, hidden),
+                                    (len(users), params.n_items))
             scores[lo:lo + len(users), 1:] = block[:, raw_items - 1]
         figures = ranking_metrics(scores, test.targets, ks=(K,), exclude=test.seen,
                                   padding_column=0)

@@ -101,17 +101,21 @@ def expected_reward(params: WorldParameters, latent: np.ndarray) -> np.ndarray:
     return expected
 
 
-def behaviour_log_weights(params: WorldParameters, seed: int, users: np.ndarray) -> np.ndarray:
+def behaviour_log_weights(
+    params: WorldParameters, seed: int, users: np.ndarray, hidden: bool = True
+) -> np.ndarray:
     """Log-weights of the behaviour policy over items 1..n_items, [B, n_items] (or [1, n_items]
     when they do not depend on the user): the log of (1 - exploration) * softmax(logits) +
-    exploration / n_items, up to a per-row constant."""
+    exploration / n_items, up to a per-row constant. `hidden=False` leaves the hidden per-pair
+    taste out of the affinity (what a model of the log could at best learn of it)."""
     logits = params.exposure_logits[1:][None, :]
     if params.affinity_weight != 0.0:
         all_items = np.arange(1, params.n_items + 1)
         affinity = params.item_bias[1:][None, :] + params.user_factors[users] @ (
             params.item_factors[1:].T
         )
-        affinity = affinity + _hidden(params, seed, users[:, None], all_items[None, :])
+        if hidden:
+            affinity = affinity + _hidden(params, seed, users[:, None], all_items[None, :])
         logits = logits + params.affinity_weight * affinity
     if params.exploration > 0.0:
         # Mixture (1 - eps) * softmax(logits) + eps / n_items, as log-weights for the Gumbel trick.
